@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine.types import EngineError
+from bot.jobs import rerun_spec
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec
 
@@ -75,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tiny-models":
             return _tiny_models(args.directory)
         settings = load_settings()
+        if args.command == "health":
+            # The Docker HEALTHCHECK runs this every 30 s: no torch/diffusers imports on this path.
+            from bot.health import main_health
+
+            return main_health(settings)
         from bot.wiring import configure_logging
 
         configure_logging(settings)
@@ -99,10 +105,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from bot.app import sync_commands_now
 
         return asyncio.run(sync_commands_now(settings))
-    if args.command == "health":
-        from bot.health import main_health
-
-        return main_health(settings)
     if args.command == "download-models":
         return _download_models(settings)
     return asyncio.run(_run_store_command(args, settings))
@@ -137,32 +139,6 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
                 raise CliError(f"job {old.id} is {old.status}; only finished jobs can be re-rendered")
             spec = rerun_spec(old)
         return await _generate(settings, store, spec, as_json=args.json)
-
-
-def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
-    """A new job that re-renders `old` exactly: its prompts, image seeds and parameters."""
-    return JobSpec(
-        seed_text=old.seed_text,
-        count=old.count,
-        steps=old.steps,
-        guidance=old.guidance,
-        width=old.width,
-        height=old.height,
-        job_seed=old.job_seed,
-        negative=old.negative,
-        expand=old.expand,
-        safe_mode=old.safe_mode,
-        action=action,
-        parent_id=old.id,
-        source_tile=old.source_tile,
-        strength=old.strength,
-        given_prompts=old.prompts,
-        given_seeds=tuple(tile.image_seed for tile in old.tiles),
-        init_image=old.init_image,
-        user_id=user_id if user_id is not None else old.user_id,
-        guild_id=old.guild_id,
-        channel_id=old.channel_id,
-    )
 
 
 async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:

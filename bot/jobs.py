@@ -57,6 +57,32 @@ def request_from_job(job: JobRecord | JobSpec) -> GenerationRequest:
     )
 
 
+def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
+    """A new job that re-renders `old` exactly: its prompts, image seeds and parameters."""
+    return JobSpec(
+        seed_text=old.seed_text,
+        count=old.count,
+        steps=old.steps,
+        guidance=old.guidance,
+        width=old.width,
+        height=old.height,
+        job_seed=old.job_seed,
+        negative=old.negative,
+        expand=old.expand,
+        safe_mode=old.safe_mode,
+        action=action,
+        parent_id=old.id,
+        source_tile=old.source_tile,
+        strength=old.strength,
+        given_prompts=old.prompts,
+        given_seeds=tuple(tile.image_seed for tile in old.tiles),
+        init_image=old.init_image,
+        user_id=user_id if user_id is not None else old.user_id,
+        guild_id=old.guild_id,
+        channel_id=old.channel_id,
+    )
+
+
 def fair_order(pending: list[JobRecord], last_served: dict[int | None, float]) -> list[JobRecord]:
     """Round-robin across users (least recently served first), FIFO within a user."""
     per_user: dict[int | None, list[JobRecord]] = {}
@@ -105,6 +131,7 @@ class JobRunner:
         self._cancels: dict[str, threading.Event] = {}
         self._last_served: dict[int | None, float] = {}
         self._accepting = True
+        self._stopping = False
         self.running_job_id: str | None = None
         self.recent_durations: list[float] = []
 
@@ -115,15 +142,20 @@ class JobRunner:
         self._worker = asyncio.create_task(self._work(), name="job-worker")
         self._wake.set()
 
-    async def stop(self, *, timeout: float = 120.0) -> None:
-        """No new jobs; let the running job finish (or mark it), then stop."""
+    async def stop(self, *, grace: float = 90.0) -> None:
+        """No new jobs; let the running job finish within `grace` seconds (else mark it), then stop."""
         self._accepting = False
+        self._stopping = True
+        self._wake.set()
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), grace)
+            except TimeoutError:
+                self._worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._worker
         if self._post_tasks:
-            await asyncio.wait(self._post_tasks, timeout=timeout)
+            await asyncio.wait(self._post_tasks, timeout=grace)
 
     def set_handlers(
         self,
@@ -194,10 +226,11 @@ class JobRunner:
 
     # -- the worker --------------------------------------------------------------------------------------
     async def _work(self) -> None:
-        while True:
+        while not self._stopping:
+            # Clear before looking, so a submit that lands during the query is not missed.
+            self._wake.clear()
             job = await self._next_job()
             if job is None:
-                self._wake.clear()
                 await self._wake.wait()
                 continue
             await self._run(job)

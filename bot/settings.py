@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     low_vram: bool = False
     compile: Literal["off", "unet", "max"] = "off"
     safety_checker: bool = False
+    # Channels marked NSFW in Discord run without the prompt blocklist and image checker only when true.
+    allow_nsfw: bool = False
     safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
 
     # Job defaults
@@ -103,6 +105,14 @@ class Settings(BaseSettings):
     def _multiple_of_8(cls, value: int) -> int:
         if value % 8:
             raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @field_validator("discord_token", "dev_guild", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("blocklist", mode="before")

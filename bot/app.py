@@ -1,0 +1,95 @@
+"""`python -m bot run` / `sync`: build settings, store, engine and bot in one place and start them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import discord
+import yarl
+
+from bot.bot import ImagineBot
+from bot.engine.executor import Engine
+from bot.settings import Settings
+from bot.store import HistoryStore
+from bot.wiring import build_runner, engine_config_from
+
+log = logging.getLogger(__name__)
+
+
+def apply_discord_endpoints(settings: Settings) -> None:
+    """Point discord.py's REST base and gateway at DISCORD_API_BASE / DISCORD_GATEWAY_URL (before login)."""
+    discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def _token(settings: Settings) -> str | None:
+    if settings.discord_token is None:
+        print(
+            "error: DISCORD_TOKEN is not set: put your bot token in the environment or in .env "
+            "(see README → Discord setup)",
+            file=sys.stderr,
+        )
+        return None
+    return settings.discord_token.get_secret_value().strip()
+
+
+def _install_signal_handlers(bot: ImagineBot) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+
+
+async def run_bot(settings: Settings) -> int:
+    """The main job: connect to Discord and serve until SIGTERM/Ctrl-C."""
+    token = _token(settings)
+    if token is None:
+        return 2
+    apply_discord_endpoints(settings)
+    async with HistoryStore(settings.db_path) as store:
+        engine = Engine(engine_config_from(settings))
+        runner = build_runner(settings, store, engine)
+        try:
+            async with ImagineBot(settings=settings, store=store, engine=engine, runner=runner) as bot:
+                _install_signal_handlers(bot)
+                await bot.start(token)
+        except discord.LoginFailure:
+            print(
+                "error: Discord rejected DISCORD_TOKEN (401 Unauthorized): reset the token and try again",
+                file=sys.stderr,
+            )
+            return 2
+        except discord.PrivilegedIntentsRequired:
+            print("error: Discord refused the gateway intents", file=sys.stderr)
+            return 2
+        finally:
+            await engine.close()
+    log.info("stopped")
+    return 0
+
+
+async def sync_commands_now(settings: Settings) -> int:
+    """Log in over REST only and sync the slash commands (ignores the stored hash)."""
+    token = _token(settings)
+    if token is None:
+        return 2
+    apply_discord_endpoints(settings)
+    async with HistoryStore(settings.db_path) as store:
+        engine = Engine(engine_config_from(settings))
+        runner = build_runner(settings, store, engine)
+        bot = ImagineBot(settings=settings, store=store, engine=engine, runner=runner, run_worker=False)
+        try:
+            async with bot:
+                await bot.login(token)
+                await bot.sync_commands(force=True)
+        except discord.LoginFailure:
+            print("error: Discord rejected DISCORD_TOKEN (401 Unauthorized)", file=sys.stderr)
+            return 2
+        finally:
+            await engine.close()
+    print("slash commands synced")
+    return 0

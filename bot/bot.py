@@ -1,0 +1,216 @@
+"""The one `commands.Bot` subclass: loads the cogs, owns the job worker and delivery, syncs commands sparingly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import Deliverer
+from bot.engine.executor import Engine
+from bot.engine.types import EngineError
+from bot.health import write_heartbeat
+from bot.jobs import JobRunner
+from bot.settings import Settings
+from bot.store import HistoryStore, QueueRefused
+from bot.ui import HistoryPageButton, HistorySelect, JobButton
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.imagine", "cogs.history")
+HEARTBEAT_SECONDS = 15.0
+COMMANDS_HASH_KEY = "commands_hash"
+
+
+def minimal_intents() -> discord.Intents:
+    """Only `guilds`: no privileged intents, no message content."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    return intents
+
+
+class ImagineBot(commands.Bot):
+    """imagine-bot's Discord client. Everything it uses is built in `main()` and passed in."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: HistoryStore,
+        engine: Engine,
+        runner: JobRunner,
+        run_worker: bool = True,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=minimal_intents(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+        )
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.runner = runner
+        self.run_worker = run_worker
+        self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._leftovers_delivered = False
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(JobButton, HistoryPageButton, HistorySelect)
+        self.tree.on_error = self.on_app_command_error
+        if not self.run_worker:
+            return
+        self.runner.set_handlers(
+            on_progress=self.deliverer.on_progress,
+            on_started=self.deliverer.on_started,
+            on_finished=self.deliverer.on_finished,
+        )
+        await self.runner.start(requeue_interrupted=True)
+        self.deliverer.start()
+        # Loading takes minutes on a real GPU box: do it in the background; jobs wait on the same thread.
+        self._spawn(self._load_models())
+        self._spawn(self._heartbeat_loop())
+        await self.sync_commands(force=False)
+
+    async def _load_models(self) -> None:
+        try:
+            await self.engine.load()
+        except EngineError as exc:
+            log.error("%s", exc.user_message)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Stop taking jobs, let the running one end (or mark it), then disconnect."""
+        log.info("shutting down")
+        if self.run_worker:
+            await self.runner.stop()
+            await self.deliverer.stop()
+        for task in list(self._background):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            write_heartbeat(self.settings.heartbeat_path, connected=False)
+        await super().close()
+
+    # -- command sync ---------------------------------------------------------------------------------
+    def commands_hash(self) -> str:
+        """A hash of the command definitions; sync only when it changes."""
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    async def sync_commands(self, *, force: bool) -> bool:
+        """Sync to the dev guild (instant) or globally, only if the definitions changed or `force`."""
+        guild = discord.Object(self.settings.dev_guild) if self.settings.dev_guild else None
+        key = f"{COMMANDS_HASH_KEY}:{self.settings.dev_guild or 'global'}"
+        current = self.commands_hash()
+        if not force and await self.store.get_meta(key) == current:
+            log.info("slash commands unchanged; not syncing")
+            return False
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        await self.store.set_meta(key, current)
+        log.info("synced %d slash commands %s", len(synced), f"to guild {guild.id}" if guild else "globally")
+        return True
+
+    # -- events -----------------------------------------------------------------------------------------
+    async def on_ready(self) -> None:
+        log.info(
+            "connected as %s (%s) to %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds)
+        )
+        self._write_heartbeat(True)
+        if self.run_worker and not self._leftovers_delivered:
+            self._leftovers_delivered = True
+            self._spawn(self.deliverer.deliver_leftovers())
+
+    async def on_resumed(self) -> None:
+        self._write_heartbeat(True)
+
+    async def on_disconnect(self) -> None:
+        self._write_heartbeat(False)
+
+    def _write_heartbeat(self, connected: bool) -> None:
+        try:
+            latency = self.latency if self.latency == self.latency else None  # NaN before the first ACK
+            write_heartbeat(self.settings.heartbeat_path, connected=connected, latency=latency)
+        except OSError:
+            log.warning("could not write the heartbeat file %s", self.settings.heartbeat_path)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            connected = self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
+            self._write_heartbeat(bool(connected))
+
+    # -- component entry points (from bot.ui) ------------------------------------------------------------
+    async def handle_job_button(
+        self, interaction: discord.Interaction[Any], action: str, job_id: str, tile: int | None
+    ) -> None:
+        await self._imagine_cog().on_job_button(interaction, action, job_id, tile)
+
+    async def handle_history_page(
+        self, interaction: discord.Interaction[Any], viewer: int, target: int, page: int
+    ) -> None:
+        await self._history_cog().on_page(interaction, viewer, target, page)
+
+    async def handle_history_select(
+        self, interaction: discord.Interaction[Any], viewer: int, job_id: str
+    ) -> None:
+        await self._history_cog().on_select(interaction, viewer, job_id)
+
+    def _imagine_cog(self) -> Any:
+        return self.get_cog("ImagineCog")
+
+    def _history_cog(self) -> Any:
+        return self.get_cog("HistoryCog")
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    async def on_app_command_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        """One place that turns errors into ephemeral messages; unknown ones are logged, never shown."""
+        original = getattr(error, "original", error)
+        if isinstance(original, EngineError | QueueRefused):
+            message = getattr(original, "user_message", None) or str(original)
+        elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
+            message = "you don't have permission to do that here"
+        elif isinstance(error, app_commands.TransformerError):
+            message = f"that value isn't valid for `{getattr(error, 'value', '?')}`"
+        else:
+            log.error("command %s failed", getattr(interaction.command, "name", "?"), exc_info=original)
+            message = "something went wrong on our side; nothing was changed"
+        await reply_ephemeral(interaction, message)
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        # discord.py calls this from inside its except block, so exc_info is the live exception.
+        log.error("unhandled error in %s", event_method, exc_info=True)  # noqa: LOG014
+
+
+async def reply_ephemeral(interaction: discord.Interaction[Any], message: str) -> None:
+    """An ephemeral reply whether or not the interaction was already answered."""
+    text = message[:1900]
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(
+                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
+        else:
+            await interaction.response.send_message(
+                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
+    except discord.HTTPException as exc:
+        log.info("could not send an error reply: %s %s", exc.status, exc.code)

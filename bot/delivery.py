@@ -1,0 +1,255 @@
+"""Getting job state into Discord: throttled progress edits, the final grid, the channel fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+from PIL import Image
+
+from bot.engine.images import EncodedImage, encode_within_budget
+from bot.jobs import JobOutcome, JobRunner
+from bot.messages import failure_text, progress_text, queued_text, result_embed
+from bot.settings import Settings
+from bot.store import HistoryStore, JobRecord
+from bot.ui import result_view
+
+if TYPE_CHECKING:
+    from bot.bot import ImagineBot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+# Multipart overhead and the embed JSON travel in the same request as the file.
+UPLOAD_MARGIN = 64 * 1024
+# Interaction tokens live 15 minutes; switch to the channel a little before that.
+TOKEN_SAFETY_MARGIN = 30.0
+DEAD_TOKEN_CODES = {10015, 10062, 50027}
+PREVIEW_SIDE = 256
+
+
+def is_dead_token(exc: discord.HTTPException) -> bool:
+    """Expired or unknown interaction token: never retry it, use the channel."""
+    return exc.code in DEAD_TOKEN_CODES or exc.status == 401
+
+
+@dataclass
+class Tracker:
+    """One job a Discord user is watching through an interaction response."""
+
+    job_id: str
+    interaction: discord.Interaction[Any] | None
+    text: str = ""
+    preview: bytes | None = None
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    last_edit: float = 0.0
+    task: asyncio.Task[None] | None = None
+    position: int | None = None
+
+    def token_usable(self) -> bool:
+        if self.interaction is None:
+            return False
+        remaining = (self.interaction.expires_at - discord.utils.utcnow()).total_seconds()
+        return remaining > TOKEN_SAFETY_MARGIN
+
+
+class Deliverer:
+    """Owns every message the bot edits or sends for a job."""
+
+    def __init__(
+        self, bot: ImagineBot, *, settings: Settings, store: HistoryStore, runner: JobRunner
+    ) -> None:
+        self.bot = bot
+        self.settings = settings
+        self.store = store
+        self.runner = runner
+        self.trackers: dict[str, Tracker] = {}
+        self._queue_task: asyncio.Task[None] | None = None
+        self.sent_results: int = 0
+
+    def start(self) -> None:
+        self._queue_task = asyncio.create_task(self._queue_position_loop(), name="queue-positions")
+
+    async def stop(self) -> None:
+        tasks = [t.task for t in self.trackers.values() if t.task] + (
+            [self._queue_task] if self._queue_task else []
+        )
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- tracking ------------------------------------------------------------------------------------
+    def track(self, job: JobRecord, interaction: discord.Interaction[Any], *, text: str) -> None:
+        """Follow a job through `interaction`'s original response (already deferred)."""
+        tracker = Tracker(job.id, interaction, text=text)
+        tracker.last_edit = time.monotonic()
+        tracker.task = asyncio.create_task(self._edit_loop(tracker), name=f"progress-{job.id}")
+        self.trackers[job.id] = tracker
+
+    def on_progress(self, job_id: str, step: int, total: int, preview: Image.Image | None) -> None:
+        """Called on the loop (via call_soon_threadsafe) for each denoising step."""
+        tracker = self.trackers.get(job_id)
+        if tracker is None:
+            return
+        tracker.text = progress_text(job_id, step, total)
+        if preview is not None:
+            # Encoding a 256 px preview PNG is ~1 ms; fine on the loop.
+            buffer = io.BytesIO()
+            preview.resize((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.NEAREST).save(buffer, format="PNG")
+            tracker.preview = buffer.getvalue()
+        tracker.dirty.set()
+
+    async def on_started(self, job: JobRecord) -> None:
+        tracker = self.trackers.get(job.id)
+        if tracker is not None:
+            tracker.text = progress_text(job.id, 0, job.steps)
+            tracker.dirty.set()
+
+    async def _edit_loop(self, tracker: Tracker) -> None:
+        interval = self.settings.progress_interval
+        while True:
+            await tracker.dirty.wait()
+            wait = interval - (time.monotonic() - tracker.last_edit)
+            if wait > 0:
+                # Coalesce: whatever arrives meanwhile is sent as one edit.
+                await asyncio.sleep(wait)
+            tracker.dirty.clear()
+            if not tracker.token_usable():
+                return
+            assert tracker.interaction is not None
+            attachments = (
+                [discord.File(io.BytesIO(tracker.preview), "preview.png")] if tracker.preview else []
+            )
+            try:
+                await tracker.interaction.edit_original_response(
+                    content=tracker.text, attachments=attachments
+                )
+            except discord.HTTPException as exc:
+                if is_dead_token(exc):
+                    tracker.interaction = None
+                    return
+                log.info("progress edit for %s failed: %s", tracker.job_id, exc.status)
+            tracker.last_edit = time.monotonic()
+
+    async def _queue_position_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.progress_interval * 2, 2.0))
+            try:
+                await self.update_positions()
+            except Exception:
+                log.exception("queue position update failed")
+
+    async def update_positions(self) -> None:
+        """Refresh the position/ETA text of tracked queued jobs whose position changed."""
+        if not any(t.job_id for t in self.trackers.values()):
+            return
+        order = await self.runner.queue_positions()
+        queued = [job for job in order if job.status == "queued"]
+        for position, job in enumerate(queued, start=1):
+            tracker = self.trackers.get(job.id)
+            if tracker is not None and tracker.position != position:
+                tracker.position = position
+                tracker.text = queued_text(job.id, position, self.runner.eta_seconds(position))
+                tracker.dirty.set()
+
+    # -- final results -------------------------------------------------------------------------------
+    async def on_finished(self, outcome: JobOutcome) -> None:
+        """Deliver a finished job exactly once: the interaction if its token lives, else the channel."""
+        job = outcome.job
+        tracker = self.trackers.pop(job.id, None)
+        if tracker is not None and tracker.task is not None:
+            tracker.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await tracker.task
+        if job.channel_id is None or job.delivery != "pending":
+            return
+        if not await self.store.claim_delivery(job.id):
+            return
+        interaction = tracker.interaction if tracker is not None and tracker.token_usable() else None
+        limit = interaction.filesize_limit if interaction is not None else DEFAULT_UPLOAD_LIMIT
+        encoded = await self._encoded_grid(job, outcome.grid_png, limit) if job.status == "done" else None
+        message = None
+        if interaction is not None:
+            message = await self._edit_response(interaction, job, encoded)
+        if message is None:
+            message = await self._send_to_channel(job, encoded)
+        await self.store.mark_delivered(job.id, message_id=message.id if message is not None else None)
+        self.sent_results += 1
+
+    async def _encoded_grid(self, job: JobRecord, grid_png: bytes | None, limit: int) -> EncodedImage | None:
+        def encode() -> EncodedImage | None:
+            data = grid_png
+            if data is None and job.grid_path and Path(job.grid_path).is_file():
+                data = Path(job.grid_path).read_bytes()
+            if data is None:
+                return None
+            with Image.open(io.BytesIO(data)) as image:
+                return encode_within_budget(image, limit - UPLOAD_MARGIN, png=data)
+
+        return await asyncio.to_thread(encode)
+
+    def _payload(self, job: JobRecord, encoded: EncodedImage | None) -> dict[str, Any]:
+        if job.status != "done" or encoded is None:
+            return {
+                "content": failure_text(job) if job.status != "done" else f"Job `{job.id}`: images missing."
+            }
+        filename = f"{job.id}.{encoded.extension}"
+        return {
+            "content": None,
+            "embed": result_embed(job, filename=filename),
+            "file": discord.File(io.BytesIO(encoded.data), filename),
+            "view": result_view(job),
+        }
+
+    async def _edit_response(
+        self, interaction: discord.Interaction[Any], job: JobRecord, encoded: EncodedImage | None
+    ) -> discord.Message | None:
+        payload = self._payload(job, encoded)
+        file = payload.pop("file", None)
+        try:
+            return await interaction.edit_original_response(
+                attachments=[file] if file is not None else [],
+                view=payload.pop("view", None),
+                embed=payload.pop("embed", None),
+                **payload,
+            )
+        except discord.HTTPException as exc:
+            if not is_dead_token(exc):
+                log.warning(
+                    "result edit for %s failed (%s %s); using the channel", job.id, exc.status, exc.code
+                )
+            return None
+
+    async def _send_to_channel(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message | None:
+        assert job.channel_id is not None
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        payload = self._payload(job, encoded)
+        mention = f"<@{job.user_id}> " if job.user_id else ""
+        lead = "your images are ready" if job.status == "done" else (payload.get("content") or "")
+        payload["content"] = f"{mention}{lead}".strip()
+        allowed = (
+            discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+            if job.user_id
+            else discord.AllowedMentions.none()
+        )
+        try:
+            return await channel.send(allowed_mentions=allowed, **payload)
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not deliver job %s to channel %s: %s %s", job.id, job.channel_id, exc.status, exc.code
+            )
+            return None
+
+    async def deliver_leftovers(self) -> None:
+        """After a restart: post results that finished but were never delivered."""
+        for job in await self.store.undelivered_jobs():
+            await self.on_finished(JobOutcome(job))

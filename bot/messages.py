@@ -1,0 +1,129 @@
+"""Text and embeds the bot shows: results, failures, queue, history. Within Discord's size limits."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import discord
+
+from bot.store import JobRecord
+from bot.ui import clip
+
+EMBED_COLOR = discord.Colour.from_rgb(88, 101, 242)
+FAILED_COLOR = discord.Colour.from_rgb(237, 66, 69)
+
+ACTION_TITLES = {
+    "imagine": "",
+    "rerender": "🔄 re-render of ",
+    "reexpand": "✨ new prompts for ",
+    "variation": "variations of ",
+    "reproduce": "reproduction of ",
+    "rerun": "re-run of ",
+}
+
+_REASONS = {
+    "interrupted": "the bot restarted while this job was running",
+    "cancelled by its owner": "cancelled",
+}
+
+
+def plain_reason(job: JobRecord) -> str:
+    """The user-facing reason a job did not finish."""
+    reason = job.reason or job.status
+    return _REASONS.get(reason, reason)
+
+
+def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
+    """Numbered prompts, job id, seed and main parameters, with the grid as the embed image."""
+    prefix = ACTION_TITLES.get(job.action, "")
+    title = clip(prefix + job.seed_text, 256)
+    lines = []
+    budget = 3900 // max(1, len(job.tiles))
+    for tile in job.tiles:
+        flag = " ⚠️ filtered" if tile.nsfw else ""
+        lines.append(f"**{tile.index}.** {clip(tile.prompt, budget)}{flag}")
+    embed = discord.Embed(title=title, description="\n".join(lines), colour=EMBED_COLOR)
+    embed.add_field(name="Job", value=f"`{job.id}`")
+    embed.add_field(name="Seed", value=f"`{job.job_seed}`")
+    embed.add_field(name="Size", value=f"{job.width}×{job.height}")
+    embed.add_field(name="Steps", value=str(job.steps))
+    embed.add_field(name="Guidance", value=f"{job.guidance:g}")
+    if job.negative:
+        embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
+    if job.parent_id:
+        embed.add_field(
+            name="From", value=f"`{job.parent_id}`" + (f" tile {job.source_tile}" if job.source_tile else "")
+        )
+    embed.set_image(url=f"attachment://{filename}")
+    if job.user_id:
+        embed.set_footer(text="Reproduce exactly with /history job:" + job.id)
+    return embed
+
+
+def failure_text(job: JobRecord) -> str:
+    """One plain sentence: which job, and why it did not finish."""
+    if job.status == "cancelled":
+        return f"Job `{job.id}` ({clip(job.seed_text, 80)}) was cancelled."
+    return f"Job `{job.id}` ({clip(job.seed_text, 80)}) failed: {plain_reason(job)}."
+
+
+def progress_text(job_id: str, step: int, total: int) -> str:
+    """Step x/y with a small bar."""
+    filled = round(10 * step / max(total, 1))
+    return f"Rendering `{job_id}` — step {step}/{total} `{'█' * filled}{'░' * (10 - filled)}`"
+
+
+def queued_text(job_id: str, position: int, eta: float | None) -> str:
+    """Position in the queue and a rough wait."""
+    where = "next in line" if position <= 1 else f"position {position} in the queue"
+    wait = f" (about {eta:.0f} s)" if eta is not None else ""
+    return f"Queued `{job_id}` — {where}{wait}."
+
+
+def history_line(job: JobRecord) -> str:
+    """Time, seed text, status, tile count and id."""
+    icon = {"done": "✅", "failed": "❌", "cancelled": "🚫", "queued": "⏳", "running": "🎨"}.get(
+        job.status, "•"
+    )
+    return (
+        f"{icon} <t:{int(job.created_at)}:R> **{clip(job.seed_text, 60)}** · {job.count} tile(s) · `{job.id}`"
+    )
+
+
+def history_page_embed(
+    jobs: list[JobRecord], *, page: int, pages: int, total: int, whose: str
+) -> discord.Embed:
+    """One page (10 jobs) of a user's history."""
+    embed = discord.Embed(title=f"History of {whose}", colour=EMBED_COLOR)
+    embed.description = (
+        "\n".join(history_line(job) for job in jobs) if jobs else "No jobs yet. Try `/imagine`."
+    )
+    embed.set_footer(text=f"Page {page + 1}/{max(pages, 1)} · {total} job(s)")
+    return embed
+
+
+def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
+    """One job in full: prompts, parameters, seeds."""
+    embed = discord.Embed(
+        title=clip(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
+    )
+    lines = [f"**{t.index}.** seed `{t.image_seed}` — {clip(t.prompt, 700)}" for t in job.tiles]
+    status = job.status + (f" ({plain_reason(job)})" if job.status in ("failed", "cancelled") else "")
+    embed.description = clip(f"Status: {status}\n" + "\n".join(lines), 4000)
+    embed.add_field(name="Job", value=f"`{job.id}`")
+    embed.add_field(name="Seed", value=f"`{job.job_seed}`")
+    embed.add_field(name="Size", value=f"{job.width}×{job.height}")
+    embed.add_field(name="Steps", value=str(job.steps))
+    embed.add_field(name="Guidance", value=f"{job.guidance:g}")
+    embed.add_field(name="Expanded", value="yes" if job.expand else "no")
+    if job.negative:
+        embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
+    model = job.render.get("sd_model")
+    if model:
+        embed.add_field(
+            name="Model", value=clip(f"{model} @ {job.render.get('sd_revision', '?')}", 1000), inline=False
+        )
+    if thumbnail:
+        embed.set_thumbnail(url=f"attachment://{thumbnail}")
+    embed.timestamp = datetime.fromtimestamp(job.created_at, tz=timezone.utc)
+    return embed

@@ -1,0 +1,152 @@
+"""Persistent components: every custom_id carries the action and job, resolved through SQLite after restarts."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.store import JobRecord
+
+if TYPE_CHECKING:
+    from bot.bot import ImagineBot
+
+# Actions: u = post tile alone, v = variations of a tile, rr = re-render (new image seeds),
+# rx = re-expand (new prompts), del = delete the message, post = re-post a saved grid, repro = exact re-render.
+JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro")
+JOB_ID = r"[0-9a-f]{10}"
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"ib:(?P<action>{'|'.join(JOB_ACTIONS)}):(?P<job>{JOB_ID})(?::(?P<tile>[1-9]))?$",
+):
+    """A button on a result or history message; works for messages sent before a restart."""
+
+    def __init__(
+        self,
+        action: str,
+        job_id: str,
+        tile: int | None = None,
+        *,
+        label: str | None = None,
+        emoji: str | None = None,
+        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+        row: int | None = None,
+    ) -> None:
+        custom_id = f"ib:{action}:{job_id}" + (f":{tile}" if tile is not None else "")
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=custom_id, row=row)
+        )
+        self.action = action
+        self.job_id = job_id
+        self.tile = tile
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str]
+    ) -> JobButton:
+        tile = match["tile"]
+        return cls(match["action"], match["job"], int(tile) if tile else None)
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        await interaction.client.handle_job_button(interaction, self.action, self.job_id, self.tile)
+
+
+class HistoryPageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"ib:hp:(?P<viewer>\d{1,20}):(?P<target>\d{1,20}):(?P<page>\d{1,6})$",
+):
+    """Previous/Next on a /history page; only the viewer who opened it may page it."""
+
+    def __init__(
+        self, viewer: int, target: int, page: int, *, label: str = "", disabled: bool = False
+    ) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label, custom_id=f"ib:hp:{viewer}:{target}:{page}", disabled=disabled, row=1
+            )
+        )
+        self.viewer = viewer
+        self.target = target
+        self.page = page
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str]
+    ) -> HistoryPageButton:
+        return cls(int(match["viewer"]), int(match["target"]), int(match["page"]))
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        await interaction.client.handle_history_page(interaction, self.viewer, self.target, self.page)
+
+
+class HistorySelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"ib:hs:(?P<viewer>\d{1,20})$",
+):
+    """A menu on a /history page that opens one job."""
+
+    def __init__(self, viewer: int, jobs: list[JobRecord] | None = None) -> None:
+        options = [
+            discord.SelectOption(
+                label=clip(job.seed_text, 90) or job.id, value=job.id, description=f"{job.id} · {job.status}"
+            )
+            for job in (jobs or [])
+        ] or [discord.SelectOption(label="no jobs", value="none")]
+        super().__init__(
+            discord.ui.Select(custom_id=f"ib:hs:{viewer}", placeholder="Open a job…", options=options, row=0)
+        )
+        self.viewer = viewer
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Select[Any], match: re.Match[str]
+    ) -> HistorySelect:
+        return cls(int(match["viewer"]))
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        values = (interaction.data or {}).get("values") or []
+        await interaction.client.handle_history_select(
+            interaction, self.viewer, str(values[0]) if values else ""
+        )
+
+
+def result_view(job: JobRecord) -> discord.ui.View:
+    """U1…Un, V1…Vn, 🔄 ✨ 🗑 under a finished grid."""
+    view = discord.ui.View(timeout=None)
+    for tile in job.tiles:
+        view.add_item(JobButton("u", job.id, tile.index, label=f"U{tile.index}", row=0))
+    for tile in job.tiles:
+        view.add_item(JobButton("v", job.id, tile.index, label=f"V{tile.index}", row=1))
+    view.add_item(JobButton("rr", job.id, emoji="🔄", style=discord.ButtonStyle.primary, row=2))
+    view.add_item(JobButton("rx", job.id, emoji="✨", style=discord.ButtonStyle.primary, row=2))
+    view.add_item(JobButton("del", job.id, emoji="🗑", style=discord.ButtonStyle.danger, row=2))
+    return view
+
+
+def history_job_view(job: JobRecord) -> discord.ui.View:
+    """ "Post here" and "Reproduce" under one job of /history."""
+    view = discord.ui.View(timeout=None)
+    if job.status == "done":
+        view.add_item(JobButton("post", job.id, label="Post here", style=discord.ButtonStyle.primary))
+        view.add_item(JobButton("repro", job.id, label="Reproduce"))
+    return view
+
+
+def history_page_view(
+    viewer: int, target: int, page: int, pages: int, jobs: list[JobRecord]
+) -> discord.ui.View:
+    """Select menu + Previous/Next for a /history page."""
+    view = discord.ui.View(timeout=None)
+    if jobs:
+        view.add_item(HistorySelect(viewer, jobs))
+    view.add_item(HistoryPageButton(viewer, target, max(page - 1, 0), label="Previous", disabled=page <= 0))
+    view.add_item(HistoryPageButton(viewer, target, page + 1, label="Next", disabled=page + 1 >= pages))
+    return view
+
+
+def clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

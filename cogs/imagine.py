@@ -1,0 +1,324 @@
+"""/imagine, /queue, /cancel and the buttons under a grid."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from bot.bot import reply_ephemeral
+from bot.delivery import UPLOAD_MARGIN, is_dead_token
+from bot.engine.images import encode_within_budget
+from bot.engine.types import EngineError
+from bot.jobs import request_from_job, rerun_spec
+from bot.messages import queued_text, result_embed
+from bot.store import JobRecord, JobSpec, QueueRefused
+from bot.ui import JobButton, clip, result_view
+
+if TYPE_CHECKING:
+    from bot.bot import ImagineBot
+
+log = logging.getLogger(__name__)
+
+Aspect = Literal["square", "portrait", "landscape"]
+MAX_SEED = 2**32 - 1
+
+
+def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Map an aspect choice to a size with about the default's pixel count, multiples of 8, within the limit."""
+    if aspect == "square":
+        return width, height
+    area = min(width * height, max_pixels)
+    ratio = 3 / 4 if aspect == "portrait" else 4 / 3
+    w = max(64, int(math.sqrt(area * ratio)) // 8 * 8)
+    h = max(64, int(math.sqrt(area / ratio)) // 8 * 8)
+    return w, h
+
+
+def is_manager(interaction: discord.Interaction[Any], permission: str) -> bool:
+    """True when the member has `permission` (from the interaction payload) in this channel."""
+    return bool(getattr(interaction.permissions, permission, False))
+
+
+def safe_mode_for(interaction: discord.Interaction[Any], allow_nsfw: bool) -> bool:
+    """The content filter is on everywhere except NSFW channels of servers that allow it."""
+    channel = interaction.channel
+    nsfw_channel = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    return not (allow_nsfw and nsfw_channel)
+
+
+class ImagineCog(commands.Cog):
+    """Generating images and the Midjourney-style buttons."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+        self.settings = bot.settings
+
+    @app_commands.command(name="imagine")
+    @app_commands.guild_only()
+    async def imagine(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        seed: str,
+        count: app_commands.Range[int, 1, 9] | None = None,
+        negative: str | None = None,
+        steps: app_commands.Range[int, 1, 500] | None = None,
+        guidance: app_commands.Range[float, 0.0, 50.0] | None = None,
+        aspect: Aspect = "square",
+        seed_number: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        expand: bool = True,
+    ) -> None:
+        """Turn a short text into pictures: GPT-2 writes the prompts, Stable Diffusion paints them.
+
+        Parameters
+        ----------
+        seed: The idea, e.g. "Northeastern University". It starts every prompt.
+        count: How many images (1 to the server's limit, usually 4).
+        negative: What to keep out of the pictures, e.g. "blurry, text".
+        steps: Denoising steps: more is slower and finer (default 25).
+        guidance: How strictly to follow the prompt (default 7.5).
+        aspect: Square, portrait (3:4) or landscape (4:3).
+        seed_number: A number that makes the result reproducible.
+        expand: Let GPT-2 write richer prompts (on) or use your text as-is (off).
+        """
+        s = self.settings
+        width, height = size_for_aspect(aspect, s.width, s.height, s.max_pixels)
+        spec = JobSpec(
+            seed_text=seed,
+            count=count if count is not None else s.count,
+            steps=steps if steps is not None else s.steps,
+            guidance=guidance if guidance is not None else s.guidance,
+            width=width,
+            height=height,
+            job_seed=seed_number if seed_number is not None else secrets.randbelow(MAX_SEED + 1),
+            negative=negative or "",
+            expand=expand,
+            safe_mode=safe_mode_for(interaction, s.allow_nsfw),
+            action="imagine",
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+        )
+        await self.start_job(interaction, spec)
+
+    async def start_job(self, interaction: discord.Interaction[Any], spec: JobSpec) -> JobRecord | None:
+        """Validate (ephemeral error), defer, queue, and follow the job in the deferred message."""
+        try:
+            self.bot.engine.validate(request_from_job(spec))
+        except EngineError as exc:
+            await reply_ephemeral(interaction, f"Can't start that: {exc.user_message}.")
+            return None
+        if not interaction.response.is_done():
+            await interaction.response.defer(thinking=True)
+        try:
+            job = await self.bot.runner.submit(spec)
+        except (QueueRefused, EngineError) as exc:
+            message = getattr(exc, "user_message", None) or str(exc)
+            await self._withdraw(interaction)
+            await interaction.followup.send(
+                f"Can't queue that: {message}.",
+                ephemeral=True,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+            return None
+        # No await between submit and track: a fast job must find its tracker.
+        order = [j.id for j in await self.bot.runner.queue_positions() if j.status == "queued"]
+        position = order.index(job.id) + 1 if job.id in order else 1
+        self.bot.deliverer.track(
+            job, interaction, text=queued_text(job.id, position, self.bot.runner.eta_seconds(position))
+        )
+        return job
+
+    async def _withdraw(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException as exc:
+            log.debug("could not delete the thinking message: %s", exc.status)
+
+    @app_commands.command(name="queue")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        """Show your jobs waiting in the queue and their positions."""
+        order = await self.bot.runner.queue_positions()
+        lines = []
+        for position, job in enumerate(order, start=1):
+            if job.user_id == interaction.user.id:
+                where = "rendering now" if job.status == "running" else f"position {position}"
+                lines.append(f"`{job.id}` — {where} — {clip(job.seed_text, 60)}")
+        text = "\n".join(lines) if lines else "You have no jobs in the queue."
+        text += f"\nQueue length: {len(order)}."
+        await reply_ephemeral(interaction, text)
+
+    @app_commands.command(name="cancel")
+    @app_commands.guild_only()
+    async def cancel(self, interaction: discord.Interaction[ImagineBot], job: str | None = None) -> None:
+        """Cancel one of your queued or running jobs.
+
+        Parameters
+        ----------
+        job: The job id (default: your most recent waiting job).
+        """
+        mine = [j for j in await self.bot.runner.queue_positions() if j.user_id == interaction.user.id]
+        if job is not None:
+            mine = [j for j in mine if j.id == job.strip()]
+        if not mine:
+            await reply_ephemeral(interaction, "No waiting job of yours matches that.")
+            return
+        target = mine[-1] if job is None else mine[0]
+        if await self.bot.runner.cancel(target.id):
+            verb = "will stop at the next step" if target.status == "running" else "was cancelled"
+            await reply_ephemeral(interaction, f"Job `{target.id}` {verb}.")
+        else:
+            await reply_ephemeral(interaction, f"Job `{target.id}` already finished.")
+
+    # -- buttons ------------------------------------------------------------------------------------------
+    async def on_job_button(
+        self, interaction: discord.Interaction[Any], action: str, job_id: str, tile: int | None
+    ) -> None:
+        """Dispatch a persistent button, checking that the job exists here and the presser may use it."""
+        job = await self.bot.store.get_job(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, "That job doesn't exist (any more).")
+            return
+        owner = job.user_id == interaction.user.id
+        if action == "del":
+            if not (owner or is_manager(interaction, "manage_messages")):
+                await reply_ephemeral(
+                    interaction, "Only the person who asked for it (or a moderator) can delete it."
+                )
+                return
+            await interaction.response.defer()
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException as exc:
+                log.info("delete of job %s message failed: %s", job.id, exc.status)
+            return
+        if not (owner or (action in ("post", "repro") and is_manager(interaction, "manage_guild"))):
+            await reply_ephemeral(
+                interaction, "Only the person who asked for these images can use their buttons."
+            )
+            return
+        if job.status != "done":
+            await reply_ephemeral(interaction, f"Job `{job.id}` has no images ({job.status}).")
+            return
+        if tile is not None and not 1 <= tile <= len(job.tiles):
+            await reply_ephemeral(interaction, f"Job `{job.id}` has no image {tile}.")
+            return
+        handlers = {
+            "u": self._post_tile,
+            "post": self._repost_grid,
+        }
+        if action in handlers:
+            await handlers[action](interaction, job, tile)
+            return
+        spec = self._child_spec(interaction, job, action, tile)
+        await self.start_job(interaction, spec)
+
+    def _child_spec(
+        self, interaction: discord.Interaction[Any], job: JobRecord, action: str, tile: int | None
+    ) -> JobSpec:
+        base = {
+            "user_id": interaction.user.id,
+            "guild_id": interaction.guild_id,
+            "channel_id": interaction.channel_id,
+            "parent_id": job.id,
+        }
+        new_seed = secrets.randbelow(MAX_SEED + 1)
+        common = {
+            "seed_text": job.seed_text,
+            "count": job.count,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "width": job.width,
+            "height": job.height,
+            "negative": job.negative,
+            "safe_mode": job.safe_mode,
+            "expand": job.expand,
+        }
+        if action == "repro":
+            return rerun_spec(job, user_id=interaction.user.id, action="reproduce")
+        if action == "rr":
+            return JobSpec(**common, **base, job_seed=new_seed, action="rerender", given_prompts=job.prompts)
+        if action == "rx":
+            return JobSpec(**common, **base, job_seed=new_seed, action="reexpand")
+        assert action == "v" and tile is not None
+        source = job.tiles[tile - 1]
+        return JobSpec(
+            **common,
+            **base,
+            job_seed=new_seed,
+            action="variation",
+            source_tile=tile,
+            strength=self.settings.variation_strength,
+            given_prompts=(source.prompt,) * job.count,
+            init_image=source.path,
+        )
+
+    async def _post_tile(
+        self, interaction: discord.Interaction[Any], job: JobRecord, tile: int | None
+    ) -> None:
+        assert tile is not None
+        await interaction.response.defer(thinking=True)
+        source = job.tiles[tile - 1]
+        limit = interaction.filesize_limit - UPLOAD_MARGIN
+
+        def encode() -> Any:
+            with Image.open(source.path or "") as image:
+                return encode_within_budget(image, limit, png=Path(source.path or "").read_bytes())
+
+        try:
+            encoded = await asyncio.to_thread(encode)
+        except OSError:
+            await interaction.followup.send(f"The image file of job `{job.id}` is gone.", ephemeral=True)
+            return
+        embed = discord.Embed(
+            description=f"**{tile}.** {clip(source.prompt, 3900)}", colour=discord.Colour.blurple()
+        )
+        filename = f"{job.id}-{tile}.{encoded.extension}"
+        embed.set_image(url=f"attachment://{filename}")
+        embed.set_footer(text=f"Job {job.id} · image seed {source.image_seed}")
+        view = discord.ui.View(timeout=None)
+        view.add_item(JobButton("v", job.id, tile, label=f"Vary {tile}"))
+        try:
+            await interaction.followup.send(
+                embed=embed, file=discord.File(io.BytesIO(encoded.data), filename), view=view, wait=True
+            )
+        except discord.HTTPException as exc:
+            if not is_dead_token(exc):
+                raise
+
+    async def _repost_grid(
+        self, interaction: discord.Interaction[Any], job: JobRecord, tile: int | None
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+
+        def encode() -> Any:
+            with Image.open(job.grid_path or "") as image:
+                return encode_within_budget(image, interaction.filesize_limit - UPLOAD_MARGIN)
+
+        try:
+            encoded = await asyncio.to_thread(encode)
+        except OSError:
+            await interaction.followup.send(f"The grid of job `{job.id}` is gone from disk.", ephemeral=True)
+            return
+        filename = f"{job.id}.{encoded.extension}"
+        channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
+        await channel.send(
+            embed=result_embed(job, filename=filename),
+            file=discord.File(io.BytesIO(encoded.data), filename),
+            view=result_view(job),
+        )
+        await interaction.followup.send("Posted.", ephemeral=True)
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(ImagineCog(bot))
