@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import discord
 import yarl
@@ -44,8 +45,10 @@ def _install_signal_handlers(bot: ImagineBot) -> None:
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
 
 
-async def run_bot(settings: Settings) -> int:
-    """The main job: connect to Discord and serve until SIGTERM/Ctrl-C."""
+async def run_bot(
+    settings: Settings, *, on_bot: Callable[[ImagineBot], None] | None = None, handle_signals: bool = True
+) -> int:
+    """The main job: connect to Discord and serve until SIGTERM/Ctrl-C (`on_bot` lets tests hold the bot)."""
     token = _token(settings)
     if token is None:
         return 2
@@ -55,7 +58,10 @@ async def run_bot(settings: Settings) -> int:
         runner = build_runner(settings, store, engine)
         try:
             async with ImagineBot(settings=settings, store=store, engine=engine, runner=runner) as bot:
-                _install_signal_handlers(bot)
+                if handle_signals:
+                    _install_signal_handlers(bot)
+                if on_bot is not None:
+                    on_bot(bot)
                 await bot.start(token)
         except discord.LoginFailure:
             print(

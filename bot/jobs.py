@@ -17,7 +17,7 @@ from PIL import Image
 from bot.engine.executor import Engine
 from bot.engine.images import compose_grid, png_bytes
 from bot.engine.types import EngineError, GenerationRequest, GenerationResult, JobCancelled
-from bot.store import HistoryStore, JobRecord, JobSpec, Tile
+from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,24 @@ class JobRunner:
         self.on_finished = on_finished
 
     # -- submitting ------------------------------------------------------------------------------------
+    async def admission_refusal(self, spec: JobSpec) -> Exception | None:
+        """Why `spec` would be refused now (bad input or a queue limit), without writing anything."""
+        if not self._accepting:
+            return QueueRefused("the bot is shutting down; try again in a minute")
+        try:
+            self.engine.validate(request_from_job(spec))
+        except EngineError as exc:
+            return exc
+        return await self.store.admission_refusal(
+            spec.user_id,
+            max_pending_per_user=self.max_pending_per_user if spec.user_id is not None else None,
+            max_queue=self.max_queue,
+            cooldown_seconds=self.cooldown_seconds if spec.user_id is not None else 0.0,
+        )
+
     async def submit(self, spec: JobSpec) -> JobRecord:
         """Validate, write the `queued` row (limits enforced atomically) and wake the worker."""
         if not self._accepting:
-            from bot.store import QueueRefused
-
             raise QueueRefused("the bot is shutting down; try again in a minute")
         self.engine.validate(request_from_job(spec))
         job = await self.store.create_job(

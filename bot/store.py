@@ -310,28 +310,11 @@ class HistoryStore:
         now = time.time() if now is None else now
         job_id = new_job_id()
         async with self._write() as db:
-            if max_queue is not None:
-                query = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-                cursor = await db.execute(query)
-                (pending,) = await cursor.fetchone()  # type: ignore[misc]
-                if pending >= max_queue:
-                    raise QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
-            if spec.user_id is not None:
-                query = """
-                    SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
-                    FROM jobs WHERE user_id = ?
-                """
-                cursor = await db.execute(query, (spec.user_id,))
-                mine, last = await cursor.fetchone()  # type: ignore[misc]
-                if max_pending_per_user is not None and mine >= max_pending_per_user:
-                    raise UserLimit(
-                        f"you already have {mine} jobs waiting (the limit is {max_pending_per_user}); "
-                        "wait for one to finish or `/cancel` one"
-                    )
-                if cooldown_seconds and last is not None and now - last < cooldown_seconds:
-                    raise Cooldown(
-                        f"slow down: you can start a new job in {cooldown_seconds - (now - last):.0f} s"
-                    )
+            refusal = await self._limit_refusal(
+                db, spec.user_id, max_pending_per_user, max_queue, cooldown_seconds, now
+            )
+            if refusal is not None:
+                raise refusal
             query = """
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
@@ -368,6 +351,52 @@ class HistoryStore:
         job = await self.get_job(job_id)
         assert job is not None
         return job
+
+    async def admission_refusal(
+        self,
+        user_id: int | None,
+        *,
+        max_pending_per_user: int | None,
+        max_queue: int | None,
+        cooldown_seconds: float,
+    ) -> QueueRefused | None:
+        """Read-only pre-check of the queue limits (create_job re-checks them atomically)."""
+        return await self._limit_refusal(
+            self.db, user_id, max_pending_per_user, max_queue, cooldown_seconds, time.time()
+        )
+
+    @staticmethod
+    async def _limit_refusal(
+        db: aiosqlite.Connection,
+        user_id: int | None,
+        max_pending_per_user: int | None,
+        max_queue: int | None,
+        cooldown_seconds: float,
+        now: float,
+    ) -> QueueRefused | None:
+        if max_queue is not None:
+            query = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+            cursor = await db.execute(query)
+            (pending,) = await cursor.fetchone()  # type: ignore[misc]
+            if pending >= max_queue:
+                return QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
+        if user_id is None:
+            return None
+        query = """
+            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
+            FROM jobs WHERE user_id = ?
+        """
+        cursor = await db.execute(query, (user_id,))
+        mine, last = await cursor.fetchone()  # type: ignore[misc]
+        if max_pending_per_user is not None and mine >= max_pending_per_user:
+            return UserLimit(
+                f"you already have {mine} jobs waiting (the limit is {max_pending_per_user}); "
+                "wait for one to finish or `/cancel` one"
+            )
+        if cooldown_seconds and last is not None and now - last < cooldown_seconds:
+            wait = max(1, round(cooldown_seconds - (now - last)))
+            return Cooldown(f"slow down: you can start a new job in {wait} s")
+        return None
 
     async def mark_running(self, job_id: str) -> bool:
         """queued → running (attempts + 1); False if the job is no longer queued (cancelled)."""

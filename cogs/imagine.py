@@ -19,7 +19,7 @@ from bot.bot import reply_ephemeral
 from bot.delivery import UPLOAD_MARGIN, is_dead_token
 from bot.engine.images import encode_within_budget
 from bot.engine.types import EngineError
-from bot.jobs import request_from_job, rerun_spec
+from bot.jobs import rerun_spec
 from bot.messages import queued_text, result_embed
 from bot.store import JobRecord, JobSpec, QueueRefused
 from bot.ui import JobButton, clip, result_view
@@ -111,24 +111,20 @@ class ImagineCog(commands.Cog):
         await self.start_job(interaction, spec)
 
     async def start_job(self, interaction: discord.Interaction[Any], spec: JobSpec) -> JobRecord | None:
-        """Validate (ephemeral error), defer, queue, and follow the job in the deferred message."""
-        try:
-            self.bot.engine.validate(request_from_job(spec))
-        except EngineError as exc:
-            await reply_ephemeral(interaction, f"Can't start that: {exc.user_message}.")
+        """Check (ephemeral refusal), defer, queue, and follow the job in the deferred message."""
+        refusal = await self.bot.runner.admission_refusal(spec)
+        if refusal is not None:
+            message = getattr(refusal, "user_message", None) or str(refusal)
+            await reply_ephemeral(interaction, f"Can't start that: {message}.")
             return None
         if not interaction.response.is_done():
             await interaction.response.defer(thinking=True)
         try:
             job = await self.bot.runner.submit(spec)
         except (QueueRefused, EngineError) as exc:
+            # Lost a race with another request after the pre-check: say so in the (public) thinking message.
             message = getattr(exc, "user_message", None) or str(exc)
-            await self._withdraw(interaction)
-            await interaction.followup.send(
-                f"Can't queue that: {message}.",
-                ephemeral=True,
-                allowed_mentions=discord.AllowedMentions.none(),
-            )
+            await interaction.edit_original_response(content=f"Can't queue that: {message}.")
             return None
         # No await between submit and track: a fast job must find its tracker.
         order = [j.id for j in await self.bot.runner.queue_positions() if j.status == "queued"]
@@ -137,12 +133,6 @@ class ImagineCog(commands.Cog):
             job, interaction, text=queued_text(job.id, position, self.bot.runner.eta_seconds(position))
         )
         return job
-
-    async def _withdraw(self, interaction: discord.Interaction[Any]) -> None:
-        try:
-            await interaction.delete_original_response()
-        except discord.HTTPException as exc:
-            log.debug("could not delete the thinking message: %s", exc.status)
 
     @app_commands.command(name="queue")
     @app_commands.guild_only()

@@ -67,12 +67,9 @@ def encode_within_budget(image: Image.Image, max_bytes: int, *, png: bytes | Non
     current = image
     while True:
         for quality in (92, 85, 75):
-            buffer = io.BytesIO()
-            current.save(
-                buffer, format="JPEG", quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2
-            )
-            if buffer.tell() <= max_bytes:
-                return EncodedImage(buffer.getvalue(), "JPEG", current.size)
+            jpeg = _jpeg_bytes(current, quality=quality, subsampling=0 if quality >= 90 else 2)
+            if len(jpeg) <= max_bytes:
+                return EncodedImage(jpeg, "JPEG", current.size)
         width, height = current.size
         if width <= 16 or height <= 16:
             break
@@ -84,6 +81,18 @@ def encode_within_budget(image: Image.Image, max_bytes: int, *, png: bytes | Non
     if buffer.tell() > max_bytes:
         raise ValueError(f"cannot fit an image into {max_bytes} bytes")
     return EncodedImage(buffer.getvalue(), "JPEG", current.size)
+
+
+def _jpeg_bytes(image: Image.Image, *, quality: int, subsampling: int) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="JPEG", quality=quality, optimize=True, subsampling=subsampling)
+    except OSError:
+        # Pillow sizes the `optimize` buffer at ~1 byte per pixel; very detailed images at high quality
+        # overflow it ("Suspension not allowed here"). Unoptimized output is only a few % larger.
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
+    return buffer.getvalue()
 
 
 def blur_for_safety(image: Image.Image) -> Image.Image:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)[^\s,]+", re.IGNORECASE)
 # Words with an inner dot (domains, file names, "artstation.com"); a trailing full stop is not inner.
-_DOTTED_WORD = re.compile(r"\S*\w\.\w\S*")
+_DOTTED_WORD = re.compile(r"[^\s,]*\w\.\w[^\s,]*")
 _MJ_FLAG = re.compile(r"(?<!\S)--?[a-zA-Z][\w-]*(?:\s+(?!--)[\w.:/]+)?")
 _WEIGHT_PAREN = re.compile(r"\(([^():]*):\s*-?\d+(?:\.\d+)?\)")
 _DOUBLE_COLON_WEIGHT = re.compile(r"::\s*-?\d*(?:\.\d+)?")
@@ -17,7 +17,7 @@ _MIXED_PUNCT = re.compile(r"\s*[,;]\s*(?:[,;.:]\s*)+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,;:.!?])")
 _WHITESPACE = re.compile(r"\s+")
 _DANGLING = re.compile(
-    r"(?:[\s,:;\-–—/&+]+|\s+(?:by|and|of|with|in|the|a|an|at|for|on|to|from|or|featuring))+$",
+    r"(?:[\s,:;\-–—/&+]+|(?:^|\s+)(?:by|and|of|with|in|the|a|an|at|for|on|to|from|or|featuring))+$",
     re.IGNORECASE,
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -27,17 +27,18 @@ def clean_prompt(text: str) -> str:
     """Apply the cleanup rules, in order, to one generated prompt."""
     text = _CONTROL.sub(" ", text.replace("\n", ", "))
     text = _URL.sub(" ", text)
-    text = _DOTTED_WORD.sub(" ", text)
     text = _MJ_FLAG.sub(" ", text)
+    # Weights before dotted words: `forest::0.5` or `(castle:1.2)` would otherwise lose the word itself.
     text = _DOUBLE_COLON_WEIGHT.sub(" ", text)
     text = _WEIGHT_PAREN.sub(r"\1", text)
+    text = _DOTTED_WORD.sub(" ", text)
     text = _BRACKETS.sub(" ", text)
     text = _WHITESPACE.sub(" ", text)
     text = _MIXED_PUNCT.sub(", ", text)
     text = _REPEATED_PUNCT.sub(r"\1", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
-    text = _trim_dangling(text.strip())
-    return dedupe_phrases(text)
+    # Per phrase: a removed URL or dotted word can leave "trending on" in the middle, not only at the end.
+    return dedupe_phrases(",".join(_trim_dangling(phrase.strip()) for phrase in text.split(",")))
 
 
 def _trim_dangling(text: str) -> str:
