@@ -45,7 +45,9 @@ class RunningBot:
 async def start_bot(fake: FakeDiscord, settings: Settings) -> RunningBot:
     """Start the bot and wait until it is ready in the fake guild."""
     holder: dict[str, ImagineBot] = {}
-    task = asyncio.create_task(run_bot(settings, on_bot=lambda b: holder.setdefault("bot", b), handle_signals=False))
+    task = asyncio.create_task(
+        run_bot(settings, on_bot=lambda b: holder.setdefault("bot", b), handle_signals=False)
+    )
 
     def ready() -> bool:
         return task.done() or ("bot" in holder and holder["bot"].is_ready())
@@ -97,11 +99,17 @@ async def running(fake: FakeDiscord, bot_settings: Callable[..., Settings]) -> A
 
 
 async def imagine(
-    fake: FakeDiscord, user_id: int, seed: str = "Northeastern University", timeout: float = 90, **options: Any
+    fake: FakeDiscord,
+    user_id: int,
+    seed: str = "Northeastern University",
+    timeout: float = 90,
+    **options: Any,
 ) -> tuple[FakeInteraction, FakeMessage]:
     """Run /imagine and wait for the final grid message."""
     interaction = await fake.send_slash("imagine", {"seed": seed, **options}, user_id=user_id)
-    message = await interaction.wait_final(timeout=timeout, predicate=lambda m: bool(m.attachments and m.embeds))
+    message = await interaction.wait_final(
+        timeout=timeout, predicate=lambda m: bool(m.attachments and m.embeds)
+    )
     return interaction, message
 
 

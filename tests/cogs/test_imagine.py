@@ -15,9 +15,13 @@ async def test_imagine_posts_grid_with_prompts_and_buttons(
     fake: FakeDiscord, running: RunningBot, heartbeat_blocked
 ) -> None:
     with LagProbe() as lag:
-        interaction = await fake.send_slash("imagine", {"seed": "Northeastern University"}, user_id=fake.alice_id)
+        interaction = await fake.send_slash(
+            "imagine", {"seed": "Northeastern University"}, user_id=fake.alice_id
+        )
         defer_seconds = await interaction.wait_deferred()
-        message = await interaction.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        message = await interaction.wait_final(
+            timeout=90, predicate=lambda m: bool(m.attachments and m.embeds)
+        )
     print(
         f"defer {defer_seconds * 1000:.0f} ms; loop lag p50 {lag.percentile(0.5) * 1000:.1f} ms, "
         f"p99 {lag.percentile(0.99) * 1000:.1f} ms, max {max(lag.samples) * 1000:.1f} ms ({len(lag.samples)} samples)"
@@ -64,10 +68,14 @@ async def test_rerender_and_variation_create_child_jobs(fake: FakeDiscord, runni
     rerender = next(b for b in message.buttons if b.get("emoji", {}).get("name") == "🔄")
     click = await fake.click_button(message, rerender["custom_id"], user_id=fake.alice_id)
     await click.wait_final(timeout=60, predicate=lambda m: bool(m.attachments and m.embeds))
-    click = await fake.click_button(message, message.find_component(label="V1")["custom_id"], user_id=fake.alice_id)
+    click = await fake.click_button(
+        message, message.find_component(label="V1")["custom_id"], user_id=fake.alice_id
+    )
     await click.wait_final(timeout=60, predicate=lambda m: bool(m.attachments and m.embeds))
 
-    children = [j for j in await running.store.list_jobs(user_id=fake.alice_id, limit=10) if j.parent_id == parent_id]
+    children = [
+        j for j in await running.store.list_jobs(user_id=fake.alice_id, limit=10) if j.parent_id == parent_id
+    ]
     by_action = {j.action: j for j in children}
     parent = await running.store.get_job(parent_id)
     assert set(by_action) == {"rerender", "variation"}
@@ -82,7 +90,9 @@ async def test_other_users_cannot_use_my_buttons(fake: FakeDiscord, running: Run
     _, message = await imagine(fake, fake.alice_id, count=1)
     before = len(await running.store.list_jobs(any_user=True, limit=100))
     for label in ("U1", "V1"):
-        click = await fake.click_button(message, message.find_component(label=label)["custom_id"], user_id=fake.bob_id)
+        click = await fake.click_button(
+            message, message.find_component(label=label)["custom_id"], user_id=fake.bob_id
+        )
         reply = await click.wait_final(timeout=10)
         assert reply.ephemeral and "Only the person" in reply.content
     assert len(await running.store.list_jobs(any_user=True, limit=100)) == before
@@ -107,7 +117,9 @@ async def test_buttons_work_after_restart(fake: FakeDiscord, bot_settings) -> No
 
     second = await start_bot(fake, settings)
     try:
-        click = await fake.click_button(message, message.find_component(label="U1")["custom_id"], user_id=fake.alice_id)
+        click = await fake.click_button(
+            message, message.find_component(label="U1")["custom_id"], user_id=fake.alice_id
+        )
         tile_message = await click.wait_final(timeout=30, predicate=lambda m: bool(m.attachments))
         assert decode(tile_message.attachments[0].data).size == (64, 64)
         # Command definitions unchanged: the restart did not sync again.
@@ -127,7 +139,9 @@ async def test_queued_job_is_delivered_in_channel_after_token_expiry(fake: FakeD
         await asyncio.sleep(1.2)  # both tokens are dead now
 
         def delivered() -> list:
-            return [m for m in fake.channel_messages() if m.attachments and m.embeds and m.sent_via == "channel"]
+            return [
+                m for m in fake.channel_messages() if m.attachments and m.embeds and m.sent_via == "channel"
+            ]
 
         await fake.wait_until(lambda: len(delivered()) == 2, timeout=90, what="two channel deliveries")
         for message in delivered():
