@@ -49,9 +49,12 @@ class HistoryCog(commands.Cog):
 
         Parameters
         ----------
-        job: Open one job by its id: prompts, seeds, and buttons to re-post or reproduce it.
-        user: Another member's history (needs the Manage Server permission).
-        page: Which page of 10 to show.
+        job
+            Open one job by its id: prompts, seeds, and buttons to re-post or reproduce it.
+        user
+            Another member's history (needs the Manage Server permission).
+        page
+            Which page of 10 to show.
         """
         await interaction.response.defer(ephemeral=True, thinking=True)
         if job is not None:
@@ -137,7 +140,8 @@ class HistoryCog(commands.Cog):
 
         Parameters
         ----------
-        confirm: Set to True to really delete them; this cannot be undone.
+        confirm
+            Set to True to really delete them; this cannot be undone.
         """
         if not confirm:
             await reply_ephemeral(

@@ -81,14 +81,22 @@ class ImagineCog(commands.Cog):
 
         Parameters
         ----------
-        seed: The idea, e.g. "Northeastern University". It starts every prompt.
-        count: How many images (1 to the server's limit, usually 4).
-        negative: What to keep out of the pictures, e.g. "blurry, text".
-        steps: Denoising steps: more is slower and finer (default 25).
-        guidance: How strictly to follow the prompt (default 7.5).
-        aspect: Square, portrait (3:4) or landscape (4:3).
-        seed_number: A number that makes the result reproducible.
-        expand: Let GPT-2 write richer prompts (on) or use your text as-is (off).
+        seed
+            The idea, e.g. "Northeastern University". It starts every prompt.
+        count
+            How many images (1 to the server's limit, usually 4).
+        negative
+            What to keep out of the pictures, e.g. "blurry, text".
+        steps
+            Denoising steps: more is slower and finer (default 25).
+        guidance
+            How strictly to follow the prompt (default 7.5).
+        aspect
+            Square, portrait (3:4) or landscape (4:3).
+        seed_number
+            A number that makes the result reproducible.
+        expand
+            Let GPT-2 write richer prompts (on) or use your text as-is (off).
         """
         s = self.settings
         width, height = size_for_aspect(aspect, s.width, s.height, s.max_pixels)
@@ -155,7 +163,8 @@ class ImagineCog(commands.Cog):
 
         Parameters
         ----------
-        job: The job id (default: your most recent waiting job).
+        job
+            The job id (default: your most recent waiting job).
         """
         mine = [j for j in await self.bot.runner.queue_positions() if j.user_id == interaction.user.id]
         if job is not None:
