@@ -67,7 +67,7 @@ class ImagineBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(JobButton, HistoryPageButton, HistorySelect)
-        self.tree.on_error = self.on_app_command_error
+        self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
         if not self.run_worker:
             return
         self.runner.set_handlers(

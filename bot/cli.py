@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine.types import EngineError
-from bot.jobs import rerun_spec
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec
 
@@ -134,6 +133,9 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
                 action="imagine",
             )
         else:  # rerun
+            # Imported here: bot.jobs pulls in torch, which `health` (every 30 s) must not pay for.
+            from bot.jobs import rerun_spec
+
             old = await _require_job(store, args.job_id)
             if old.status != "done":
                 raise CliError(f"job {old.id} is {old.status}; only finished jobs can be re-rendered")

@@ -35,6 +35,15 @@ DEAD_TOKEN_CODES = {10015, 10062, 50027}
 PREVIEW_SIDE = 256
 
 
+def upload_budget(limit: int) -> int:
+    """Bytes one file may take under an upload limit, leaving room for the multipart envelope and embed JSON.
+
+    The margin is at most an eighth of the limit: a fixed 64 KiB would exceed a small limit and leave a
+    negative budget (the grid could then never be encoded and the result never delivered).
+    """
+    return limit - min(UPLOAD_MARGIN, limit // 8)
+
+
 def is_dead_token(exc: discord.HTTPException) -> bool:
     """Expired or unknown interaction token: never retry it, use the channel."""
     return exc.code in DEAD_TOKEN_CODES or exc.status == 401
@@ -176,7 +185,13 @@ class Deliverer:
             return
         interaction = tracker.interaction if tracker is not None and tracker.token_usable() else None
         limit = interaction.filesize_limit if interaction is not None else DEFAULT_UPLOAD_LIMIT
-        encoded = await self._encoded_grid(job, outcome.grid_png, limit) if job.status == "done" else None
+        encoded = None
+        if job.status == "done":
+            try:
+                encoded = await self._encoded_grid(job, outcome.grid_png, limit)
+            except (OSError, ValueError):
+                # Claimed already: post the text result rather than nothing at all.
+                log.exception("could not encode the grid of job %s; delivering without it", job.id)
         message = None
         if interaction is not None:
             message = await self._edit_response(interaction, job, encoded)
@@ -193,7 +208,7 @@ class Deliverer:
             if data is None:
                 return None
             with Image.open(io.BytesIO(data)) as image:
-                return encode_within_budget(image, limit - UPLOAD_MARGIN, png=data)
+                return encode_within_budget(image, upload_budget(limit), png=data)
 
         return await asyncio.to_thread(encode)
 

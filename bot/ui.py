@@ -45,7 +45,7 @@ class JobButton(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str]
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> JobButton:
         tile = match["tile"]
         return cls(match["action"], match["job"], int(tile) if tile else None)
@@ -74,7 +74,7 @@ class HistoryPageButton(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str]
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> HistoryPageButton:
         return cls(int(match["viewer"]), int(match["target"]), int(match["page"]))
 
@@ -102,12 +102,13 @@ class HistorySelect(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Select[Any], match: re.Match[str]
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> HistorySelect:
         return cls(int(match["viewer"]))
 
     async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        values = (interaction.data or {}).get("values") or []
+        data: dict[str, Any] = dict(interaction.data or {})
+        values = list(data.get("values") or [])
         await interaction.client.handle_history_select(
             interaction, self.viewer, str(values[0]) if values else ""
         )

@@ -158,12 +158,12 @@ class HistoryCog(commands.Cog):
 def _thumbnail(grid_path: str | None) -> bytes | None:
     if not grid_path or not Path(grid_path).is_file():
         return None
-    with Image.open(grid_path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        return buffer.getvalue()
+    with Image.open(grid_path) as opened:
+        thumbnail = opened.convert("RGB")
+    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _remove_folders(folders: list[Path], root: Path) -> None:

@@ -7,6 +7,7 @@ import io
 import logging
 import math
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +17,7 @@ from discord.ext import commands
 from PIL import Image
 
 from bot.bot import reply_ephemeral
-from bot.delivery import UPLOAD_MARGIN, is_dead_token
+from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import encode_within_budget
 from bot.engine.types import EngineError
 from bot.jobs import rerun_spec
@@ -225,36 +226,24 @@ class ImagineCog(commands.Cog):
     def _child_spec(
         self, interaction: discord.Interaction[Any], job: JobRecord, action: str, tile: int | None
     ) -> JobSpec:
-        base = {
-            "user_id": interaction.user.id,
-            "guild_id": interaction.guild_id,
-            "channel_id": interaction.channel_id,
-            "parent_id": job.id,
-        }
-        new_seed = secrets.randbelow(MAX_SEED + 1)
-        common = {
-            "seed_text": job.seed_text,
-            "count": job.count,
-            "steps": job.steps,
-            "guidance": job.guidance,
-            "width": job.width,
-            "height": job.height,
-            "negative": job.negative,
-            "safe_mode": job.safe_mode,
-            "expand": job.expand,
-        }
+        """The new job a button press asks for, linked to its parent."""
         if action == "repro":
             return rerun_spec(job, user_id=interaction.user.id, action="reproduce")
+        # Same seed text and parameters, new image seeds, owned by the presser, linked to the parent.
+        base = replace(
+            rerun_spec(job, user_id=interaction.user.id, action="rerender"),
+            job_seed=secrets.randbelow(MAX_SEED + 1),
+            given_seeds=None,
+            channel_id=interaction.channel_id,
+        )
         if action == "rr":
-            return JobSpec(**common, **base, job_seed=new_seed, action="rerender", given_prompts=job.prompts)
+            return base
         if action == "rx":
-            return JobSpec(**common, **base, job_seed=new_seed, action="reexpand")
+            return replace(base, action="reexpand", given_prompts=None)
         assert action == "v" and tile is not None
         source = job.tiles[tile - 1]
-        return JobSpec(
-            **common,
-            **base,
-            job_seed=new_seed,
+        return replace(
+            base,
             action="variation",
             source_tile=tile,
             strength=self.settings.variation_strength,
@@ -268,7 +257,7 @@ class ImagineCog(commands.Cog):
         assert tile is not None
         await interaction.response.defer(thinking=True)
         source = job.tiles[tile - 1]
-        limit = interaction.filesize_limit - UPLOAD_MARGIN
+        limit = upload_budget(interaction.filesize_limit)
 
         def encode() -> Any:
             with Image.open(source.path or "") as image:
@@ -302,7 +291,7 @@ class ImagineCog(commands.Cog):
 
         def encode() -> Any:
             with Image.open(job.grid_path or "") as image:
-                return encode_within_budget(image, interaction.filesize_limit - UPLOAD_MARGIN)
+                return encode_within_budget(image, upload_budget(interaction.filesize_limit))
 
         try:
             encoded = await asyncio.to_thread(encode)

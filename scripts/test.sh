@@ -7,4 +7,5 @@ scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy bot cogs
 exec .venv/bin/python -m pytest "$@"

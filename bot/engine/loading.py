@@ -147,7 +147,7 @@ def load_text_model(model_id: str, *, device: torch.device) -> tuple[Any, Any, d
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
     except Exception as exc:
         raise _load_error(model_id, "IMAGINE_TEXT_MODEL", exc) from exc
-    model.to(device)
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' `to` wrapper confuses mypy
     model.eval()
     return model, tokenizer, {"model": model_id, "revision": resolve_revision(model_id)}
 
@@ -176,7 +176,7 @@ def load_safety_checker(model_id: str, *, device: torch.device, dtype: torch.dty
     from transformers import CLIPImageProcessor
 
     try:
-        checker = StableDiffusionSafetyChecker.from_pretrained(model_id, dtype=dtype).to(device)
+        checker = StableDiffusionSafetyChecker.from_pretrained(model_id, dtype=dtype).to(device)  # type: ignore[arg-type]
         processor = CLIPImageProcessor.from_pretrained(model_id)
     except Exception as exc:
         raise _load_error(model_id, "IMAGINE_SAFETY_CHECKER_MODEL", exc) from exc

@@ -35,8 +35,8 @@ def latents_to_preview(latents: torch.Tensor) -> Image.Image:
             else torch.cat([first, first[:1].repeat(4 - first.shape[0], 1, 1)])
         )
     rgb = torch.einsum("chw,cr->hwr", first, _LATENT_RGB_FACTORS)
-    rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
-    return Image.fromarray(rgb, mode="RGB")
+    pixels = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels, mode="RGB")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from tests.cogs.conftest import LagProbe, RunningBot, decode, imagine, start_bot, wait_job
@@ -129,14 +130,19 @@ async def test_buttons_work_after_restart(fake: FakeDiscord, bot_settings) -> No
 
 
 async def test_queued_job_is_delivered_in_channel_after_token_expiry(fake: FakeDiscord, bot_settings) -> None:
-    fake.interaction_ttl = 1.0
-    bot = await start_bot(fake, bot_settings(steps=6))
+    bot = await start_bot(fake, bot_settings())
+    gate = threading.Event()
+    # Hold the GPU thread so both jobs are still queued when their tokens die.
+    blocker = asyncio.get_running_loop().run_in_executor(None, bot.bot.engine.run_sync, gate.wait)
     try:
         first = await fake.send_slash("imagine", {"seed": "first job"}, user_id=fake.alice_id)
         second = await fake.send_slash("imagine", {"seed": "second job"}, user_id=fake.bob_id)
         await first.wait_deferred()
         await second.wait_deferred()
-        await asyncio.sleep(1.2)  # both tokens are dead now
+        fake.expire_token(first.token)
+        fake.expire_token(second.token)
+        gate.set()
+        await blocker
 
         def delivered() -> list:
             return [
@@ -154,6 +160,7 @@ async def test_queued_job_is_delivered_in_channel_after_token_expiry(fake: FakeD
         for job in jobs:
             await wait_job(bot.store, job.id, lambda j: j.status == "done" and j.delivery == "sent")
     finally:
+        gate.set()
         await bot.stop()
 
 
