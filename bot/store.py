@@ -275,6 +275,15 @@ class HistoryStore:
             else:
                 await db.execute("COMMIT")
 
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """Run a read and fetch every row in one step on the connection's thread.
+
+        A cursor left open between awaits keeps a read snapshot; a write of another coroutine on this
+        connection then fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy wait)
+        whenever another process (the CLI) committed in between.
+        """
+        return list(await self.db.execute_fetchall(query, params))
+
     async def _migrate(self) -> None:
         async with self._write() as db:
             cursor = await db.execute("PRAGMA user_version")
@@ -287,14 +296,12 @@ class HistoryStore:
                 log.info("history database migrated to version %d", number)
 
     async def schema_version(self) -> int:
-        cursor = await self.db.execute("PRAGMA user_version")
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._fetch("PRAGMA user_version")
+        return int(rows[0][0]) if rows else 0
 
     async def integrity_check(self) -> str:
-        cursor = await self.db.execute("PRAGMA integrity_check")
-        row = await cursor.fetchone()
-        return str(row[0]) if row else "no answer"
+        rows = await self._fetch("PRAGMA integrity_check")
+        return str(rows[0][0]) if rows else "no answer"
 
     # -- creating and moving jobs -------------------------------------------------------------------
     async def create_job(
@@ -376,8 +383,7 @@ class HistoryStore:
     ) -> QueueRefused | None:
         if max_queue is not None:
             query = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-            cursor = await db.execute(query)
-            (pending,) = await cursor.fetchone()  # type: ignore[misc]
+            ((pending,),) = await db.execute_fetchall(query)  # type: ignore[misc]
             if pending >= max_queue:
                 return QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
         if user_id is None:
@@ -386,8 +392,7 @@ class HistoryStore:
             SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
             FROM jobs WHERE user_id = ?
         """
-        cursor = await db.execute(query, (user_id,))
-        mine, last = await cursor.fetchone()  # type: ignore[misc]
+        ((mine, last),) = await db.execute_fetchall(query, (user_id,))  # type: ignore[misc]
         if max_pending_per_user is not None and mine >= max_pending_per_user:
             return UserLimit(
                 f"you already have {mine} jobs waiting (the limit is {max_pending_per_user}); "
@@ -502,18 +507,16 @@ class HistoryStore:
     # -- reading ---------------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
         query = "SELECT * FROM jobs WHERE id = ?"
-        cursor = await self.db.execute(query, (job_id,))
-        row = await cursor.fetchone()
-        if row is None:
+        rows = await self._fetch(query, (job_id,))
+        if not rows:
             return None
-        return await self._with_tiles(row)
+        return await self._with_tiles(rows[0])
 
     async def _with_tiles(self, row: aiosqlite.Row) -> JobRecord:
         query = "SELECT idx, prompt, image_seed, path, nsfw FROM tiles WHERE job_id = ? ORDER BY idx"
-        cursor = await self.db.execute(query, (row["id"],))
         tiles = tuple(
             Tile(r["idx"], r["prompt"], r["image_seed"], r["path"], bool(r["nsfw"]))
-            for r in await cursor.fetchall()
+            for r in await self._fetch(query, (row["id"],))
         )
         return _record(row, tiles)
 
@@ -529,17 +532,15 @@ class HistoryStore:
         """Newest first; scoped to one user (and guild) unless `any_user`."""
         clauses, params = self._scope(user_id, guild_id, any_user)
         query = f"SELECT * FROM jobs {clauses} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
-        cursor = await self.db.execute(query, (*params, limit, offset))
-        return [await self._with_tiles(row) for row in await cursor.fetchall()]
+        return [await self._with_tiles(row) for row in await self._fetch(query, (*params, limit, offset))]
 
     async def count_jobs(
         self, *, user_id: int | None = None, guild_id: int | None = None, any_user: bool = False
     ) -> int:
         clauses, params = self._scope(user_id, guild_id, any_user)
         query = f"SELECT COUNT(*) FROM jobs {clauses}"
-        cursor = await self.db.execute(query, params)
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._fetch(query, params)
+        return int(rows[0][0]) if rows else 0
 
     @staticmethod
     def _scope(user_id: int | None, guild_id: int | None, any_user: bool) -> tuple[str, tuple[Any, ...]]:
@@ -556,8 +557,7 @@ class HistoryStore:
     async def pending_jobs(self) -> list[JobRecord]:
         """queued and running rows, oldest first."""
         query = "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, rowid"
-        cursor = await self.db.execute(query)
-        return [await self._with_tiles(row) for row in await cursor.fetchall()]
+        return [await self._with_tiles(row) for row in await self._fetch(query)]
 
     async def undelivered_jobs(self) -> list[JobRecord]:
         """Final jobs a Discord user still waits for (their result was never posted)."""
@@ -565,8 +565,7 @@ class HistoryStore:
             SELECT * FROM jobs WHERE status IN ('done', 'failed', 'cancelled') AND delivery = 'pending'
                 AND channel_id IS NOT NULL ORDER BY created_at
         """
-        cursor = await self.db.execute(query)
-        return [await self._with_tiles(row) for row in await cursor.fetchall()]
+        return [await self._with_tiles(row) for row in await self._fetch(query)]
 
     async def delete_user_jobs(self, user_id: int, guild_id: int | None) -> list[JobRecord]:
         """Delete a user's final jobs (in a guild, or everywhere); return them so files can go too."""
@@ -583,9 +582,8 @@ class HistoryStore:
     # -- meta ----------------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         query = "SELECT value FROM meta WHERE key = ?"
-        cursor = await self.db.execute(query, (key,))
-        row = await cursor.fetchone()
-        return None if row is None else str(row[0])
+        rows = await self._fetch(query, (key,))
+        return str(rows[0][0]) if rows else None
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self._write() as db:

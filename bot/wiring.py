@@ -38,9 +38,6 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    from bot.engine.loading import quiet_libraries
-
-    quiet_libraries()
     for noisy in ("discord.http", "discord.gateway", "httpx", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
 

@@ -42,6 +42,8 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
     """Raise InvalidRequest naming the first bad argument; return None when the request can run."""
     clean_user_text(request.seed_text, name="seed", max_chars=limits.max_prompt_chars, required=True)
     clean_user_text(request.negative, name="negative", max_chars=limits.max_prompt_chars, required=False)
+    if not isinstance(request.expand, bool):
+        raise InvalidRequest(f"`expand` must be true or false, got {type(request.expand).__name__}")
     _check_int("count", request.count, 1, limits.max_count)
     _check_int("steps", request.steps, 1, limits.max_steps)
     if not isinstance(request.guidance, int | float) or not math.isfinite(request.guidance):

@@ -1,0 +1,184 @@
+"""`python -m bot ...` end to end, in subprocesses, on the tiny models (no network)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.engine.images import GUTTER
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SEED = "Northeastern University"
+CLI_TIMEOUT_S = 180
+
+
+def _env(tiny_models: tuple[Path, Path], data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
+    sd_path, text_path = tiny_models
+    env.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "IMAGINE_SD_MODEL": str(sd_path),
+            "IMAGINE_TEXT_MODEL": str(text_path),
+            "IMAGINE_DATA_DIR": str(data_dir),
+            "IMAGINE_WIDTH": "64",
+            "IMAGINE_HEIGHT": "64",
+            "IMAGINE_STEPS": "2",
+            "IMAGINE_DEVICE": "cpu",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # cwd is a temporary folder: a developer's `.env` in the repository must not leak in.
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _rows(data_dir: Path) -> int:
+    db = data_dir / "history.sqlite3"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def cli_home(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
+) -> tuple[Path, dict[str, str]]:
+    data_dir = tmp_path_factory.mktemp("cli-data")
+    return data_dir, _env(tiny_models, data_dir)
+
+
+@pytest.fixture(scope="module")
+def imagined(cli_home: tuple[Path, dict[str, str]]) -> dict[str, Any]:
+    data_dir, env = cli_home
+    return _json(_cli(["imagine", SEED, "--seed", "7", "--json"], env, data_dir))
+
+
+def test_imagine_json(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, str]]) -> None:
+    data_dir, _ = cli_home
+    assert imagined["status"] == "done", imagined["reason"]
+    assert imagined["seed"] == 7
+    assert imagined["seed_text"] == SEED
+    assert (imagined["width"], imagined["height"], imagined["steps"], imagined["count"]) == (64, 64, 2, 4)
+    assert len(imagined["prompts"]) == 4
+    assert all(prompt.startswith(SEED) for prompt in imagined["prompts"])
+    assert imagined["image_seeds"] == [7, 8, 9, 10]
+    assert len(imagined["images"]) == 4
+    for path in imagined["images"]:
+        assert Path(path).is_file()
+        assert Path(path).parent.parent == data_dir / "generated_images"
+        with Image.open(path) as tile:
+            assert (tile.format, tile.size) == ("PNG", (64, 64))
+    grid = Image.open(io.BytesIO(Path(imagined["grid"]).read_bytes()))
+    grid.load()
+    assert (grid.format, grid.size) == ("PNG", (2 * 64 + GUTTER, 2 * 64 + GUTTER))
+    assert imagined["expander"]["seed"] == 7
+    assert imagined["render"]["device"] == "cpu"
+
+
+def test_history_and_show(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, str]]) -> None:
+    data_dir, env = cli_home
+    history = _json(_cli(["history", "--json"], env, data_dir))
+    assert imagined["job_id"] in [job["job_id"] for job in history]
+    shown = _json(_cli(["show", imagined["job_id"], "--json"], env, data_dir))
+    assert shown == imagined
+
+
+def test_rerun_is_byte_identical(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, str]]) -> None:
+    data_dir, env = cli_home
+    rerun = _json(_cli(["rerun", imagined["job_id"], "--json"], env, data_dir))
+    assert rerun["status"] == "done"
+    assert rerun["job_id"] != imagined["job_id"]
+    assert rerun["parent_id"] == imagined["job_id"]
+    assert rerun["prompts"] == imagined["prompts"]
+    assert rerun["image_seeds"] == imagined["image_seeds"]
+    for new, old in zip(rerun["images"], imagined["images"], strict=True):
+        assert new != old
+        assert Path(new).read_bytes() == Path(old).read_bytes()
+
+
+def test_bad_input_fails_with_one_line_and_no_row(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    env = _env(tiny_models, tmp_path)
+    cases = [
+        (["imagine", SEED, "--steps", "0"], env, "`steps`"),
+        (["imagine", "   "], env, "`seed`"),
+        (["imagine", SEED, "--width", "65"], env, "`width`"),
+        (["imagine", SEED], {**env, "IMAGINE_STEPS": "abc"}, "IMAGINE_STEPS"),
+        (["show", "no-such-job"], env, "no-such-job"),
+    ]
+    # Independent processes: run them side by side (each one pays the torch import).
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        results = list(pool.map(lambda case: _cli(case[0], case[1], tmp_path), cases))
+    for (args, _, needle), result in zip(cases, results, strict=True):
+        line = _assert_one_line_error(result, needle)
+        assert result.returncode in (1, 2), (args, result.returncode)
+        print(f"{' '.join(args)!r} -> exit {result.returncode}: {line}")
+    assert _rows(tmp_path) == 0
+
+
+def test_unknown_model_offline(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    model = "no-such-org/no-such-model-xyz"
+    env = _env(tiny_models, tmp_path, IMAGINE_SD_MODEL=model)
+    result = _cli(["imagine", SEED, "--seed", "1"], env, tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert model in output
+    assert "tiny-models" in output
+    assert "IMAGINE_SD_MODEL" in output
+
+
+def test_tiny_models_command(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    result = _cli(
+        ["tiny-models", str(tmp_path / "built")], os.environ | {"PYTHONPATH": str(REPO_ROOT)}, tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    sd_dir, text_dir = tmp_path / "built" / "sd", tmp_path / "built" / "text"
+    assert f"IMAGINE_SD_MODEL={sd_dir}" in result.stdout
+    assert f"IMAGINE_TEXT_MODEL={text_dir}" in result.stdout
+    # The build is deterministic, so the folders are byte-identical to the session's tiny models,
+    # which every engine test loads and renders with.
+    for built, reference in ((sd_dir, tiny_models[0]), (text_dir, tiny_models[1])):
+        files = sorted(p.relative_to(built) for p in built.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+        for rel in files:
+            assert (built / rel).read_bytes() == (reference / rel).read_bytes(), rel

@@ -1,0 +1,402 @@
+"""The SQLite history store: migrations, job lifecycle, crash recovery, limits, concurrency, scoping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from bot.store import (
+    MIGRATIONS,
+    Cooldown,
+    HistoryStore,
+    JobRecord,
+    JobSpec,
+    QueueFull,
+    QueueRefused,
+    Tile,
+    UserLimit,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _spec(**overrides: Any) -> JobSpec:
+    values: dict[str, Any] = {
+        "seed_text": "Northeastern University",
+        "count": 2,
+        "steps": 2,
+        "guidance": 7.5,
+        "width": 64,
+        "height": 64,
+        "job_seed": 7,
+    }
+    values.update(overrides)
+    return JobSpec(**values)
+
+
+def _tiles(job_id: str, count: int = 2) -> list[Tile]:
+    return [Tile(i, f"prompt {i}", 7 + i, f"/images/{job_id}/tile-{i}.png") for i in range(1, count + 1)]
+
+
+async def _finish(store: HistoryStore, job: JobRecord) -> None:
+    assert await store.mark_running(job.id)
+    assert await store.mark_done(
+        job.id,
+        tiles=_tiles(job.id, job.count),
+        grid_path=f"/images/{job.id}/grid.png",
+        expander={},
+        render={},
+    )
+
+
+async def _dead_pid() -> int:
+    process = await asyncio.create_subprocess_exec("sleep", "0")
+    await process.wait()
+    return process.pid
+
+
+async def _set_owner(store: HistoryStore, job_id: str, pid: int, attempts: int | None = None) -> None:
+    # Simulates the row another (crashed or live) process left behind.
+    await store.db.execute("UPDATE jobs SET owner_pid = ? WHERE id = ?", (pid, job_id))
+    if attempts is not None:
+        await store.db.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (attempts, job_id))
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[HistoryStore]:
+    async with HistoryStore(tmp_path / "data" / "history.sqlite3") as opened:
+        yield opened
+
+
+# -- schema ----------------------------------------------------------------------------------------
+async def test_migrations_set_the_version_and_reopen_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "history.sqlite3"
+    async with HistoryStore(path) as first:
+        assert await first.schema_version() == len(MIGRATIONS)
+        job = await first.create_job(_spec())
+        await first.set_meta("k", "v")
+    async with HistoryStore(path) as again:
+        assert await again.schema_version() == len(MIGRATIONS)
+        assert (await again.get_job(job.id)) == job
+        assert await again.get_meta("k") == "v"
+        assert await again.integrity_check() == "ok"
+
+
+async def test_closed_store_says_so(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get_job("x")
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+async def test_queued_running_done_with_tiles(store: HistoryStore) -> None:
+    job = await store.create_job(_spec(user_id=1, guild_id=10, channel_id=100), now=1000.0)
+    assert job.status == "queued"
+    assert job.attempts == 0 and job.started_at is None and job.tiles == ()
+    assert job.created_at == 1000.0
+    assert job.delivery == "pending"
+
+    assert await store.mark_running(job.id)
+    running = await store.get_job(job.id)
+    assert running is not None
+    assert running.status == "running"
+    assert running.attempts == 1
+    assert running.started_at is not None
+    assert [j.id for j in await store.pending_jobs()] == [job.id]
+
+    render = {"scheduler_config": {"beta": float("-inf"), "steps": (1, 2)}, "device": "cpu"}
+    assert await store.mark_done(
+        job.id, tiles=_tiles(job.id), grid_path="/g.png", expander={"seed": 7}, render=render
+    )
+    done = await store.get_job(job.id)
+    assert done is not None
+    assert done.status == "done"
+    assert done.reason is None
+    assert done.finished_at is not None
+    assert done.grid_path == "/g.png"
+    assert done.tiles == tuple(_tiles(job.id))
+    assert done.prompts == ("prompt 1", "prompt 2")
+    assert done.expander == {"seed": 7}
+    # JSON has no -inf: it is stored as text, tuples as lists.
+    assert done.render == {"scheduler_config": {"beta": "-inf", "steps": [1, 2]}, "device": "cpu"}
+    assert await store.pending_jobs() == []
+    payload = done.to_json()
+    assert payload["job_id"] == job.id
+    assert payload["images"] == [t.path for t in done.tiles]
+    assert payload["image_seeds"] == [8, 9]
+
+
+async def test_failed_and_cancelled(store: HistoryStore) -> None:
+    queued = await store.create_job(_spec())
+    running = await store.create_job(_spec())
+    assert await store.mark_running(running.id)
+
+    assert await store.mark_failed(queued.id, "cancelled by its owner", status="cancelled")
+    assert await store.mark_failed(running.id, "x" * 2000)
+    cancelled = await store.get_job(queued.id)
+    failed = await store.get_job(running.id)
+    assert cancelled is not None and failed is not None
+    assert (cancelled.status, cancelled.reason) == ("cancelled", "cancelled by its owner")
+    assert failed.status == "failed"
+    assert failed.reason == "x" * 500  # user-facing reasons are capped
+    # A cancelled job is never picked up afterwards.
+    assert not await store.mark_running(queued.id)
+    with pytest.raises(ValueError, match="status"):
+        await store.mark_failed(queued.id, "nope", status="done")
+
+
+async def test_no_double_final_state(store: HistoryStore) -> None:
+    job = await store.create_job(_spec())
+    await _finish(store, job)
+    assert not await store.mark_failed(job.id, "late failure")
+    assert not await store.mark_failed(job.id, "late cancel", status="cancelled")
+    assert not await store.mark_done(job.id, tiles=[], grid_path="/other.png", expander={}, render={})
+    assert not await store.mark_running(job.id)
+    final = await store.get_job(job.id)
+    assert final is not None
+    assert (final.status, final.grid_path, len(final.tiles)) == ("done", f"/images/{job.id}/grid.png", 2)
+
+    failed = await store.create_job(_spec())
+    assert await store.mark_failed(failed.id, "boom")
+    assert not await store.mark_done(failed.id, tiles=[], grid_path="/g.png", expander={}, render={})
+
+
+async def test_delivery_is_claimed_at_most_once(store: HistoryStore) -> None:
+    job = await store.create_job(_spec(channel_id=5))
+    await _finish(store, job)
+    assert [j.id for j in await store.undelivered_jobs()] == [job.id]
+    assert await store.claim_delivery(job.id)
+    assert not await store.claim_delivery(job.id)
+    await store.mark_delivered(job.id, message_id=42)
+    delivered = await store.get_job(job.id)
+    assert delivered is not None
+    assert (delivered.delivery, delivered.message_id, delivered.channel_id) == ("sent", 42, 5)
+    assert await store.undelivered_jobs() == []
+
+
+# -- crash recovery --------------------------------------------------------------------------------
+async def test_running_rows_of_a_dead_process_fail_as_interrupted(store: HistoryStore) -> None:
+    job = await store.create_job(_spec())
+    assert await store.mark_running(job.id)
+    await _set_owner(store, job.id, await _dead_pid())
+    requeued, failed = await store.recover_interrupted(requeue=False, max_attempts=2)
+    assert (requeued, failed) == ([], [job.id])
+    recovered = await store.get_job(job.id)
+    assert recovered is not None
+    assert (recovered.status, recovered.reason) == ("failed", "interrupted")
+    assert recovered.finished_at is not None
+
+
+async def test_running_rows_are_requeued_until_attempts_run_out(store: HistoryStore) -> None:
+    fresh = await store.create_job(_spec())
+    tired = await store.create_job(_spec())
+    for job in (fresh, tired):
+        assert await store.mark_running(job.id)
+    dead = await _dead_pid()
+    await _set_owner(store, fresh.id, dead, attempts=1)
+    await _set_owner(store, tired.id, dead, attempts=2)
+
+    requeued, failed = await store.recover_interrupted(requeue=True, max_attempts=2)
+    assert (requeued, failed) == ([fresh.id], [tired.id])
+    again = await store.get_job(fresh.id)
+    assert again is not None and again.status == "queued"
+    # The retry counts as a second attempt; after it, the job fails instead of looping forever.
+    assert await store.mark_running(fresh.id)
+    await _set_owner(store, fresh.id, dead)
+    requeued, failed = await store.recover_interrupted(requeue=True, max_attempts=2)
+    assert (requeued, failed) == ([], [fresh.id])
+
+
+async def test_a_live_owner_is_left_alone(store: HistoryStore) -> None:
+    job = await store.create_job(_spec())
+    assert await store.mark_running(job.id)
+    other = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        await _set_owner(store, job.id, other.pid)
+        assert await store.recover_interrupted(requeue=False, max_attempts=2) == ([], [])
+        still = await store.get_job(job.id)
+        assert still is not None and still.status == "running"
+    finally:
+        other.kill()
+        await other.wait()
+    # Our own pid counts as interrupted: at start-up nothing of ours is running yet.
+    await _set_owner(store, job.id, os.getpid())
+    assert await store.recover_interrupted(requeue=False, max_attempts=2) == ([], [job.id])
+
+
+# -- queue limits ----------------------------------------------------------------------------------
+async def test_queue_full(store: HistoryStore) -> None:
+    for user in (1, 2):
+        await store.create_job(_spec(user_id=user), max_queue=2)
+    with pytest.raises(QueueFull, match=r"the queue is full \(2 jobs\)"):
+        await store.create_job(_spec(user_id=3), max_queue=2)
+    with pytest.raises(QueueFull):
+        await store.create_job(_spec(), max_queue=2)
+    assert await store.count_jobs(any_user=True) == 2
+
+
+async def test_user_limit_counts_only_pending_jobs(store: HistoryStore) -> None:
+    first = await store.create_job(_spec(user_id=1), max_pending_per_user=1)
+    with pytest.raises(UserLimit, match=r"you already have 1 jobs waiting \(the limit is 1\)") as caught:
+        await store.create_job(_spec(user_id=1), max_pending_per_user=1)
+    assert isinstance(caught.value, QueueRefused)
+    await store.create_job(_spec(user_id=2), max_pending_per_user=1)  # someone else is fine
+    await _finish(store, first)
+    await store.create_job(_spec(user_id=1), max_pending_per_user=1)  # done jobs do not count
+
+
+async def test_cooldown(store: HistoryStore) -> None:
+    await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1000.0)
+    with pytest.raises(Cooldown, match=r"slow down: you can start a new job in 7 s"):
+        await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1003.0)
+    await store.create_job(_spec(user_id=2), cooldown_seconds=10, now=1003.0)
+    await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1010.5)
+    assert await store.count_jobs(any_user=True) == 3
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+async def _write_one_job(store: HistoryStore, index: int) -> None:
+    job = await store.create_job(_spec(user_id=index, seed_text=f"writer {index}"))
+    assert await store.mark_running(job.id)
+    assert await store.mark_done(
+        job.id, tiles=_tiles(job.id), grid_path=f"/g/{index}.png", expander={"i": index}, render={}
+    )
+
+
+async def test_concurrent_writers_on_separate_connections(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite3"
+    writers = 20
+
+    async def writer(index: int) -> None:
+        async with HistoryStore(path) as own:
+            await _write_one_job(own, index)
+
+    results = await asyncio.gather(*(writer(i) for i in range(writers)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    locked = [e for e in errors if "locked" in str(e)]
+    assert locked == [], f"{len(locked)} 'database is locked' errors"
+    assert errors == []
+    async with HistoryStore(path) as check:
+        jobs = await check.list_jobs(any_user=True, limit=100)
+        assert len(jobs) == writers
+        assert {j.status for j in jobs} == {"done"}
+        assert all(len(j.tiles) == 2 for j in jobs)
+        assert await check.integrity_check() == "ok"
+
+
+async def test_concurrent_writes_through_one_store(store: HistoryStore) -> None:
+    results = await asyncio.gather(*(_write_one_job(store, i) for i in range(100)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    assert await store.count_jobs(any_user=True) == 100
+    assert {j.status for j in await store.list_jobs(any_user=True, limit=200)} == {"done"}
+    assert await store.integrity_check() == "ok"
+
+
+# -- text is stored verbatim -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Robert'); DROP TABLE jobs; --",
+        "' OR '1'='1",
+        '"; DELETE FROM tiles WHERE "1"="1',
+        "%_\\ LIKE '%'",
+        "🎨👩‍🎓🔥 party",
+        "שלום עולם",
+        "مرحبا بالعالم",
+        "\u202eevil\u202c RTL override",
+        "漢字 ünïcödé\u200b zero width",
+        "  leading and trailing spaces  ",
+    ],
+)
+async def test_seed_text_round_trips_verbatim(store: HistoryStore, text: str) -> None:
+    job = await store.create_job(_spec(seed_text=text, negative=text, given_prompts=(text, text)))
+    assert await store.mark_running(job.id)
+    tiles = [Tile(1, text, 1, None), Tile(2, text + "!", 2, None)]
+    assert await store.mark_done(job.id, tiles=tiles, grid_path=text, expander={"t": text}, render={})
+    again = await store.get_job(job.id)
+    assert again is not None
+    assert again.seed_text == text
+    assert again.negative == text
+    assert again.given_prompts == (text, text)
+    assert again.prompts == (text, text + "!")
+    assert again.expander == {"t": text}
+    assert again.grid_path == text
+    assert await store.count_jobs(any_user=True) == 1
+    assert await store.integrity_check() == "ok"
+
+
+# -- reading, scoping, deleting --------------------------------------------------------------------
+async def test_list_jobs_scoping(store: HistoryStore) -> None:
+    a10 = await store.create_job(_spec(user_id=1, guild_id=10), now=1.0)
+    a20 = await store.create_job(_spec(user_id=1, guild_id=20), now=2.0)
+    b10 = await store.create_job(_spec(user_id=2, guild_id=10), now=3.0)
+    cli = await store.create_job(_spec(), now=4.0)
+
+    def ids(jobs: list[JobRecord]) -> list[str]:
+        return [j.id for j in jobs]
+
+    assert ids(await store.list_jobs(user_id=1)) == [a20.id, a10.id]  # newest first
+    assert ids(await store.list_jobs(user_id=1, guild_id=10)) == [a10.id]
+    assert ids(await store.list_jobs(user_id=2, guild_id=20)) == []
+    assert ids(await store.list_jobs(user_id=None)) == [cli.id]
+    assert ids(await store.list_jobs(any_user=True)) == [cli.id, b10.id, a20.id, a10.id]
+    assert ids(await store.list_jobs(any_user=True, guild_id=10)) == [b10.id, a10.id]
+    assert ids(await store.list_jobs(any_user=True, limit=2, offset=1)) == [b10.id, a20.id]
+    assert await store.count_jobs(user_id=1) == 2
+    assert await store.count_jobs(user_id=1, guild_id=20) == 1
+    assert await store.count_jobs(any_user=True) == 4
+    assert await store.get_job("no-such-id") is None
+
+
+async def test_delete_user_jobs_deletes_final_jobs_and_their_tiles(store: HistoryStore) -> None:
+    done10 = await store.create_job(_spec(user_id=1, guild_id=10))
+    await _finish(store, done10)
+    done20 = await store.create_job(_spec(user_id=1, guild_id=20))
+    await _finish(store, done20)
+    pending10 = await store.create_job(_spec(user_id=1, guild_id=10))
+    other = await store.create_job(_spec(user_id=2, guild_id=10))
+    await _finish(store, other)
+
+    deleted = await store.delete_user_jobs(1, 10)
+    assert [j.id for j in deleted] == [done10.id]
+    assert deleted[0].tiles  # returned with tiles, so the caller can delete the files
+    assert await store.get_job(done10.id) is None
+    for kept in (done20, pending10, other):
+        assert await store.get_job(kept.id) is not None
+    query = "SELECT COUNT(*) FROM tiles WHERE job_id = ?"
+    ((orphan_tiles,),) = await store.db.execute_fetchall(query, (done10.id,))
+    assert orphan_tiles == 0  # ON DELETE CASCADE
+
+    everywhere = await store.delete_user_jobs(1, None)
+    assert [j.id for j in everywhere] == [done20.id]
+    assert [j.id for j in await store.list_jobs(user_id=1)] == [pending10.id]
+    assert await store.integrity_check() == "ok"
+
+
+async def test_meta(store: HistoryStore) -> None:
+    assert await store.get_meta("commands_hash") is None
+    await store.set_meta("commands_hash", "abc")
+    await store.set_meta("commands_hash", "def")
+    await store.set_meta("other", "'; DROP TABLE meta; --")
+    assert await store.get_meta("commands_hash") == "def"
+    assert await store.get_meta("other") == "'; DROP TABLE meta; --"
+
+
+async def test_rerun_parent_link_survives_parent_deletion(store: HistoryStore) -> None:
+    parent = await store.create_job(_spec(user_id=1))
+    await _finish(store, parent)
+    child = await store.create_job(
+        _spec(user_id=1, action="rerun", parent_id=parent.id, given_prompts=("a", "b"), given_seeds=(7, 8))
+    )
+    assert (child.action, child.parent_id) == ("rerun", parent.id)
+    assert (child.given_prompts, child.given_seeds) == (("a", "b"), (7, 8))
+    await store.delete_user_jobs(1, None)
+    orphan = await store.get_job(child.id)
+    assert orphan is not None and orphan.parent_id is None  # ON DELETE SET NULL
