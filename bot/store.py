@@ -557,7 +557,8 @@ class HistoryStore:
     async def pending_jobs(self) -> list[JobRecord]:
         """queued and running rows, oldest first."""
         query = "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, rowid"
-        return [await self._with_tiles(row) for row in await self._fetch(query)]
+        # Tiles are written only when a job is done, so pending rows have none: one query, not 1 + N.
+        return [_record(row, ()) for row in await self._fetch(query)]
 
     async def undelivered_jobs(self) -> list[JobRecord]:
         """Final jobs a Discord user still waits for (their result was never posted)."""
