@@ -57,6 +57,10 @@ class HistoryCog(commands.Cog):
             Which page of 10 to show.
         """
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if isinstance(page, bool) or not isinstance(page, int):
+            # Discord sends an integer; a forged interaction may not (discord.py does not re-check).
+            await interaction.followup.send("`page` must be a whole number.", ephemeral=True)
+            return
         if job is not None:
             await self._send_job(interaction, job.strip())
             return

@@ -19,7 +19,7 @@ from PIL import Image
 from bot.bot import reply_ephemeral
 from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import encode_within_budget
-from bot.engine.types import EngineError
+from bot.engine.types import EngineError, InvalidRequest
 from bot.jobs import rerun_spec
 from bot.messages import queued_text, result_embed
 from bot.store import JobRecord, JobSpec, QueueRefused
@@ -36,6 +36,9 @@ MAX_SEED = 2**32 - 1
 
 def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tuple[int, int]:
     """Map an aspect choice to a size with about the default's pixel count, multiples of 8, within the limit."""
+    if aspect not in ("square", "portrait", "landscape"):
+        # Discord offers only the choices, but a forged interaction can carry any string.
+        raise InvalidRequest(f"`aspect` must be square, portrait or landscape, got {clip(str(aspect), 40)!r}")
     if aspect == "square":
         return width, height
     area = min(width * height, max_pixels)
