@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 import discord
@@ -62,6 +63,7 @@ class ImagineBot(commands.Bot):
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
         self._background: set[asyncio.Task[Any]] = set()
         self._leftovers_delivered = False
+        self._started_at = time.time()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -135,7 +137,7 @@ class ImagineBot(commands.Bot):
         self._write_heartbeat(True)
         if self.run_worker and not self._leftovers_delivered:
             self._leftovers_delivered = True
-            self._spawn(self.deliverer.deliver_leftovers())
+            self._spawn(self.deliverer.deliver_leftovers(started_at=self._started_at))
 
     async def on_resumed(self) -> None:
         self._write_heartbeat(True)

@@ -7,7 +7,7 @@ import contextlib
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,15 @@ def upload_budget(limit: int) -> int:
     negative budget (the grid could then never be encoded and the result never delivered).
     """
     return limit - min(UPLOAD_MARGIN, limit // 8)
+
+
+def is_result_message(message: discord.Message, job_id: str) -> bool:
+    """A final result (grid embed with the Job field, or the failure sentence), not a progress edit."""
+    for embed in message.embeds:
+        if any(field.name == "Job" and field.value == f"`{job_id}`" for field in embed.fields):
+            return True
+    # Failure sentences (also with a leading mention in the channel fallback); progress says "Rendering `id`".
+    return f"Job `{job_id}` (" in message.content
 
 
 def is_dead_token(exc: discord.HTTPException) -> bool:
@@ -264,7 +273,31 @@ class Deliverer:
             )
             return None
 
-    async def deliver_leftovers(self) -> None:
-        """After a restart: post results that finished but were never delivered."""
-        for job in await self.store.undelivered_jobs():
+    async def deliver_leftovers(self, *, started_at: float) -> None:
+        """After a restart: post results that finished before it but were never delivered, exactly once."""
+        for job in await self.store.undelivered_jobs(finished_before=started_at):
+            if job.delivery == "sending":
+                # Killed between claiming the delivery and recording the message: look before re-posting.
+                readable, posted = await self._find_posted_result(job)
+                if posted is not None:
+                    await self.store.mark_delivered(job.id, message_id=posted)
+                    continue
+                if not readable:
+                    continue  # cannot tell: never risk a duplicate (the result stays in /history)
+                await self.store.reset_delivery(job.id)
+                job = replace(job, delivery="pending")
             await self.on_finished(JobOutcome(job))
+
+    async def _find_posted_result(self, job: JobRecord) -> tuple[bool, int | None]:
+        """(channel readable, id of a result message for `job` among its recent bot messages)."""
+        assert job.channel_id is not None
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        me = self.bot.user.id if self.bot.user else None
+        try:
+            async for message in channel.history(limit=100):
+                if message.author.id == me and is_result_message(message, job.id):
+                    return True, message.id
+        except discord.HTTPException as exc:
+            log.warning("cannot read channel %s to check job %s: %s", job.channel_id, job.id, exc.status)
+            return False, None
+        return True, None

@@ -560,13 +560,20 @@ class HistoryStore:
         # Tiles are written only when a job is done, so pending rows have none: one query, not 1 + N.
         return [_record(row, ()) for row in await self._fetch(query)]
 
-    async def undelivered_jobs(self) -> list[JobRecord]:
-        """Final jobs a Discord user still waits for (their result was never posted)."""
+    async def undelivered_jobs(self, *, finished_before: float | None = None) -> list[JobRecord]:
+        """Final Discord jobs whose result was never confirmed posted (`pending`, or `sending` at a crash)."""
         query = """
-            SELECT * FROM jobs WHERE status IN ('done', 'failed', 'cancelled') AND delivery = 'pending'
-                AND channel_id IS NOT NULL ORDER BY created_at
+            SELECT * FROM jobs WHERE status IN ('done', 'failed', 'cancelled') AND delivery IN ('pending', 'sending')
+                AND channel_id IS NOT NULL AND finished_at < ? ORDER BY created_at
         """
-        return [await self._with_tiles(row) for row in await self._fetch(query)]
+        cutoff = finished_before if finished_before is not None else time.time()
+        return [await self._with_tiles(row) for row in await self._fetch(query, (cutoff,))]
+
+    async def reset_delivery(self, job_id: str) -> None:
+        """sending → pending: a crash interrupted the post and the channel shows no result."""
+        async with self._write() as db:
+            query = "UPDATE jobs SET delivery = 'pending' WHERE id = ? AND delivery = 'sending'"
+            await db.execute(query, (job_id,))
 
     async def delete_user_jobs(self, user_id: int, guild_id: int | None) -> list[JobRecord]:
         """Delete a user's final jobs (in a guild, or everywhere); return them so files can go too."""

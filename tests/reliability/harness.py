@@ -274,7 +274,7 @@ class CrashLoopTally:
     lost: list[str] = field(default_factory=list)  # rows not final, or final in an unexpected way
     posted_twice: dict[str, int] = field(default_factory=dict)
     delivered_once: int = 0
-    never_delivered: list[str] = field(default_factory=list)  # killed between claim and post (at most once)
+    never_delivered: list[str] = field(default_factory=list)  # must stay empty: restarts resolve `sending`
     sent_but_missing: list[str] = field(default_factory=list)  # delivery='sent' but no message
     max_attempts_seen: int = 0
     integrity: list[str] = field(default_factory=list)
@@ -288,6 +288,7 @@ class CrashLoopTally:
             not self.lost
             and not self.posted_twice
             and not self.sent_but_missing
+            and not self.never_delivered
             and all(result == "ok" for result in self.integrity)
             and self.final_exit_code == 0
         )
@@ -323,7 +324,8 @@ def _kill_point(newest: str, *, any_job: bool) -> Callable[[Rows], bool]:
 
 
 def _all_settled(rows: Rows) -> bool:
-    return all(r["status"] in ("done", "failed", "cancelled") and r["delivery"] != "pending" for r in rows)
+    # After the last restart every result is confirmed posted: `sending` left by a kill is resolved too.
+    return all(r["status"] in ("done", "failed", "cancelled") and r["delivery"] == "sent" for r in rows)
 
 
 def _final_ok(row: dict[str, Any]) -> bool:

@@ -25,12 +25,11 @@ async def test_kill_9_loop_loses_nothing(
 ) -> None:
     tally = await run_crash_loop(iterations=iterations, models=tiny_models, work_dir=tmp_path)
     print(tally.summary())
-    if tally.never_delivered:
-        print(f"never delivered (at-most-once: killed between claim and post): {tally.never_delivered}")
     assert tally.kills == iterations
     assert tally.jobs == iterations
     assert tally.lost == []
     assert tally.posted_twice == {}
+    assert tally.never_delivered == []
     assert tally.sent_but_missing == []
     assert tally.integrity == ["ok"] * (iterations + 1)
     assert tally.final_exit_code == 0
