@@ -193,7 +193,7 @@ class Deliverer:
         if not await self.store.claim_delivery(job.id):
             return
         interaction = tracker.interaction if tracker is not None and tracker.token_usable() else None
-        limit = interaction.filesize_limit if interaction is not None else DEFAULT_UPLOAD_LIMIT
+        limit = interaction.filesize_limit if interaction is not None else self._channel_upload_limit(job)
         encoded = None
         if job.status == "done":
             try:
@@ -208,6 +208,11 @@ class Deliverer:
             message = await self._send_to_channel(job, encoded)
         await self.store.mark_delivered(job.id, message_id=message.id if message is not None else None)
         self.sent_results += 1
+
+    def _channel_upload_limit(self, job: JobRecord) -> int:
+        """The guild's upload limit (boost tier) from the cache; Discord's default when unknown."""
+        guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def _encoded_grid(self, job: JobRecord, grid_png: bytes | None, limit: int) -> EncodedImage | None:
         def encode() -> EncodedImage | None:
