@@ -68,25 +68,28 @@ async def fake() -> AsyncIterator[FakeDiscord]:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(str(gateway))
 
 
+def fake_bot_settings(
+    make_settings: Callable[..., Settings], server: FakeDiscord, **overrides: Any
+) -> Settings:
+    """Tiny-model bot settings pointed at `server`, tuned for fast tests; keyword arguments override fields."""
+    values: dict[str, Any] = {
+        "discord_token": TOKEN,
+        "discord_api_base": server.api_base,
+        "discord_gateway_url": server.gateway_url,
+        "progress_interval": 0.2,
+        "cooldown_seconds": 0.0,
+        "preview_every": 1,
+        "max_pending_per_user": 5,
+        "log_level": "DEBUG",
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
 @pytest.fixture
 def bot_settings(make_settings: Callable[..., Settings], fake: FakeDiscord) -> Callable[..., Settings]:
     """Tiny-model bot settings pointed at the fake; keyword arguments override fields."""
-
-    def factory(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "discord_token": TOKEN,
-            "discord_api_base": fake.api_base,
-            "discord_gateway_url": fake.gateway_url,
-            "progress_interval": 0.2,
-            "cooldown_seconds": 0.0,
-            "preview_every": 1,
-            "max_pending_per_user": 5,
-            "log_level": "DEBUG",
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return factory
+    return lambda **overrides: fake_bot_settings(make_settings, fake, **overrides)
 
 
 @pytest_asyncio.fixture(loop_scope="function")

@@ -22,6 +22,7 @@ from tests.cogs.conftest import (  # noqa: F401  (fixtures re-exported for this 
     TOKEN,
     bot_settings,
     fake,
+    fake_bot_settings,
     heartbeat_blocked,
     running,
 )
@@ -55,21 +56,7 @@ async def make_fake() -> AsyncIterator[FakeFactory]:
 def settings_for(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
     """Like `bot_settings`, for any fake: `settings_for(fake, steps=4)`."""
 
-    def factory(server: FakeDiscord, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "discord_token": TOKEN,
-            "discord_api_base": server.api_base,
-            "discord_gateway_url": server.gateway_url,
-            "progress_interval": 0.2,
-            "cooldown_seconds": 0.0,
-            "preview_every": 1,
-            "max_pending_per_user": 5,
-            "log_level": "DEBUG",
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return factory
+    return lambda server, **overrides: fake_bot_settings(make_settings, server, **overrides)
 
 
 class PipelineProxy:
