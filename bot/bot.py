@@ -63,7 +63,6 @@ class ImagineBot(commands.Bot):
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
         self._background: set[asyncio.Task[Any]] = set()
         self._leftovers_delivered = False
-        self._started_at = time.time()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -137,7 +136,8 @@ class ImagineBot(commands.Bot):
         self._write_heartbeat(True)
         if self.run_worker and not self._leftovers_delivered:
             self._leftovers_delivered = True
-            self._spawn(self.deliverer.deliver_leftovers(started_at=self._started_at))
+            cutoff = self.runner.recovered_at or time.time()
+            self._spawn(self.deliverer.deliver_leftovers(started_at=cutoff))
 
     async def on_resumed(self) -> None:
         self._write_heartbeat(True)

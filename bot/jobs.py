@@ -133,12 +133,15 @@ class JobRunner:
         self._accepting = True
         self._stopping = False
         self.running_job_id: str | None = None
+        self.recovered_at: float | None = None
         self.recent_durations: list[float] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, *, requeue_interrupted: bool = True) -> None:
         """Recover rows a crash left `running`, then start the worker."""
         await self.store.recover_interrupted(requeue=requeue_interrupted, max_attempts=self.max_attempts)
+        # Jobs final before this instant (including those recovery just failed) belong to no live delivery.
+        self.recovered_at = time.time()
         self._worker = asyncio.create_task(self._work(), name="job-worker")
         self._wake.set()
 
