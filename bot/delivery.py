@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from PIL import Image
 
-from bot.engine.images import EncodedImage, encode_within_budget
+from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.jobs import JobOutcome, JobRunner
 from bot.messages import failure_text, progress_text, queued_text, result_embed
 from bot.settings import Settings
@@ -219,10 +219,7 @@ class Deliverer:
             data = grid_png
             if data is None and job.grid_path and Path(job.grid_path).is_file():
                 data = Path(job.grid_path).read_bytes()
-            if data is None:
-                return None
-            with Image.open(io.BytesIO(data)) as image:
-                return encode_within_budget(image, upload_budget(limit), png=data)
+            return encode_png_within_budget(data, upload_budget(limit)) if data is not None else None
 
         return await asyncio.to_thread(encode)
 

@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from discord import app_commands
 from discord.ext import commands
-from PIL import Image
 
 from bot.bot import reply_ephemeral
 from bot.delivery import is_dead_token, upload_budget
-from bot.engine.images import encode_within_budget
+from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import EngineError, InvalidRequest
 from bot.jobs import rerun_spec
 from bot.messages import queued_text, result_embed
@@ -260,14 +259,8 @@ class ImagineCog(commands.Cog):
         assert tile is not None
         await interaction.response.defer(thinking=True)
         source = job.tiles[tile - 1]
-        limit = upload_budget(interaction.filesize_limit)
-
-        def encode() -> Any:
-            with Image.open(source.path or "") as image:
-                return encode_within_budget(image, limit, png=Path(source.path or "").read_bytes())
-
         try:
-            encoded = await asyncio.to_thread(encode)
+            encoded = await _encode_saved(source.path, interaction.filesize_limit)
         except OSError:
             await interaction.followup.send(f"The image file of job `{job.id}` is gone.", ephemeral=True)
             return
@@ -291,13 +284,8 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction[Any], job: JobRecord, tile: int | None
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-
-        def encode() -> Any:
-            with Image.open(job.grid_path or "") as image:
-                return encode_within_budget(image, upload_budget(interaction.filesize_limit))
-
         try:
-            encoded = await asyncio.to_thread(encode)
+            encoded = await _encode_saved(job.grid_path, interaction.filesize_limit)
         except OSError:
             await interaction.followup.send(f"The grid of job `{job.id}` is gone from disk.", ephemeral=True)
             return
@@ -309,6 +297,14 @@ class ImagineCog(commands.Cog):
             view=result_view(job),
         )
         await interaction.followup.send("Posted.", ephemeral=True)
+
+
+async def _encode_saved(path: str | None, upload_limit: int) -> EncodedImage:
+    """Read a saved PNG off the loop and fit it to the upload limit (OSError when it is gone)."""
+    if not path:
+        raise FileNotFoundError("no file recorded")
+    data = await asyncio.to_thread(Path(path).read_bytes)
+    return await asyncio.to_thread(encode_png_within_budget, data, upload_budget(upload_limit))
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -95,6 +95,12 @@ def _jpeg_bytes(image: Image.Image, *, quality: int, subsampling: int) -> bytes:
     return buffer.getvalue()
 
 
+def encode_png_within_budget(png: bytes, max_bytes: int) -> EncodedImage:
+    """`encode_within_budget` for PNG bytes we saved (reused as-is when they already fit)."""
+    with Image.open(io.BytesIO(png)) as image:
+        return encode_within_budget(image, max_bytes, png=png)
+
+
 def blur_for_safety(image: Image.Image) -> Image.Image:
     """Heavy blur used to replace an image the safety checker flagged."""
     small = image.resize((max(1, image.width // 16), max(1, image.height // 16)), Image.Resampling.BILINEAR)
