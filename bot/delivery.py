@@ -90,7 +90,6 @@ class Deliverer:
         self.runner = runner
         self.trackers: dict[str, Tracker] = {}
         self._queue_task: asyncio.Task[None] | None = None
-        self.sent_results: int = 0
 
     def start(self) -> None:
         self._queue_task = asyncio.create_task(self._queue_position_loop(), name="queue-positions")
@@ -168,7 +167,7 @@ class Deliverer:
 
     async def update_positions(self) -> None:
         """Refresh the position/ETA text of tracked queued jobs whose position changed."""
-        if not any(t.job_id for t in self.trackers.values()):
+        if not self.trackers:
             return
         order = await self.runner.queue_positions()
         queued = [job for job in order if job.status == "queued"]
@@ -207,7 +206,6 @@ class Deliverer:
         if message is None:
             message = await self._send_to_channel(job, encoded)
         await self.store.mark_delivered(job.id, message_id=message.id if message is not None else None)
-        self.sent_results += 1
 
     def _channel_upload_limit(self, job: JobRecord) -> int:
         """The guild's upload limit (boost tier) from the cache; Discord's default when unknown."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -130,7 +131,6 @@ class JobRunner:
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._last_served: dict[int | None, float] = {}
-        self._accepting = True
         self._stopping = False
         self.running_job_id: str | None = None
         self.recovered_at: float | None = None
@@ -147,7 +147,6 @@ class JobRunner:
 
     async def stop(self, *, grace: float = 90.0) -> None:
         """No new jobs; let the running job finish within `grace` seconds (else mark it), then stop."""
-        self._accepting = False
         self._stopping = True
         self._wake.set()
         if self._worker is not None:
@@ -175,30 +174,31 @@ class JobRunner:
     # -- submitting ------------------------------------------------------------------------------------
     async def admission_refusal(self, spec: JobSpec) -> Exception | None:
         """Why `spec` would be refused now (bad input or a queue limit), without writing anything."""
-        if not self._accepting:
-            return QueueRefused("the bot is shutting down; try again in a minute")
         try:
-            self.engine.validate(request_from_job(spec))
-        except EngineError as exc:
+            self._check_acceptable(spec)
+        except (QueueRefused, EngineError) as exc:
             return exc
-        return await self.store.admission_refusal(
-            spec.user_id,
-            max_pending_per_user=self.max_pending_per_user if spec.user_id is not None else None,
-            max_queue=self.max_queue,
-            cooldown_seconds=self.cooldown_seconds if spec.user_id is not None else 0.0,
-        )
+        return await self.store.admission_refusal(spec.user_id, **self._limits_for(spec))
+
+    def _check_acceptable(self, spec: JobSpec) -> None:
+        """Refuse while shutting down; validate the request (no model needed)."""
+        if self._stopping:
+            raise QueueRefused("the bot is shutting down; try again in a minute")
+        self.engine.validate(request_from_job(spec))
+
+    def _limits_for(self, spec: JobSpec) -> dict[str, Any]:
+        """Queue limits for `spec`: per-user ones apply only to Discord users (the CLI has none)."""
+        per_user = spec.user_id is not None
+        return {
+            "max_pending_per_user": self.max_pending_per_user if per_user else None,
+            "max_queue": self.max_queue,
+            "cooldown_seconds": self.cooldown_seconds if per_user else 0.0,
+        }
 
     async def submit(self, spec: JobSpec) -> JobRecord:
         """Validate, write the `queued` row (limits enforced atomically) and wake the worker."""
-        if not self._accepting:
-            raise QueueRefused("the bot is shutting down; try again in a minute")
-        self.engine.validate(request_from_job(spec))
-        job = await self.store.create_job(
-            spec,
-            max_pending_per_user=self.max_pending_per_user if spec.user_id is not None else None,
-            max_queue=self.max_queue,
-            cooldown_seconds=self.cooldown_seconds if spec.user_id is not None else 0.0,
-        )
+        self._check_acceptable(spec)
+        job = await self.store.create_job(spec, **self._limits_for(spec))
         self._wake.set()
         return job
 

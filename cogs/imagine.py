@@ -138,11 +138,8 @@ class ImagineCog(commands.Cog):
             await interaction.edit_original_response(content=f"Can't queue that: {message}.")
             return None
         # No await between submit and track: a fast job must find its tracker.
-        order = [j.id for j in await self.bot.runner.queue_positions() if j.status == "queued"]
-        position = order.index(job.id) + 1 if job.id in order else 1
-        self.bot.deliverer.track(
-            job, interaction, text=queued_text(job.id, position, self.bot.runner.eta_seconds(position))
-        )
+        self.bot.deliverer.track(job, interaction, text=queued_text(job.id, 1, None))
+        await self.bot.deliverer.update_positions()
         return job
 
     @app_commands.command(name="queue")
