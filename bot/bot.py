@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import Deliverer
-from bot.engine.executor import Engine
+from bot.engine.backend import RenderBackend
 from bot.engine.types import EngineError
 from bot.health import write_heartbeat
 from bot.jobs import JobRunner
@@ -45,7 +45,7 @@ class ImagineBot(commands.Bot):
         *,
         settings: Settings,
         store: HistoryStore,
-        engine: Engine,
+        backend: RenderBackend,
         runner: JobRunner,
         run_worker: bool = True,
     ) -> None:
@@ -57,7 +57,7 @@ class ImagineBot(commands.Bot):
         )
         self.settings = settings
         self.store = store
-        self.engine = engine
+        self.backend = backend
         self.runner = runner
         self.run_worker = run_worker
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
@@ -76,18 +76,12 @@ class ImagineBot(commands.Bot):
             on_started=self.deliverer.on_started,
             on_finished=self.deliverer.on_finished,
         )
+        # Starts the backend too: the local one loads the models in the background (minutes on a real GPU
+        # box; jobs wait on the same thread), a remote one connects when it can.
         await self.runner.start(requeue_interrupted=True)
         self.deliverer.start()
-        # Loading takes minutes on a real GPU box: do it in the background; jobs wait on the same thread.
-        self._spawn(self._load_models())
         self._spawn(self._heartbeat_loop())
         await self.sync_commands(force=False)
-
-    async def _load_models(self) -> None:
-        try:
-            await self.engine.load()
-        except EngineError as exc:
-            log.error("%s", exc.user_message)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -148,7 +142,14 @@ class ImagineBot(commands.Bot):
     def _write_heartbeat(self, connected: bool) -> None:
         try:
             latency = self.latency if self.latency == self.latency else None  # NaN before the first ACK
-            write_heartbeat(self.settings.heartbeat_path, connected=connected, latency=latency)
+            runner_ok, runner_reason = self.runner.health() if self.run_worker else (True, "no worker")
+            write_heartbeat(
+                self.settings.heartbeat_path,
+                connected=connected,
+                latency=latency,
+                runner_ok=runner_ok,
+                runner_reason=runner_reason,
+            )
         except OSError:
             log.warning("could not write the heartbeat file %s", self.settings.heartbeat_path)
 

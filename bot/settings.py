@@ -88,10 +88,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(50, ge=1)
     cooldown_seconds: float = Field(5.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
+    # While other members wait, a member holds at most one running job (matters with several workers).
+    one_running_per_member: bool = True
     progress_interval: float = Field(2.0, ge=0.2)
     preview_every: int = Field(5, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Render backend: `local` (the in-process GPU thread) or `ray` (Ray Serve workers at RAY_ADDRESS)
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
+    # GPUs per Ray replica: `auto` = 1 when the cluster has GPUs, 0 (one CPU each) when it has none.
+    ray_gpus_per_replica: Literal["auto"] | float = "auto"
 
     # Discord (no IMAGINE_ prefix)
     discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
@@ -107,7 +115,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", mode="before")
+    @field_validator("discord_token", "dev_guild", "ray_address", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.

@@ -60,8 +60,8 @@ class GenerationRequest:
     prompts: tuple[str, ...] | None = None
     # Image seeds per tile; default job_seed + i.
     image_seeds: tuple[int, ...] | None = None
-    # Variations: img2img from this PNG/JPEG file at this strength.
-    init_image_path: str | None = None
+    # Variations: img2img from this PNG/JPEG (bytes, not a path: requests travel to remote workers).
+    init_image: bytes | None = None
     strength: float = 0.6
     safe_mode: bool = True
 

@@ -72,7 +72,7 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
             )
         for seed in request.image_seeds:
             _check_int("image seed", seed, 0, MAX_SEED_NUMBER + 64)
-    if request.init_image_path is not None and not 0.0 < request.strength <= 1.0:
+    if not 0.0 < request.strength <= 1.0:
         raise InvalidRequest(f"`strength` must be in (0, 1], got {request.strength}")
 
 
