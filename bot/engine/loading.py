@@ -42,7 +42,10 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("IMAGINE_DEVICE=cuda but no CUDA device is available")
+        raise ModelLoadError(
+            "IMAGINE_DEVICE=cuda but no CUDA device is available: set IMAGINE_DEVICE=auto or cpu, "
+            "or check the NVIDIA driver (nvidia-smi)"
+        )
     return torch.device(name)
 
 
