@@ -341,10 +341,10 @@ class JobRunner:
                 # Also polls: rows queued by another process, a backend coming back.
                 await self._wait_for_wake(self.poll_seconds)
 
-    async def _wait_for_wake(self, timeout: float) -> None:
+    async def _wait_for_wake(self, seconds: float) -> None:
         waiter = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait([waiter], timeout=timeout)
+            await asyncio.wait([waiter], timeout=seconds)
         finally:
             waiter.cancel()
 
