@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install imagine-bot with its dev tools. Idempotent: re-runs only when pyproject.toml changes.
+# Create .venv and install imagine-bot with its dev tools and the `ray` extra (the scale-out tests). Idempotent: re-runs only when pyproject.toml changes.
 #   TORCH_SPEC   torch requirement installed first (default torch==2.13.0)
 #   TORCH_INDEX  optional wheel index for torch, e.g. https://download.pytorch.org/whl/cpu on a CPU-only box
 #                (an unpinned/unindexed torch from PyPI is the multi-GB CUDA build on Linux)
@@ -19,6 +19,6 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   echo "installing $TORCH_SPEC${TORCH_INDEX:+ from $TORCH_INDEX}" >&2
   "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
 fi
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,ray]"
 rm -f "$VENV"/.installed-*
 touch "$stamp"

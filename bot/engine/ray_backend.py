@@ -129,11 +129,12 @@ def connect(address: str | None) -> None:
         raise RayConnectError(
             "Ray is not installed: pip install 'imagine-bot[ray]' (the same Ray and Python as the cluster)"
         ) from None
-    if ray.is_initialized():
-        return
+    # Checked every time (cheap): it also notices a cluster that went away while this process stays attached.
     problem = _tcp_reachable(address)
     if problem is not None:
         raise RayConnectError(f"cannot reach the Ray cluster at {address}: {problem}")
+    if ray.is_initialized():
+        return
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as exc:
@@ -236,7 +237,7 @@ class RayBackend:
         on_rendered: Callable[[], None],
         cancel: CancelToken,
     ) -> RenderOutput:
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
         from ray.serve.exceptions import RequestCancelledError
 
         handle = self._handle
@@ -280,8 +281,10 @@ class RayBackend:
         except RayActorError as exc:
             log.warning("the worker replica died mid-job: %s", type(exc).__name__)
             raise WorkerLost() from None
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            self._mark_down(f"lost the Ray cluster at {self.address}: {exc}")
+        except (RayError, ConnectionError, OSError, TimeoutError) as exc:
+            # The cluster itself is failing (GCS gone, node lost): requeue the job, check again before the next.
+            log.warning("Ray failed under a job: %s", " ".join(str(exc).split())[:300])
+            self._mark_down(f"lost the Ray cluster at {self.address}: {type(exc).__name__}")
             raise BackendUnavailable() from None
         finally:
             if worker is not None and worker in self.running_workers:

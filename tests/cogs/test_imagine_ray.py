@@ -9,7 +9,7 @@ import pytest
 from bot.settings import Settings
 from tests.cogs.conftest import decode, imagine, start_bot, wait_job
 from tests.fakediscord import FakeDiscord
-from tests.raycluster import RayCluster, ray_cluster  # noqa: F401  (the fixture)
+from tests.raycluster import RayCluster
 
 pytestmark = pytest.mark.ray
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.ray
 async def test_imagine_renders_on_the_ray_workers(
     fake: FakeDiscord,
     bot_settings: Callable[..., Settings],
-    ray_cluster: RayCluster,  # noqa: F811
+    ray_cluster: RayCluster,
 ) -> None:
     running = await start_bot(fake, bot_settings(backend="ray", ray_address=ray_cluster.address))
     try:

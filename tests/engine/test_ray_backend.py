@@ -22,7 +22,7 @@ from bot.jobs import JobOutcome, JobRunner
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord, JobSpec
 from bot.wiring import build_runner, limits_from
-from tests.raycluster import ROOT, RayCluster, ray_cluster  # noqa: F401  (the fixture)
+from tests.raycluster import ROOT, RayCluster
 
 pytestmark = pytest.mark.ray
 
@@ -62,7 +62,7 @@ class Recorder:
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def ray_runner(
-    ray_cluster: RayCluster,  # noqa: F811
+    ray_cluster: RayCluster,
     make_settings: Callable[..., Settings],
 ) -> AsyncIterator[tuple[JobRunner, RayBackend, Recorder]]:
     settings = make_settings(backend="ray", ray_address=ray_cluster.address, cooldown_seconds=0)
@@ -87,7 +87,7 @@ async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
-def test_workers_command_deployed_two_replicas(ray_cluster: RayCluster) -> None:  # noqa: F811
+def test_workers_command_deployed_two_replicas(ray_cluster: RayCluster) -> None:
     assert "deploying 2 worker replica(s) (0 GPU each)" in ray_cluster.deploy_output
     assert "ready: 2 worker replica(s) running" in ray_cluster.deploy_output
 
@@ -151,7 +151,7 @@ async def test_replica_killed_mid_job_is_requeued_done_and_delivered_once(
 
 async def test_unreachable_cluster_gives_one_clear_line_and_a_red_health(
     make_settings: Callable[..., Settings],
-    ray_cluster: RayCluster,  # noqa: F811
+    ray_cluster: RayCluster,
 ) -> None:
     dead = "127.0.0.1:1"
     settings = make_settings(backend="ray", ray_address=dead)
