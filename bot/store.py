@@ -12,11 +12,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +374,10 @@ class HistoryStore:
         """Write a `queued` row, enforcing the queue limits in the same transaction."""
         now = time.time() if now is None else now
         job_id = new_job_id()
+        # Stored user text is one plain line: it is echoed in lists, embeds and the CLI's history.
+        spec = replace(
+            spec, seed_text=normalize_user_text(spec.seed_text), negative=normalize_user_text(spec.negative)
+        )
         async with self._write() as db:
             refusal = await self._limit_refusal(
                 db, spec.user_id, max_pending_per_user, max_queue, cooldown_seconds, now

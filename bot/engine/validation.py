@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.engine.types import GenerationRequest, InvalidRequest
@@ -23,19 +24,38 @@ class Limits:
     min_side: int = 64
 
 
+# Bidirectional-text controls: they reorder what follows them on screen (U+202E shows "gnp.exe" for
+# "exe.png") and would flip the layout of every list the text is shown in.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def normalize_user_text(text: str) -> str:
+    """One line of plain text: bidi controls removed, every run of whitespace (newlines, tabs) one space."""
+    return " ".join("".join(char for char in text if char not in _BIDI_CONTROLS).split())
+
+
 def clean_user_text(text: str, *, name: str, max_chars: int, required: bool) -> str:
-    """Strip and check a user-supplied text: no control characters, not empty, not too long."""
+    """Normalize and check a user-supplied text: no control characters, not empty, not too long."""
     if not isinstance(text, str):
         raise InvalidRequest(f"`{name}` must be text, got {type(text).__name__}")
     for char in text:
         if unicodedata.category(char) == "Cc" and char not in "\t\n\r":
             raise InvalidRequest(f"`{name}` contains a control character (U+{ord(char):04X}); remove it")
-    stripped = text.strip()
-    if required and not stripped:
+    cleaned = normalize_user_text(text)
+    if required and not cleaned:
         raise InvalidRequest(f"`{name}` must not be empty")
-    if len(stripped) > max_chars:
-        raise InvalidRequest(f"`{name}` is {len(stripped)} characters; the limit is {max_chars}")
-    return stripped
+    if len(cleaned) > max_chars:
+        raise InvalidRequest(f"`{name}` is {len(cleaned)} characters; the limit is {max_chars}")
+    return cleaned
+
+
+def check_seed_tokens(seed: str, count_tokens: Callable[[str], int], max_tokens: int) -> None:
+    """The seed must fit CLIP's window by itself (the expander only appends to it)."""
+    tokens = count_tokens(normalize_user_text(seed))
+    if tokens > max_tokens:
+        raise InvalidRequest(
+            f"`seed` is {tokens} tokens long; Stable Diffusion reads at most {max_tokens}: shorten it"
+        )
 
 
 def validate_request(request: GenerationRequest, limits: Limits) -> None:
