@@ -177,8 +177,9 @@ jobs=$(count_jobs) || fail "history" "$work/history.log"
 ok "history after all containers stopped: $jobs jobs in volume $data"
 docker run --rm -u "$(id -u):$(id -g)" -v "$data:/d:ro" -v "$work:/b" --entrypoint tar "$image" \
     czf /b/imagine-data.tgz -C /d . >"$work/tar.log" 2>&1 || fail "backup: tar of the volume" "$work/tar.log"
+docker rm "$bot" "$fake" >/dev/null # as `docker compose down` does: nothing holds the volume any more
 docker volume rm "$data" >/dev/null && docker volume create "$data" >/dev/null
-docker run --rm -u 10001:10001 -v "$data:/d" -v "$work:/b:ro" --entrypoint sh "$image" -c \
+docker run --rm -u 0 -v "$data:/d" -v "$work:/b:ro" --entrypoint sh "$image" -c \
     'tar xzf /b/imagine-data.tgz -C /d && mv /d/backup.sqlite3 /d/history.sqlite3 && rm -f /d/history.sqlite3-wal /d/history.sqlite3-shm' \
     >"$work/restore.log" 2>&1 || fail "restore into a new volume" "$work/restore.log"
 jobs=$(count_jobs) || fail "history after restore" "$work/history.log"
