@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SettingsSourceError
 
@@ -97,8 +97,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Discord (no IMAGINE_ prefix)
-    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
+    # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
+    # first so that the token's validator can see it.
+    discord_token_file: Path | None = Field(None, validation_alias="DISCORD_TOKEN_FILE")
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN", validate_default=True)
     discord_api_base: str = Field(DISCORD_DEFAULT_API_BASE, validation_alias="DISCORD_API_BASE")
     discord_gateway_url: str = Field(DISCORD_DEFAULT_GATEWAY, validation_alias="DISCORD_GATEWAY_URL")
     dev_guild: int | None = Field(None, validation_alias="IMAGINE_DEV_GUILD")
@@ -111,13 +114,30 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", mode="before")
+    @field_validator("discord_token", "dev_guild", "discord_token_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("discord_token")
+    @classmethod
+    def _token_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        path = info.data.get("discord_token_file")
+        if path is None:
+            return value
+        if value is not None:
+            raise ValueError("set DISCORD_TOKEN or DISCORD_TOKEN_FILE, not both")
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ValueError(f"cannot read DISCORD_TOKEN_FILE={path}: {reason}") from None
+        if not token:
+            raise ValueError(f"DISCORD_TOKEN_FILE={path} is empty")
+        return SecretStr(token)
 
     @field_validator("blocklist", mode="before")
     @classmethod
@@ -198,5 +218,7 @@ def load_settings(**overrides: object) -> Settings:
             message = first.get("msg", "invalid value").removeprefix("Value error, ")
         if loc and str(loc[0]) in Settings.model_fields:
             raise SettingsError(f"invalid setting {env_name(str(loc[0]))}: {message}") from None
+        if loc and str(loc[0]) in all_env_names():  # a field with its own alias (DISCORD_*)
+            raise SettingsError(f"invalid setting {loc[0]}: {message}") from None
         # A rule across several settings: its message names them (IMAGINE_COUNT=9 exceeds …).
         raise SettingsError(f"invalid settings: {message}") from None

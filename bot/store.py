@@ -76,6 +76,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: why a result could not be posted (delivery 'none' with a reason), and when its delivery was
+    # claimed (a channel post carries a nonce Discord de-duplicates for a few minutes after that).
+    """
+    ALTER TABLE jobs ADD COLUMN undelivered_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_claimed_at REAL;
+    """,
 )
 
 
@@ -186,6 +192,9 @@ class JobRecord:
     delivery: str
     message_id: int | None
     tiles: tuple[Tile, ...] = field(default=())
+    # Set when Discord refused both the interaction edit and the channel post (delivery is then 'none').
+    undelivered_reason: str | None = None
+    delivery_claimed_at: float | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -546,11 +555,18 @@ class HistoryStore:
             log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
         return requeued, failed
 
-    async def claim_delivery(self, job_id: str) -> bool:
-        """pending → sending; False if someone already delivered it (at most once)."""
+    async def claim_delivery(self, job_id: str, *, message_id: int | None = None) -> bool:
+        """pending → sending; False if someone already delivered it (at most once).
+
+        `message_id` is the interaction response the result is about to be edited into: recorded before
+        the edit, so a restart can look at that one message instead of scanning the channel.
+        """
         async with self._write() as db:
-            query = "UPDATE jobs SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'"
-            cursor = await db.execute(query, (job_id,))
+            query = """
+                UPDATE jobs SET delivery = 'sending', delivery_claimed_at = ?, message_id = ?
+                WHERE id = ? AND delivery = 'pending'
+            """
+            cursor = await db.execute(query, (time.time(), message_id, job_id))
             return cursor.rowcount == 1
 
     async def mark_delivered(
@@ -563,6 +579,14 @@ class HistoryStore:
                 WHERE id = ?
             """
             await db.execute(query, (message_id, channel_id, job_id))
+
+    async def mark_undelivered(self, job_id: str, reason: str) -> None:
+        """Discord refused every way to post the result: final, with the reason, kept in /history."""
+        async with self._write() as db:
+            query = (
+                "UPDATE jobs SET delivery = 'none', message_id = NULL, undelivered_reason = ? WHERE id = ?"
+            )
+            await db.execute(query, (reason[:500], job_id))
 
     async def set_delivery_none(self, job_id: str) -> None:
         """Jobs nobody waits for in Discord (the CLI)."""
@@ -737,4 +761,6 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         delivery=row["delivery"],
         message_id=row["message_id"],
         tiles=tiles,
+        undelivered_reason=row["undelivered_reason"],
+        delivery_claimed_at=row["delivery_claimed_at"],
     )

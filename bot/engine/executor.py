@@ -27,6 +27,7 @@ from bot.engine.loading import (
     resolve_device,
     resolve_dtype,
 )
+from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
 from bot.engine.types import (
     EngineError,
@@ -86,6 +87,8 @@ class Engine:
         self._seed_tokenizer: Any | None = None
         self.model_info: dict[str, Any] = {}
         self.stats = GpuStats()
+        # Compiled here, not at load: the member's own text is checked before a job is queued.
+        self.blocklist = compile_blocklist(config.blocklist)
 
     # -- thread plumbing -------------------------------------------------------------------------
     async def _on_gpu(self, fn: Callable[[], T]) -> T:
@@ -195,7 +198,7 @@ class Engine:
         Once the seed tokenizer is there (`load_seed_tokenizer`, or after the models loaded) this also
         checks the seed fits CLIP's window, so an over-long seed never becomes a row.
         """
-        validate_request(request, self.config.limits)
+        validate_request(request, self.config.limits, self.blocklist)
         tokenizer = self._seed_tokenizer
         if tokenizer is not None:
             check_seed_tokens(request.seed_text, _token_counter(tokenizer), tokenizer.model_max_length - 2)
