@@ -454,8 +454,11 @@ class HistoryStore:
                 return QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
         if user_id is None:
             return None
+        # The cooldown counts from the member's latest job that is still waiting or running: a member
+        # whose jobs have all finished can always start the next one at once.
         query = """
-            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
+            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')),
+                MAX(created_at) FILTER (WHERE status IN ('queued', 'running'))
             FROM jobs WHERE user_id = ?
         """
         ((mine, last),) = await db.execute_fetchall(query, (user_id,))  # type: ignore[misc]
@@ -466,7 +469,7 @@ class HistoryStore:
             )
         if cooldown_seconds and last is not None and now - last < cooldown_seconds:
             wait = max(1, round(cooldown_seconds - (now - last)))
-            return Cooldown(f"slow down: you can start a new job in {wait} s")
+            return Cooldown(f"you queued a job {now - last:.0f} s ago; please wait {wait} s more")
         return None
 
     async def mark_running(self, job_id: str) -> bool:

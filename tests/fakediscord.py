@@ -778,6 +778,8 @@ class FakeDiscord:
         gateway_compression: bool = True,
         strict_commands: bool = False,
         host: str = "127.0.0.1",
+        port: int = 0,
+        advertised_host: str | None = None,
     ) -> None:
         self.token = token
         self.guild_id = guild_id
@@ -794,6 +796,9 @@ class FakeDiscord:
         #: send_slash refuses commands the bot has not synced
         self.strict_commands = strict_commands
         self.host = host
+        #: the name clients use in URLs the fake hands out (gateway, attachments) when `host` is a bind-all
+        #: address, e.g. a container's name on a Docker network
+        self.advertised_host = advertised_host or host
         self.guild_name = "Fake Guild"
         self.ack_heartbeats = True
         self.bot_permissions = BOT_PERMISSIONS
@@ -859,7 +864,7 @@ class FakeDiscord:
         self._waiters: list[asyncio.Future[None]] = []
         self._runner: web.AppRunner | None = None
         self._routes_cache: list[tuple[str, re.Pattern[str], _Handler, bool, str]] | None = None
-        self.port = 0
+        self.port = port  # 0: a free port, chosen in start()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -871,7 +876,7 @@ class FakeDiscord:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
@@ -894,7 +899,7 @@ class FakeDiscord:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.advertised_host}:{self.port}"
 
     @property
     def api_base(self) -> str:
@@ -902,7 +907,7 @@ class FakeDiscord:
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/gateway"
+        return f"ws://{self.advertised_host}:{self.port}/gateway"
 
     # ------------------------------------------------------------------ guild setup
     def add_member(
