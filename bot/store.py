@@ -73,6 +73,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: outpaint masks and --chaos (the init image path already has a column)
+    """
+    ALTER TABLE jobs ADD COLUMN mask_image TEXT;
+    ALTER TABLE jobs ADD COLUMN chaos INTEGER;
+    """,
 )
 
 
@@ -127,6 +132,10 @@ class JobSpec:
     user_id: int | None = None
     guild_id: int | None = None
     channel_id: int | None = None
+    mask_image: str | None = None
+    chaos: int | None = None
+    # Preallocated id: the job's input images are written into its folder before the row exists.
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,8 @@ class JobRecord:
     delivery: str
     message_id: int | None
     tiles: tuple[Tile, ...] = field(default=())
+    mask_image: str | None = None
+    chaos: int | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -188,6 +199,11 @@ class JobRecord:
             "width": self.width,
             "height": self.height,
             "expand": self.expand,
+            "chaos": self.chaos,
+            "strength": self.strength,
+            "source_tile": self.source_tile,
+            "init_image": self.init_image,
+            "mask_image": self.mask_image,
             "prompts": list(self.prompts),
             "image_seeds": [tile.image_seed for tile in self.tiles],
             "images": [tile.path for tile in self.tiles],
@@ -315,7 +331,7 @@ class HistoryStore:
     ) -> JobRecord:
         """Write a `queued` row, enforcing the queue limits in the same transaction."""
         now = time.time() if now is None else now
-        job_id = new_job_id()
+        job_id = spec.id or new_job_id()
         async with self._write() as db:
             refusal = await self._limit_refusal(
                 db, spec.user_id, max_pending_per_user, max_queue, cooldown_seconds, now
@@ -325,8 +341,8 @@ class HistoryStore:
             query = """
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
-                    given_seeds, init_image, user_id, guild_id, channel_id, created_at)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -353,6 +369,8 @@ class HistoryStore:
                     spec.guild_id,
                     spec.channel_id,
                     now,
+                    spec.mask_image,
+                    spec.chaos,
                 ),
             )
         job = await self.get_job(job_id)
@@ -655,4 +673,6 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         delivery=row["delivery"],
         message_id=row["message_id"],
         tiles=tiles,
+        mask_image=row["mask_image"],
+        chaos=row["chaos"],
     )
