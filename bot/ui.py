@@ -27,7 +27,8 @@ TILE_ACTIONS = {
     "pu": "pan-up",
     "pd": "pan-down",
 }
-JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", "rmx", "rmt", *TILE_ACTIONS)
+ACTION_BUTTONS = ("rmx", "rmt", *TILE_ACTIONS)
+JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", *ACTION_BUTTONS)
 JOB_ID = r"[0-9a-f]{10}"
 
 
