@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import discord
 
@@ -145,5 +145,5 @@ def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
         )
     if thumbnail:
         embed.set_thumbnail(url=f"attachment://{thumbnail}")
-    embed.timestamp = datetime.fromtimestamp(job.created_at, tz=timezone.utc)
+    embed.timestamp = datetime.fromtimestamp(job.created_at, tz=UTC)
     return embed

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -79,6 +80,23 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN chaos INTEGER;
     """,
 )
+
+
+class StoreError(Exception):
+    """The history database cannot be opened or written; one line naming the file and what to do."""
+
+
+def _explain_open_failure(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"{path} is not a readable SQLite database ({text}): restore it from a backup, "
+            "or move it away to start an empty history"
+        )
+    return (
+        f"cannot open the database {path} ({text}): make {path.parent} and the files in it writable "
+        "for this user, or set IMAGINE_DATA_DIR to a writable folder"
+    )
 
 
 class QueueRefused(Exception):
@@ -245,8 +263,9 @@ class HistoryStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        # One connection: its transactions must not interleave between coroutines.
-        self._write_lock = asyncio.Lock()
+        # One connection: a transaction must not interleave with another coroutine's statements, reads
+        # included (they would see its uncommitted rows, e.g. a `done` job before its tiles are written).
+        self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> HistoryStore:
         await self.open()
@@ -262,37 +281,74 @@ class HistoryStore:
         return self._db
 
     async def open(self) -> None:
-        """Open (creating the folder), set pragmas, run migrations."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
-        self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
-        self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=30000")
-        await self._migrate()
+        """Open (creating the folder), set pragmas, run migrations; StoreError names the file and the fix."""
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"the data folder {folder} is a file: set IMAGINE_DATA_DIR to a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the data folder {folder} ({exc.strerror or exc}): "
+                "set IMAGINE_DATA_DIR to a folder this user can write"
+            ) from None
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
+            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
+            self._db.row_factory = aiosqlite.Row
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.execute("PRAGMA busy_timeout=30000")
+            await self._migrate()
+        except BaseException as exc:
+            # The connection's thread is not a daemon: left running, it keeps the process alive forever.
+            await self._close_quietly()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(_explain_open_failure(self.path, exc)) from None
+            raise
+
+    async def _close_quietly(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except Exception:
+                log.debug("closing %s after a failed open", self.path, exc_info=True)
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.close()
-            self._db = None
+            async with self._lock:  # let a running transaction end first
+                if self._db is not None:
+                    await self._db.close()
+                    self._db = None
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT as one unit: it commits whole or rolls back whole, even when cancelled.
+
+        Every statement handed to aiosqlite runs on its thread in order, even if its awaiter is cancelled
+        (a cancelled `BEGIN` still begins). So whatever interrupts the body — an error, or a cancellation
+        at any await, `BEGIN` included — queues a `ROLLBACK` behind it before the lock is released, and
+        the connection never stays inside a transaction. A failed `COMMIT` (disk full) rolls back too.
+        """
         db = self.db
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
+        async with self._lock:
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            else:
                 await db.execute("COMMIT")
+            except BaseException:
+                await _rollback(db)
+                raise
 
     async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        """Run a read and fetch every row in one step on the connection's thread.
+        """One read, under the lock: it never runs inside another coroutine's open write transaction."""
+        async with self._lock:
+            return await self._fetch_locked(query, params)
+
+    async def _fetch_locked(self, query: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """Run a read and fetch every row in one step on the connection's thread (caller holds the lock).
 
         A cursor left open between awaits keeps a read snapshot; a write of another coroutine on this
         connection then fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy wait)
@@ -386,9 +442,10 @@ class HistoryStore:
         cooldown_seconds: float,
     ) -> QueueRefused | None:
         """Read-only pre-check of the queue limits (create_job re-checks them atomically)."""
-        return await self._limit_refusal(
-            self.db, user_id, max_pending_per_user, max_queue, cooldown_seconds, time.time()
-        )
+        async with self._lock:
+            return await self._limit_refusal(
+                self.db, user_id, max_pending_per_user, max_queue, cooldown_seconds, time.time()
+            )
 
     @staticmethod
     async def _limit_refusal(
@@ -525,16 +582,18 @@ class HistoryStore:
     # -- reading ---------------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
         query = "SELECT * FROM jobs WHERE id = ?"
-        rows = await self._fetch(query, (job_id,))
-        if not rows:
-            return None
-        return await self._with_tiles(rows[0])
+        async with self._lock:
+            rows = await self._fetch_locked(query, (job_id,))
+            if not rows:
+                return None
+            return await self._with_tiles(rows[0])
 
     async def _with_tiles(self, row: aiosqlite.Row) -> JobRecord:
+        """The row with its tiles (caller holds the lock, so row and tiles come from one state)."""
         query = "SELECT idx, prompt, image_seed, path, nsfw FROM tiles WHERE job_id = ? ORDER BY idx"
         tiles = tuple(
             Tile(r["idx"], r["prompt"], r["image_seed"], r["path"], bool(r["nsfw"]))
-            for r in await self._fetch(query, (row["id"],))
+            for r in await self._fetch_locked(query, (row["id"],))
         )
         return _record(row, tiles)
 
@@ -550,7 +609,9 @@ class HistoryStore:
         """Newest first; scoped to one user (and guild) unless `any_user`."""
         clauses, params = self._scope(user_id, guild_id, any_user)
         query = f"SELECT * FROM jobs {clauses} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
-        return [await self._with_tiles(row) for row in await self._fetch(query, (*params, limit, offset))]
+        async with self._lock:
+            rows = await self._fetch_locked(query, (*params, limit, offset))
+            return [await self._with_tiles(row) for row in rows]
 
     async def count_jobs(
         self, *, user_id: int | None = None, guild_id: int | None = None, any_user: bool = False
@@ -585,7 +646,9 @@ class HistoryStore:
                 AND channel_id IS NOT NULL AND finished_at < ? ORDER BY created_at
         """
         cutoff = finished_before if finished_before is not None else time.time()
-        return [await self._with_tiles(row) for row in await self._fetch(query, (cutoff,))]
+        async with self._lock:
+            rows = await self._fetch_locked(query, (cutoff,))
+            return [await self._with_tiles(row) for row in rows]
 
     async def reset_delivery(self, job_id: str) -> None:
         """sending → pending: a crash interrupted the post and the channel shows no result."""
@@ -615,6 +678,16 @@ class HistoryStore:
         async with self._write() as db:
             query = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             await db.execute(query, (key, value))
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """Queue a ROLLBACK; shielded, so a second cancellation cannot skip it. "No transaction" is fine."""
+    try:
+        await asyncio.shield(db.execute("ROLLBACK"))
+    except sqlite3.OperationalError:
+        pass  # BEGIN itself failed (busy), or COMMIT had already ended the transaction
+    except asyncio.CancelledError:
+        pass  # the ROLLBACK is queued and will run before any later statement; the caller re-raises
 
 
 def _json_safe(value: Any) -> Any:

@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
@@ -210,7 +210,7 @@ class _Snowflakes:
 
 
 def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _dumps(obj: Any) -> str:
@@ -1028,9 +1028,7 @@ class FakeDiscord:
                 return result
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise asyncio.TimeoutError(
-                    f"timed out after {timeout}s waiting for {what}; {self.debug_summary()}"
-                )
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}; {self.debug_summary()}")
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
             with contextlib.suppress(asyncio.TimeoutError):

@@ -38,9 +38,20 @@ class JobCancelled(EngineError):
 
 
 class ModelLoadError(EngineError):
-    """A model could not be loaded (no network, unknown id, broken folder)."""
+    """A model could not be loaded (no network, unknown id, broken folder).
 
-    user_message = "a model could not be loaded"
+    Members see only `user_message`, a plain sentence; `detail` (the setting, the id or local path, the
+    exception and what the operator can do) is for the log and the operator's own command line.
+    """
+
+    user_message = "the image models could not be loaded; the bot's operator has been told"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 LARGE_OUTPUT_PREFIXES = ("upscale-", "zoom-", "pan-")
