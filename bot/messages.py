@@ -136,6 +136,15 @@ def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     embed.add_field(name="Expanded", value="yes" if job.expand else "no")
+    if job.action != "imagine":
+        source = (
+            f" of `{job.parent_id}`" + (f" image {job.source_tile}" if job.source_tile else "")
+            if job.parent_id
+            else ""
+        )
+        embed.add_field(name="Action", value=clip(job.action + source, 1000))
+    if job.chaos is not None:
+        embed.add_field(name="Chaos", value=str(job.chaos))
     if job.negative:
         embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
     model = job.render.get("sd_model")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bot.engine.executor import Engine
@@ -181,3 +183,58 @@ async def test_unreadable_source_bytes_are_a_clear_error(engine: Engine) -> None
 def test_decoded_source_roundtrip() -> None:
     data = png_bytes(_source())
     assert Image.open(io.BytesIO(data)).size == (64, 64)
+
+
+def _tiny_inpaint_checkpoint(sd_path: Path, out: Path) -> Path:
+    """The tiny SD folder with a 9-channel (inpainting) UNet, like the SD 2 inpainting model's layout."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(sd_path, out)
+    config = dict(UNet2DConditionModel.load_config(sd_path / "unet"))
+    config["in_channels"] = 9
+    shutil.rmtree(out / "unet")
+    torch.manual_seed(0)
+    UNet2DConditionModel.from_config(config).save_pretrained(out / "unet")
+    return out
+
+
+async def test_dedicated_inpainting_checkpoint_is_loaded_only_when_set(
+    tiny_models: tuple[Path, Path], tmp_path: Path, engine: Engine
+) -> None:
+    from bot.engine.executor import EngineConfig
+
+    # Not set: outpainting uses the base UNet through from_pipe, no second model in memory.
+    assert engine.renderer is not None and engine.renderer.inpaint_model == "base"
+    checkpoint = _tiny_inpaint_checkpoint(tiny_models[0], tmp_path / "inpaint")
+    dedicated = Engine(
+        EngineConfig(
+            sd_model=str(tiny_models[0]),
+            text_model=str(tiny_models[1]),
+            device="cpu",
+            dtype="float32",
+            inpaint_model=str(checkpoint),
+        )
+    )
+    try:
+        await dedicated.load()
+        renderer = dedicated.renderer
+        assert renderer is not None
+        inpaint = renderer.inpaint()
+        assert inpaint.unet.config.in_channels == 9 and inpaint.unet is not renderer.pipe.unet
+        assert inpaint.vae is renderer.pipe.vae and inpaint.text_encoder is renderer.pipe.text_encoder
+        canvas = canvas_for("zoom-2", _source(128, 128), 2048 * 2048)
+        result = await dedicated.generate(
+            _request(
+                width=128,
+                height=128,
+                init_image=png_bytes(canvas.image),
+                mask_image=png_bytes(canvas.mask),
+                action="zoom-2",
+            )
+        )
+        assert result.render["inpaint_model"] == str(checkpoint)
+        assert [image.size for image in result.images] == [(128, 128)] * 2
+    finally:
+        await dedicated.close()
