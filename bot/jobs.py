@@ -61,7 +61,7 @@ def request_from_job(
         strength=job.strength if job.strength is not None else 0.6,
         safe_mode=job.safe_mode,
         mask_image=mask_image,
-        action=job.action,
+        action=job.render_action or job.action,
         temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
     )
 
@@ -104,6 +104,7 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         init_image=old.init_image,
         mask_image=old.mask_image,
         chaos=old.chaos,
+        render_action=old.render_action or old.action,
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,

@@ -74,10 +74,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-    # 2: outpaint masks and --chaos (the init image path already has a column)
+    # 2: outpaint masks, --chaos, and the action that decides how a reproduction renders
     """
     ALTER TABLE jobs ADD COLUMN mask_image TEXT;
     ALTER TABLE jobs ADD COLUMN chaos INTEGER;
+    ALTER TABLE jobs ADD COLUMN render_action TEXT;
     """,
 )
 
@@ -152,6 +153,8 @@ class JobSpec:
     channel_id: int | None = None
     mask_image: str | None = None
     chaos: int | None = None
+    # A reproduction renders like its original (upscale: 2x limit, VAE tiling): the original's action.
+    render_action: str | None = None
     # Preallocated id: the job's input images are written into its folder before the row exists.
     id: str | None = None
 
@@ -195,6 +198,7 @@ class JobRecord:
     tiles: tuple[Tile, ...] = field(default=())
     mask_image: str | None = None
     chaos: int | None = None
+    render_action: str | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -397,8 +401,9 @@ class HistoryStore:
             query = """
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
-                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
+                    render_action)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -427,6 +432,7 @@ class HistoryStore:
                     now,
                     spec.mask_image,
                     spec.chaos,
+                    spec.render_action,
                 ),
             )
         job = await self.get_job(job_id)
@@ -748,4 +754,5 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         tiles=tiles,
         mask_image=row["mask_image"],
         chaos=row["chaos"],
+        render_action=row["render_action"],
     )

@@ -159,6 +159,7 @@ class ActionsCog(commands.Cog):
             strength=strength,
             init_image=None,
             mask_image=None,
+            render_action=None,
             channel_id=interaction.channel_id,
         )
 

@@ -311,6 +311,9 @@ class ImagineCog(commands.Cog):
             strength=self.settings.variation_strength,
             given_prompts=(source.prompt,) * job.count,
             init_image=source.path,
+            # img2img from the tile: not the parent's outpaint mask or upscale rendering.
+            mask_image=None,
+            render_action=None,
         )
 
     async def _post_tile(

@@ -100,6 +100,7 @@ class Renderer:
             from diffusers import StableDiffusionImg2ImgPipeline
 
             self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
         return self._img2img
 
     def inpaint(self) -> Any:
@@ -112,6 +113,7 @@ class Renderer:
             from diffusers import StableDiffusionInpaintPipeline
 
             self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.pipe)
+            self._inpaint.set_progress_bar_config(disable=True)
         return self._inpaint
 
     def render(

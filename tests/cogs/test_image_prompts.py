@@ -124,22 +124,26 @@ async def test_reproduce_of_an_outpaint_is_exact_and_forget_removes_its_inputs(
 
     _, grid = await imagine(fake, fake.alice_id, count=1)
     single = await tile_message(fake, grid, 1, fake.alice_id)
-    result = await press(fake, single, "Zoom Out 2x", fake.alice_id)
-    zoom = await wait_job(running.store, job_id_of(result), lambda j: j.delivery == "sent")
-
-    card = await fake.send_slash("history", {"job": zoom.id}, user_id=fake.alice_id)
-    shown = await card.wait_final(timeout=10, predicate=lambda m: bool(m.embeds))
-    click = await fake.click_button(
-        shown, shown.find_component(label="Reproduce")["custom_id"], user_id=fake.alice_id
-    )
-    again = await click.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
-    copy = await wait_job(running.store, job_id_of(again), lambda j: j.delivery == "sent")
-    assert copy.action == "reproduce" and copy.parent_id == zoom.id
-    assert copy.init_image != zoom.init_image and Path(copy.init_image).parent.name == copy.id
-    for mine, theirs in zip(copy.tiles, zoom.tiles, strict=True):
-        assert Path(mine.path).read_bytes() == Path(theirs.path).read_bytes()  # noqa: ASYNC240
+    jobs = []
+    for name in ("Zoom Out 2x", "Upscale (Subtle)"):
+        result = await press(fake, single, name, fake.alice_id)
+        original = await wait_job(running.store, job_id_of(result), lambda j: j.delivery == "sent")
+        card = await fake.send_slash("history", {"job": original.id}, user_id=fake.alice_id)
+        shown = await card.wait_final(timeout=10, predicate=lambda m: bool(m.embeds))
+        repro = shown.find_component(label="Reproduce")["custom_id"]
+        click = await fake.click_button(shown, repro, user_id=fake.alice_id)
+        again = await click.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        copy = await wait_job(running.store, job_id_of(again), lambda j: j.delivery == "sent")
+        assert copy.action == "reproduce" and copy.parent_id == original.id
+        assert copy.render_action == original.action
+        assert copy.render["tiled_vae"] == original.render["tiled_vae"]
+        assert copy.init_image != original.init_image and Path(copy.init_image).parent.name == copy.id
+        for mine, theirs in zip(copy.tiles, original.tiles, strict=True):
+            assert Path(mine.path).read_bytes() == Path(theirs.path).read_bytes()  # noqa: ASYNC240
+        jobs += [original, copy]
 
     forget = await fake.send_slash("forget", {"confirm": True}, user_id=fake.alice_id)
     await forget.wait_final(timeout=30, predicate=lambda m: "Deleted" in (m.content or ""))
-    for job in (zoom, copy):
-        assert not Path(job.init_image).exists() and not Path(job.mask_image).exists()  # noqa: ASYNC240
+    for job in jobs:
+        assert not Path(job.init_image).exists()  # noqa: ASYNC240
+        assert job.mask_image is None or not Path(job.mask_image).exists()  # noqa: ASYNC240
