@@ -74,7 +74,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-    # 2: outpaint masks, --chaos, and the action that decides how a reproduction renders
+    # 2: why a result could not be posted (delivery 'none' with a reason), and when its delivery was
+    # claimed (a channel post carries a nonce Discord de-duplicates for a few minutes after that).
+    """
+    ALTER TABLE jobs ADD COLUMN undelivered_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_claimed_at REAL;
+    """,
+    # 3: outpaint masks, --chaos, and the action that decides how a reproduction renders
     """
     ALTER TABLE jobs ADD COLUMN mask_image TEXT;
     ALTER TABLE jobs ADD COLUMN chaos INTEGER;
@@ -196,6 +202,9 @@ class JobRecord:
     delivery: str
     message_id: int | None
     tiles: tuple[Tile, ...] = field(default=())
+    # Set when Discord refused both the interaction edit and the channel post (delivery is then 'none').
+    undelivered_reason: str | None = None
+    delivery_claimed_at: float | None = None
     mask_image: str | None = None
     chaos: int | None = None
     render_action: str | None = None
@@ -469,8 +478,11 @@ class HistoryStore:
                 return QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
         if user_id is None:
             return None
+        # The cooldown counts from the member's latest job that is still waiting or running: a member
+        # whose jobs have all finished can always start the next one at once.
         query = """
-            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
+            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')),
+                MAX(created_at) FILTER (WHERE status IN ('queued', 'running'))
             FROM jobs WHERE user_id = ?
         """
         ((mine, last),) = await db.execute_fetchall(query, (user_id,))  # type: ignore[misc]
@@ -481,7 +493,7 @@ class HistoryStore:
             )
         if cooldown_seconds and last is not None and now - last < cooldown_seconds:
             wait = max(1, round(cooldown_seconds - (now - last)))
-            return Cooldown(f"slow down: you can start a new job in {wait} s")
+            return Cooldown(f"you queued a job {now - last:.0f} s ago; please wait {wait} s more")
         return None
 
     async def mark_running(self, job_id: str) -> bool:
@@ -561,11 +573,18 @@ class HistoryStore:
             log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
         return requeued, failed
 
-    async def claim_delivery(self, job_id: str) -> bool:
-        """pending → sending; False if someone already delivered it (at most once)."""
+    async def claim_delivery(self, job_id: str, *, message_id: int | None = None) -> bool:
+        """pending → sending; False if someone already delivered it (at most once).
+
+        `message_id` is the interaction response the result is about to be edited into: recorded before
+        the edit, so a restart can look at that one message instead of scanning the channel.
+        """
         async with self._write() as db:
-            query = "UPDATE jobs SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'"
-            cursor = await db.execute(query, (job_id,))
+            query = """
+                UPDATE jobs SET delivery = 'sending', delivery_claimed_at = ?, message_id = ?
+                WHERE id = ? AND delivery = 'pending'
+            """
+            cursor = await db.execute(query, (time.time(), message_id, job_id))
             return cursor.rowcount == 1
 
     async def mark_delivered(
@@ -578,6 +597,14 @@ class HistoryStore:
                 WHERE id = ?
             """
             await db.execute(query, (message_id, channel_id, job_id))
+
+    async def mark_undelivered(self, job_id: str, reason: str) -> None:
+        """Discord refused every way to post the result: final, with the reason, kept in /history."""
+        async with self._write() as db:
+            query = (
+                "UPDATE jobs SET delivery = 'none', message_id = NULL, undelivered_reason = ? WHERE id = ?"
+            )
+            await db.execute(query, (reason[:500], job_id))
 
     async def set_delivery_none(self, job_id: str) -> None:
         """Jobs nobody waits for in Discord (the CLI)."""
@@ -752,6 +779,8 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         delivery=row["delivery"],
         message_id=row["message_id"],
         tiles=tiles,
+        undelivered_reason=row["undelivered_reason"],
+        delivery_claimed_at=row["delivery_claimed_at"],
         mask_image=row["mask_image"],
         chaos=row["chaos"],
         render_action=row["render_action"],

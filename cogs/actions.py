@@ -26,6 +26,7 @@ from bot.engine.types import EngineError, InvalidRequest
 from bot.jobs import rerun_spec
 from bot.store import JobRecord, JobSpec
 from bot.ui import TILE_ACTIONS
+from cogs.imagine import safe_mode_for
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -99,9 +100,18 @@ class ActionsCog(commands.Cog):
         return cog  # type: ignore[return-value]
 
     async def on_action(
-        self, interaction: discord.Interaction[Any], code: str, job: JobRecord, tile: int | None
+        self,
+        interaction: discord.Interaction[Any],
+        code: str,
+        job: JobRecord,
+        tile: int | None,
+        *,
+        safe_mode: bool,
     ) -> None:
-        """A button of this cog was pressed on a done job by its owner (checked by the caller)."""
+        """A button of this cog was pressed on a done job by its owner (checked by the caller).
+
+        `safe_mode` is the filter of the channel where the new job lands (never the old row's).
+        """
         if code in ("rmx", "rmt"):
             if code == "rmt" and tile is None:
                 await reply_ephemeral(interaction, "That button has no image number.")
@@ -112,7 +122,7 @@ class ActionsCog(commands.Cog):
             await reply_ephemeral(interaction, "That button has no image number.")
             return
         try:
-            spec, inputs = self.tile_spec(interaction, job, tile, TILE_ACTIONS[code])
+            spec, inputs = self.tile_spec(interaction, job, tile, TILE_ACTIONS[code], safe_mode=safe_mode)
         except InvalidRequest as exc:
             # E.g. an upscale over IMAGINE_MAX_OUTPUT_PIXELS: the button says why, nothing is queued.
             await reply_ephemeral(interaction, f"Can't start that: {exc.user_message}.")
@@ -126,6 +136,7 @@ class ActionsCog(commands.Cog):
         tile: int,
         action: str,
         *,
+        safe_mode: bool,
         prompt: str | None = None,
     ) -> tuple[JobSpec, InputSource]:
         """The child job of an action on one tile, and what makes its source image (and mask)."""
@@ -160,6 +171,7 @@ class ActionsCog(commands.Cog):
             init_image=None,
             mask_image=None,
             render_action=None,
+            safe_mode=safe_mode,
             channel_id=interaction.channel_id,
         )
 
@@ -184,9 +196,17 @@ class ActionsCog(commands.Cog):
         if job.user_id != interaction.user.id:
             await reply_ephemeral(interaction, "Only the person who asked for these images can remix them.")
             return
+        safe_mode = safe_mode_for(interaction, self.settings.allow_nsfw)
         if tile is not None:
+            if safe_mode and not job.safe_mode:
+                await reply_ephemeral(
+                    interaction, "That image was made without the content filter; it can't be used here."
+                )
+                return
             # One image: Vary (Strong) with the new prompt.
-            spec, inputs = self.tile_spec(interaction, job, tile, "remix", prompt=prompts.get(tile) or None)
+            spec, inputs = self.tile_spec(
+                interaction, job, tile, "remix", safe_mode=safe_mode, prompt=prompts.get(tile) or None
+            )
             await self.imagine.start_job(interaction, spec, inputs=inputs)
             return
         edited = tuple(prompts.get(t.index) or t.prompt for t in job.tiles)
@@ -194,6 +214,7 @@ class ActionsCog(commands.Cog):
             rerun_spec(job, user_id=interaction.user.id, action="remix"),
             given_prompts=edited,
             negative=negative if negative is not None else job.negative,
+            safe_mode=safe_mode,
             channel_id=interaction.channel_id,
         )
         await self.imagine.start_job(interaction, spec)

@@ -26,7 +26,7 @@ from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.jobs import rerun_spec
 from bot.messages import queued_text, result_embed
 from bot.store import JobRecord, JobSpec, QueueRefused
-from bot.ui import ACTION_BUTTONS, clip, result_view, tile_view
+from bot.ui import ACTION_BUTTONS, clip, result_view, shown, tile_view
 from bot.uploads import check_declared, discard_inputs, fit_upload, stage_inputs
 
 if TYPE_CHECKING:
@@ -178,8 +178,10 @@ class ImagineCog(commands.Cog):
             message = getattr(refusal, "user_message", None) or str(refusal)
             await reply_ephemeral(interaction, f"Can't start that: {message}.")
             return None
+        response_id = None
         if not interaction.response.is_done():
-            await interaction.response.defer(thinking=True)
+            deferred = await interaction.response.defer(thinking=True)
+            response_id = deferred.message_id if deferred is not None else None
         images_dir = self.settings.images_dir
         try:
             init_image, mask_image = await inputs() if inputs is not None else (None, None)
@@ -198,8 +200,13 @@ class ImagineCog(commands.Cog):
             await interaction.edit_original_response(content=f"Can't queue that: {message}.")
             return None
         # No await between submit and track: a fast job must find its tracker.
-        self.bot.deliverer.track(job, interaction, text=queued_text(job.id, 1, None))
-        await self.bot.deliverer.update_positions()
+        self.bot.deliverer.track(job, interaction, text=queued_text(job.id, 1, None), message_id=response_id)
+        try:
+            await self.bot.deliverer.update_positions()
+        except Exception:
+            # The row is queued and the worker will run it: say that, not "nothing was changed".
+            log.exception("queue position of job %s unknown; it is queued", job.id)
+            self.bot.deliverer.retext(job.id, queued_text(job.id, None, None))
         return job
 
     @app_commands.command(name="queue")
@@ -211,7 +218,7 @@ class ImagineCog(commands.Cog):
         for position, job in enumerate(order, start=1):
             if job.user_id == interaction.user.id:
                 where = "rendering now" if job.status == "running" else f"position {position}"
-                lines.append(f"`{job.id}` — {where} — {clip(job.seed_text, 60)}")
+                lines.append(f"`{job.id}` — {where} — {shown(job.seed_text, 60)}")
         text = "\n".join(lines) if lines else "You have no jobs in the queue."
         text += f"\nQueue length: {len(order)}."
         await reply_ephemeral(interaction, text)
@@ -272,17 +279,39 @@ class ImagineCog(commands.Cog):
         if tile is not None and not 1 <= tile <= len(job.tiles):
             await reply_ephemeral(interaction, f"Job `{job.id}` has no image {tile}.")
             return
+        # The channel where the post or the new job lands decides the filter, never the old row.
+        filtered_here = safe_mode_for(interaction, self.settings.allow_nsfw)
         handlers = {
             "u": self._post_tile,
             "post": self._repost_grid,
         }
         if action in handlers:
+            if filtered_here and not job.safe_mode:
+                await reply_ephemeral(
+                    interaction,
+                    f"Job `{job.id}` was made without the content filter (in an age-restricted channel); "
+                    "its images can't be posted in this channel.",
+                )
+                return
             await handlers[action](interaction, job, tile)
             return
         if action in ACTION_BUTTONS:
-            await self.bot.get_cog("ActionsCog").on_action(interaction, action, job, tile)  # type: ignore[union-attr]
+            if filtered_here and not job.safe_mode and action != "rmx":
+                # The new images start from this job's pictures: the same rule as posting them here.
+                await reply_ephemeral(
+                    interaction,
+                    f"Job `{job.id}` was made without the content filter (in an age-restricted channel); "
+                    "its images can't be used in this channel.",
+                )
+                return
+            actions = self.bot.get_cog("ActionsCog")
+            await actions.on_action(interaction, action, job, tile, safe_mode=filtered_here)  # type: ignore[union-attr]
             return
-        spec = self._child_spec(interaction, job, action, tile)
+        spec = replace(
+            self._child_spec(interaction, job, action, tile),
+            safe_mode=filtered_here,
+            channel_id=interaction.channel_id,
+        )
         await self.start_job(interaction, spec)
 
     def _child_spec(
@@ -296,7 +325,6 @@ class ImagineCog(commands.Cog):
             rerun_spec(job, user_id=interaction.user.id, action="rerender"),
             job_seed=secrets.randbelow(MAX_SEED + 1),
             given_seeds=None,
-            channel_id=interaction.channel_id,
         )
         if action == "rr":
             return base
@@ -328,7 +356,7 @@ class ImagineCog(commands.Cog):
             await interaction.followup.send(f"The image file of job `{job.id}` is gone.", ephemeral=True)
             return
         embed = discord.Embed(
-            description=f"**{tile}.** {clip(source.prompt, 3900)}", colour=discord.Colour.blurple()
+            description=f"**{tile}.** {shown(source.prompt, 3900)}", colour=discord.Colour.blurple()
         )
         filename = f"{job.id}-{tile}.{encoded.extension}"
         embed.set_image(url=f"attachment://{filename}")

@@ -29,6 +29,7 @@ from bot.engine.loading import (
     resolve_dtype,
 )
 from bot.engine.outpaint import composite
+from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
 from bot.engine.types import (
     EngineError,
@@ -90,6 +91,8 @@ class Engine:
         self._safety: Any | None = None
         self.model_info: dict[str, Any] = {}
         self.stats = GpuStats()
+        # Compiled here, not at load: the member's own text is checked before a job is queued.
+        self.blocklist = compile_blocklist(config.blocklist)
 
     # -- thread plumbing -------------------------------------------------------------------------
     async def _on_gpu(self, fn: Callable[[], T]) -> T:
@@ -201,7 +204,7 @@ class Engine:
     # -- jobs --------------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
         """Cheap checks that need no model (run them on the event loop before queueing)."""
-        validate_request(request, self.config.limits)
+        validate_request(request, self.config.limits, self.blocklist)
 
     async def generate(
         self,

@@ -25,6 +25,12 @@ class InvalidRequest(EngineError):
     user_message = "invalid request"
 
 
+class BlockedText(InvalidRequest):
+    """The member's own text matches the content filter's blocklist (filtered channels, the CLI)."""
+
+    user_message = "that text is not allowed by the content filter"
+
+
 class OutOfMemory(EngineError):
     """The device ran out of memory; the executor stays usable."""
 
