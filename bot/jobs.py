@@ -12,7 +12,6 @@ import contextlib
 import io
 import logging
 import math
-import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from PIL import Image
 from bot.engine.backend import BackendUnavailable, CancelToken, RenderBackend, RenderOutput, WorkerLost
 from bot.engine.images import compose_grid, png_bytes
 from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
+from bot.flags import chaos_temperature
 from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,12 @@ class _InFlight:
     task: asyncio.Task[None] | None = None
 
 
-def request_from_job(job: JobRecord | JobSpec, *, init_image: bytes | None = None) -> GenerationRequest:
+def request_from_job(
+    job: JobRecord | JobSpec, *, init_image: bytes | None = None, mask_image: bytes | None = None
+) -> GenerationRequest:
     """The engine request for a stored row or a new spec (used to validate, run, rerun and reproduce).
 
-    A variation's source image travels as bytes: the runner reads the file before dispatch.
+    The input images travel as bytes (workers may be remote); `load_request` reads them from the job's files.
     """
     return GenerationRequest(
         seed_text=job.seed_text,
@@ -83,7 +85,26 @@ def request_from_job(job: JobRecord | JobSpec, *, init_image: bytes | None = Non
         init_image=init_image,
         strength=job.strength if job.strength is not None else 0.6,
         safe_mode=job.safe_mode,
+        mask_image=mask_image,
+        action=job.render_action or job.action,
+        temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
     )
+
+
+async def load_request(job: JobRecord) -> GenerationRequest:
+    """`request_from_job` with the job's source image and mask read off the event loop."""
+
+    def read(path: str | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"the {what} of this job is gone from disk") from exc
+
+    init_image = await asyncio.to_thread(read, job.init_image, "source image")
+    mask_image = await asyncio.to_thread(read, job.mask_image, "mask")
+    return request_from_job(job, init_image=init_image, mask_image=mask_image)
 
 
 def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
@@ -106,6 +127,9 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         given_prompts=old.prompts,
         given_seeds=tuple(tile.image_seed for tile in old.tiles),
         init_image=old.init_image,
+        mask_image=old.mask_image,
+        chaos=old.chaos,
+        render_action=old.render_action or old.action,
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,
@@ -410,7 +434,7 @@ class JobRunner:
             self._spawn(self.on_started(running))
         started = time.perf_counter()
         try:
-            request = await self._request_for(job)
+            request = await load_request(job)
             output = await self.backend.render(
                 request,
                 on_progress=self._progress_for(job.id),
@@ -450,18 +474,6 @@ class JobRunner:
 
         return progress
 
-    async def _request_for(self, job: JobRecord) -> GenerationRequest:
-        """The request with the variation's source image read (off the loop) into bytes."""
-        if job.init_image is None:
-            return request_from_job(job)
-        try:
-            data = await asyncio.to_thread(Path(job.init_image).read_bytes)
-        except OSError as exc:
-            raise InvalidRequest(
-                "the source image of this variation is gone (deleted with /forget?)"
-            ) from exc
-        return request_from_job(job, init_image=data)
-
     async def _give_back(self, job: JobRecord, reason: str, *, requeue: bool) -> None:
         """A claimed job this runner cannot finish: requeue within its attempts, else fail with `reason`."""
         status = await self.store.release_running(
@@ -498,13 +510,13 @@ class JobRunner:
             )
         except Exception:
             log.exception("saving job %s failed", job.id)
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            await asyncio.to_thread(_drop_outputs, folder)
             await self._end(job.id, "the images could not be saved")
             return
         if not saved:
             # Someone else ended the row meanwhile (another process's recovery): keep no orphan files.
             log.warning("job %s was no longer running when its images were saved; dropping them", job.id)
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            await asyncio.to_thread(_drop_outputs, folder)
             grid_png = None
         done = await self.store.get_job(job.id)
         if done is not None:
@@ -512,9 +524,10 @@ class JobRunner:
 
     def _write_files(self, job: JobRecord, output: RenderOutput) -> tuple[list[Tile], Path, bytes]:
         folder = self.images_dir / job.id
-        if folder.exists():
-            shutil.rmtree(folder)  # a retried job starts clean
-        folder.mkdir(parents=True)
+        # A retried job starts clean, but keeps its inputs (source image, mask) staged before it queued.
+        for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
+            old.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         tiles: list[Tile] = []
         images: list[Image.Image] = []
         for index, (data, prompt, seed) in enumerate(
@@ -567,6 +580,12 @@ class JobRunner:
                 await self.on_finished(outcome)
             except Exception:
                 log.exception("delivering job %s failed", outcome.job.id)
+
+
+def _drop_outputs(folder: Path) -> None:
+    """Remove a job's rendered files (tiles, grid), keeping the inputs staged in the same folder."""
+    for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
+        old.unlink(missing_ok=True)
 
 
 def _log_task_death(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:

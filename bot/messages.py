@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import discord
 
 from bot.store import JobRecord
-from bot.ui import clip
+from bot.ui import clip, shown
 
 EMBED_COLOR = discord.Colour.from_rgb(88, 101, 242)
 FAILED_COLOR = discord.Colour.from_rgb(237, 66, 69)
@@ -19,6 +19,18 @@ ACTION_TITLES = {
     "variation": "variations of ",
     "reproduce": "reproduction of ",
     "rerun": "re-run of ",
+    "image": "🖼️ ",
+    "remix": "✏️ remix of ",
+    "upscale-subtle": "upscale (subtle) of ",
+    "upscale-creative": "upscale (creative) of ",
+    "vary-subtle": "vary (subtle) of ",
+    "vary-strong": "vary (strong) of ",
+    "zoom-1.5": "zoom out 1.5x of ",
+    "zoom-2": "zoom out 2x of ",
+    "pan-left": "⬅️ pan of ",
+    "pan-right": "➡️ pan of ",
+    "pan-up": "⬆️ pan of ",
+    "pan-down": "⬇️ pan of ",
 }
 
 _REASONS = {
@@ -36,20 +48,28 @@ def plain_reason(job: JobRecord) -> str:
 def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     """Numbered prompts, job id, seed and main parameters, with the grid as the embed image."""
     prefix = ACTION_TITLES.get(job.action, "")
-    title = clip(prefix + job.seed_text, 256)
+    title = prefix + shown(job.seed_text, 256 - len(prefix))
     lines = []
     budget = 3900 // max(1, len(job.tiles))
     for tile in job.tiles:
         flag = " ⚠️ filtered" if tile.nsfw else ""
-        lines.append(f"**{tile.index}.** {clip(tile.prompt, budget)}{flag}")
+        lines.append(f"**{tile.index}.** {shown(tile.prompt, budget)}{flag}")
     embed = discord.Embed(title=title, description="\n".join(lines), colour=EMBED_COLOR)
     embed.add_field(name="Job", value=f"`{job.id}`")
     embed.add_field(name="Seed", value=f"`{job.job_seed}`")
     embed.add_field(name="Size", value=f"{job.width}×{job.height}")
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
+    if not job.expand and job.given_prompts is None:
+        embed.add_field(name="Raw", value="yes (no expansion)")
+    if job.chaos is not None:
+        embed.add_field(
+            name="Chaos", value=f"{job.chaos} (temperature {job.expander.get('temperature', '?')})"
+        )
+    if job.strength is not None and job.init_image is not None and job.mask_image is None:
+        embed.add_field(name="Strength", value=f"{job.strength:g}")
     if job.negative:
-        embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
+        embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
     if job.parent_id:
         embed.add_field(
             name="From", value=f"`{job.parent_id}`" + (f" tile {job.source_tile}" if job.source_tile else "")
@@ -60,11 +80,24 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     return embed
 
 
+def _fit_lines(lines: list[str], limit: int) -> str:
+    """Whole lines joined by newlines, as many as fit in `limit` characters (never half an escape)."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 1 > limit:
+            kept.append("…")
+            break
+        kept.append(line)
+        used += len(line) + 1
+    return "\n".join(kept)
+
+
 def failure_text(job: JobRecord) -> str:
     """One plain sentence: which job, and why it did not finish."""
     if job.status == "cancelled":
-        return f"Job `{job.id}` ({clip(job.seed_text, 80)}) was cancelled."
-    return f"Job `{job.id}` ({clip(job.seed_text, 80)}) failed: {plain_reason(job)}."
+        return f"Job `{job.id}` ({shown(job.seed_text, 80)}) was cancelled."
+    return f"Job `{job.id}` ({shown(job.seed_text, 80)}) failed: {plain_reason(job)}."
 
 
 def progress_text(job_id: str, step: int, total: int) -> str:
@@ -76,8 +109,10 @@ def progress_text(job_id: str, step: int, total: int) -> str:
 WORKERS_OFFLINE = "The GPU workers are offline right now: your job is saved and runs when they are back."
 
 
-def queued_text(job_id: str, position: int, eta: float | None, *, workers_online: bool = True) -> str:
-    """Position in the queue and a rough wait (or that the GPU workers are offline)."""
+def queued_text(job_id: str, position: int | None, eta: float | None, *, workers_online: bool = True) -> str:
+    """Position in the queue (None: unknown right now) and a rough wait (or that the GPU workers are offline)."""
+    if position is None:
+        return f"Queued `{job_id}` — it will run; its place in the queue is unknown right now."
     where = "next in line" if position <= 1 else f"position {position} in the queue"
     wait = f" (about {eta:.0f} s)" if eta is not None and workers_online else ""
     offline = "" if workers_online else f"\n{WORKERS_OFFLINE}"
@@ -89,8 +124,10 @@ def history_line(job: JobRecord) -> str:
     icon = {"done": "✅", "failed": "❌", "cancelled": "🚫", "queued": "⏳", "running": "🎨"}.get(
         job.status, "•"
     )
+    undelivered = " · ⚠️ not delivered" if job.undelivered_reason else ""
     return (
-        f"{icon} <t:{int(job.created_at)}:R> **{clip(job.seed_text, 60)}** · {job.count} tile(s) · `{job.id}`"
+        f"{icon} <t:{int(job.created_at)}:R> **{shown(job.seed_text, 60)}** · {job.count} tile(s) · "
+        f"`{job.id}`{undelivered}"
     )
 
 
@@ -109,19 +146,30 @@ def history_page_embed(
 def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
     """One job in full: prompts, parameters, seeds."""
     embed = discord.Embed(
-        title=clip(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
+        title=shown(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
     )
-    lines = [f"**{t.index}.** seed `{t.image_seed}` — {clip(t.prompt, 700)}" for t in job.tiles]
+    lines = [f"**{t.index}.** seed `{t.image_seed}` — {shown(t.prompt, 700)}" for t in job.tiles]
     status = job.status + (f" ({plain_reason(job)})" if job.status in ("failed", "cancelled") else "")
-    embed.description = clip(f"Status: {status}\n" + "\n".join(lines), 4000)
+    embed.description = _fit_lines([f"Status: {status}", *lines], 4000)
     embed.add_field(name="Job", value=f"`{job.id}`")
     embed.add_field(name="Seed", value=f"`{job.job_seed}`")
     embed.add_field(name="Size", value=f"{job.width}×{job.height}")
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     embed.add_field(name="Expanded", value="yes" if job.expand else "no")
+    if job.action != "imagine":
+        source = (
+            f" of `{job.parent_id}`" + (f" image {job.source_tile}" if job.source_tile else "")
+            if job.parent_id
+            else ""
+        )
+        embed.add_field(name="Action", value=clip(job.action + source, 1000))
+    if job.chaos is not None:
+        embed.add_field(name="Chaos", value=str(job.chaos))
     if job.negative:
-        embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
+        embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
+    if job.undelivered_reason:
+        embed.add_field(name="Not delivered", value=clip(job.undelivered_reason, 1000), inline=False)
     model = job.render.get("sd_model")
     if model:
         embed.add_field(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SettingsSourceError
 
 DEFAULT_BLOCKLIST: tuple[str, ...] = (
     r"\bnsfw\b",
@@ -68,6 +71,17 @@ class Settings(BaseSettings):
     height: int = Field(768, ge=64)
     count: int = Field(4, ge=1)
     variation_strength: float = Field(0.6, gt=0.0, le=1.0)
+    # Midjourney-style actions (img2img strengths: how far the result may move from its source)
+    image_strength: float = Field(0.6, ge=0.05, le=1.0)
+    upscale_subtle_strength: float = Field(0.25, gt=0.0, le=1.0)
+    upscale_creative_strength: float = Field(0.5, gt=0.0, le=1.0)
+    vary_subtle_strength: float = Field(0.35, gt=0.0, le=1.0)
+    vary_strong_strength: float = Field(0.75, gt=0.0, le=1.0)
+    # Optional dedicated inpainting checkpoint for Zoom Out/Pan (e.g. an SD 2 inpainting model).
+    inpaint_model: str | None = None
+    # Uploaded images (`/imagine image:`): largest width or height accepted, download timeout.
+    max_image_side: int = Field(4096, ge=64, le=16384)
+    image_download_timeout: float = Field(20.0, gt=0.0, le=300.0)
 
     # Hard limits
     max_steps: int = Field(50, ge=1, le=500)
@@ -75,9 +89,11 @@ class Settings(BaseSettings):
     max_count: int = Field(4, ge=1, le=9)
     max_guidance: float = Field(20.0, gt=0.0, le=50.0)
     max_prompt_chars: int = Field(500, ge=10, le=6000)
+    # Upscale, Zoom Out and Pan results (larger than a grid tile) are capped at this many pixels.
+    max_output_pixels: int = Field(2048 * 2048, ge=64 * 64)
 
     # Prompt expander
-    blocklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
+    blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
     expand_max_new_tokens: int = Field(60, ge=8, le=200)
     expand_temperature: float = Field(0.9, gt=0.0, le=5.0)
     expand_top_k: int = Field(50, ge=0)
@@ -86,7 +102,8 @@ class Settings(BaseSettings):
     # Queue and abuse limits
     max_pending_per_user: int = Field(3, ge=1)
     max_queue: int = Field(50, ge=1)
-    cooldown_seconds: float = Field(5.0, ge=0.0)
+    # Off by default: the pending cap already stops floods, and a member whose job is done expects to go on.
+    cooldown_seconds: float = Field(0.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
     # While other members wait, a member holds at most one running job (matters with several workers).
     one_running_per_member: bool = True
@@ -101,8 +118,11 @@ class Settings(BaseSettings):
     # GPUs per Ray replica: `auto` = 1 when the cluster has GPUs, 0 (one CPU each) when it has none.
     ray_gpus_per_replica: Literal["auto"] | float = "auto"
 
-    # Discord (no IMAGINE_ prefix)
-    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
+    # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
+    # first so that the token's validator can see it.
+    discord_token_file: Path | None = Field(None, validation_alias="DISCORD_TOKEN_FILE")
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN", validate_default=True)
     discord_api_base: str = Field(DISCORD_DEFAULT_API_BASE, validation_alias="DISCORD_API_BASE")
     discord_gateway_url: str = Field(DISCORD_DEFAULT_GATEWAY, validation_alias="DISCORD_GATEWAY_URL")
     dev_guild: int | None = Field(None, validation_alias="IMAGINE_DEV_GUILD")
@@ -115,7 +135,9 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", "ray_address", mode="before")
+    @field_validator(
+        "discord_token", "dev_guild", "discord_token_file", "inpaint_model", "ray_address", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.
@@ -123,12 +145,46 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("discord_token")
+    @classmethod
+    def _token_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        path = info.data.get("discord_token_file")
+        if path is None:
+            return value
+        if value is not None:
+            raise ValueError("set DISCORD_TOKEN or DISCORD_TOKEN_FILE, not both")
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ValueError(f"cannot read DISCORD_TOKEN_FILE={path}: {reason}") from None
+        if not token:
+            raise ValueError(f"DISCORD_TOKEN_FILE={path} is empty")
+        return SecretStr(token)
+
     @field_validator("blocklist", mode="before")
     @classmethod
     def _split_blocklist(cls, value: object) -> object:
-        # A plain env var is easier to write as newline- or `||`-separated regexes than as JSON.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+        # Three documented forms: a JSON list, or regexes separated by newlines or `||` (easier in a
+        # plain env var). `NoDecode` hands us the raw string, so pydantic-settings' JSON decoding
+        # cannot reject the plain forms before this runs.
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+        return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+
+    @field_validator("blocklist")
+    @classmethod
+    def _blocklist_compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
         return value
 
     @model_validator(mode="after")
@@ -174,12 +230,18 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings, turning a validation error into one line that names the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsSourceError as exc:  # a value pydantic-settings could not even decode
+        raise SettingsError(f"invalid settings: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()
-        name = env_name(str(loc[0])) if loc and str(loc[0]) in Settings.model_fields else "settings"
         if not loc and first.get("ctx", {}).get("error"):
             message = str(first["ctx"]["error"])
         else:
             message = first.get("msg", "invalid value").removeprefix("Value error, ")
-        raise SettingsError(f"invalid setting {name}: {message}") from None
+        if loc and str(loc[0]) in Settings.model_fields:
+            raise SettingsError(f"invalid setting {env_name(str(loc[0]))}: {message}") from None
+        if loc and str(loc[0]) in all_env_names():  # a field with its own alias (DISCORD_*)
+            raise SettingsError(f"invalid setting {loc[0]}: {message}") from None
+        # A rule across several settings: its message names them (IMAGINE_COUNT=9 exceeds …).
+        raise SettingsError(f"invalid settings: {message}") from None

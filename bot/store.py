@@ -12,11 +12,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, idx)
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 2: why a result could not be posted (delivery 'none' with a reason), and when its delivery was
+    # claimed (a channel post carries a nonce Discord de-duplicates for a few minutes after that).
+    """
+    ALTER TABLE jobs ADD COLUMN undelivered_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_claimed_at REAL;
+    """,
+    # 3: outpaint masks, --chaos, and the action that decides how a reproduction renders
+    """
+    ALTER TABLE jobs ADD COLUMN mask_image TEXT;
+    ALTER TABLE jobs ADD COLUMN chaos INTEGER;
+    ALTER TABLE jobs ADD COLUMN render_action TEXT;
     """,
 )
 
@@ -145,6 +159,12 @@ class JobSpec:
     user_id: int | None = None
     guild_id: int | None = None
     channel_id: int | None = None
+    mask_image: str | None = None
+    chaos: int | None = None
+    # A reproduction renders like its original (upscale: 2x limit, VAE tiling): the original's action.
+    render_action: str | None = None
+    # Preallocated id: the job's input images are written into its folder before the row exists.
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +204,12 @@ class JobRecord:
     delivery: str
     message_id: int | None
     tiles: tuple[Tile, ...] = field(default=())
+    # Set when Discord refused both the interaction edit and the channel post (delivery is then 'none').
+    undelivered_reason: str | None = None
+    delivery_claimed_at: float | None = None
+    mask_image: str | None = None
+    chaos: int | None = None
+    render_action: str | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -206,6 +232,11 @@ class JobRecord:
             "width": self.width,
             "height": self.height,
             "expand": self.expand,
+            "chaos": self.chaos,
+            "strength": self.strength,
+            "source_tile": self.source_tile,
+            "init_image": self.init_image,
+            "mask_image": self.mask_image,
             "prompts": list(self.prompts),
             "image_seeds": [tile.image_seed for tile in self.tiles],
             "images": [tile.path for tile in self.tiles],
@@ -371,7 +402,11 @@ class HistoryStore:
     ) -> JobRecord:
         """Write a `queued` row, enforcing the queue limits in the same transaction."""
         now = time.time() if now is None else now
-        job_id = new_job_id()
+        job_id = spec.id or new_job_id()
+        # Stored user text is one plain line: it is echoed in lists, embeds and the CLI's history.
+        spec = replace(
+            spec, seed_text=normalize_user_text(spec.seed_text), negative=normalize_user_text(spec.negative)
+        )
         async with self._write() as db:
             refusal = await self._limit_refusal(
                 db, spec.user_id, max_pending_per_user, max_queue, cooldown_seconds, now
@@ -381,8 +416,9 @@ class HistoryStore:
             query = """
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
-                    given_seeds, init_image, user_id, guild_id, channel_id, created_at)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
+                    render_action)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -409,6 +445,9 @@ class HistoryStore:
                     spec.guild_id,
                     spec.channel_id,
                     now,
+                    spec.mask_image,
+                    spec.chaos,
+                    spec.render_action,
                 ),
             )
         job = await self.get_job(job_id)
@@ -445,8 +484,11 @@ class HistoryStore:
                 return QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
         if user_id is None:
             return None
+        # The cooldown counts from the member's latest job that is still waiting or running: a member
+        # whose jobs have all finished can always start the next one at once.
         query = """
-            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
+            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')),
+                MAX(created_at) FILTER (WHERE status IN ('queued', 'running'))
             FROM jobs WHERE user_id = ?
         """
         ((mine, last),) = await db.execute_fetchall(query, (user_id,))  # type: ignore[misc]
@@ -457,7 +499,7 @@ class HistoryStore:
             )
         if cooldown_seconds and last is not None and now - last < cooldown_seconds:
             wait = max(1, round(cooldown_seconds - (now - last)))
-            return Cooldown(f"slow down: you can start a new job in {wait} s")
+            return Cooldown(f"you queued a job {now - last:.0f} s ago; please wait {wait} s more")
         return None
 
     async def mark_running(self, job_id: str) -> bool:
@@ -588,11 +630,18 @@ class HistoryStore:
             log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
         return requeued, failed
 
-    async def claim_delivery(self, job_id: str) -> bool:
-        """pending → sending; False if someone already delivered it (at most once)."""
+    async def claim_delivery(self, job_id: str, *, message_id: int | None = None) -> bool:
+        """pending → sending; False if someone already delivered it (at most once).
+
+        `message_id` is the interaction response the result is about to be edited into: recorded before
+        the edit, so a restart can look at that one message instead of scanning the channel.
+        """
         async with self._write() as db:
-            query = "UPDATE jobs SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'"
-            cursor = await db.execute(query, (job_id,))
+            query = """
+                UPDATE jobs SET delivery = 'sending', delivery_claimed_at = ?, message_id = ?
+                WHERE id = ? AND delivery = 'pending'
+            """
+            cursor = await db.execute(query, (time.time(), message_id, job_id))
             return cursor.rowcount == 1
 
     async def mark_delivered(
@@ -605,6 +654,14 @@ class HistoryStore:
                 WHERE id = ?
             """
             await db.execute(query, (message_id, channel_id, job_id))
+
+    async def mark_undelivered(self, job_id: str, reason: str) -> None:
+        """Discord refused every way to post the result: final, with the reason, kept in /history."""
+        async with self._write() as db:
+            query = (
+                "UPDATE jobs SET delivery = 'none', message_id = NULL, undelivered_reason = ? WHERE id = ?"
+            )
+            await db.execute(query, (reason[:500], job_id))
 
     async def set_delivery_none(self, job_id: str) -> None:
         """Jobs nobody waits for in Discord (the CLI)."""
@@ -779,4 +836,9 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         delivery=row["delivery"],
         message_id=row["message_id"],
         tiles=tiles,
+        undelivered_reason=row["undelivered_reason"],
+        delivery_claimed_at=row["delivery_claimed_at"],
+        mask_image=row["mask_image"],
+        chaos=row["chaos"],
+        render_action=row["render_action"],
     )

@@ -53,6 +53,7 @@ def limits_from(settings: Settings) -> Limits:
         max_count=settings.max_count,
         max_guidance=settings.max_guidance,
         max_prompt_chars=settings.max_prompt_chars,
+        max_output_pixels=settings.max_output_pixels,
     )
 
 
@@ -80,6 +81,7 @@ def engine_config_from(settings: Settings) -> EngineConfig:
             repetition_penalty=settings.expand_repetition_penalty,
         ),
         warmup_size=(settings.width, settings.height),
+        inpaint_model=settings.inpaint_model,
     )
 
 
@@ -88,7 +90,9 @@ def build_backend(settings: Settings) -> RenderBackend:
     if settings.backend == "ray":
         from bot.engine.ray_backend import RayBackend
 
-        return RayBackend(settings.ray_address, limits=limits_from(settings))
+        return RayBackend(
+            settings.ray_address, limits=limits_from(settings), blocklist=tuple(settings.blocklist)
+        )
     from bot.engine.executor import Engine
     from bot.engine.local_backend import LocalBackend
 

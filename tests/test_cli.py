@@ -155,6 +155,25 @@ def test_bad_input_fails_with_one_line_and_no_row(tmp_path: Path, tiny_models: t
     assert _rows(tmp_path) == 0
 
 
+def test_blocked_seed_or_negative_fails_with_one_line_exit_2_and_no_row(
+    tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    # The CLI runs with the content filter on (like a normal channel). Before: the blocked seed fell back
+    # to itself after every expansion was blocked and was rendered as typed (exit 0).
+    env = _env(tiny_models, tmp_path)
+    cases = [
+        ["imagine", "nude portrait of a woman", "--count", "1"],
+        ["imagine", "nude portrait of a woman", "--count", "1", "--no-expand"],
+        ["imagine", SEED, "--count", "1", "--negative", "blurry, naked"],
+    ]
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        results = list(pool.map(lambda args: _cli(args, env, tmp_path), cases))
+    for args, result in zip(cases, results, strict=True):
+        _assert_one_line_error(result, "content filter")
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+    assert _rows(tmp_path) == 0
+
+
 def test_unknown_model_offline(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
     model = "no-such-org/no-such-model-xyz"
     env = _env(tiny_models, tmp_path, IMAGINE_SD_MODEL=model)
@@ -182,3 +201,24 @@ def test_tiny_models_command(tmp_path: Path, tiny_models: tuple[Path, Path]) -> 
         assert files == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
         for rel in files:
             assert (built / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
+def test_imagine_takes_the_same_inline_flags(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    env = _env(tiny_models, tmp_path, IMAGINE_WIDTH="128", IMAGINE_HEIGHT="128")
+    job = _json(
+        _cli(
+            ["imagine", "a cat --ar 2:1 --seed 5 --count 1 --no dogs --raw --chaos 10", "--json"],
+            env,
+            tmp_path,
+        )
+    )
+    assert job["status"] == "done", job["reason"]
+    assert (job["seed_text"], job["width"], job["height"], job["seed"]) == ("a cat", 192, 64, 5)
+    assert (job["count"], job["negative"], job["expand"], job["chaos"]) == (1, "dogs", False, 10)
+    clash = _cli(["imagine", "a cat --seed 5", "--seed", "6"], env, tmp_path)
+    _assert_one_line_error(
+        clash, "`--seed 5` in the text and the `--seed` option (6) disagree", "Accepted flags"
+    )
+    unknown = _cli(["imagine", "a cat --weird 1"], env, tmp_path)
+    _assert_one_line_error(unknown, "unknown flag `--weird`")
+    assert _rows(tmp_path) == 1

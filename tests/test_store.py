@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bot.engine.validation import normalize_user_text
 from bot.store import (
     MIGRATIONS,
     Cooldown,
@@ -253,11 +254,18 @@ async def test_user_limit_counts_only_pending_jobs(store: HistoryStore) -> None:
 
 async def test_cooldown(store: HistoryStore) -> None:
     await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1000.0)
-    with pytest.raises(Cooldown, match=r"slow down: you can start a new job in 7 s"):
+    with pytest.raises(Cooldown, match=r"you queued a job 3 s ago; please wait 7 s more"):
         await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1003.0)
     await store.create_job(_spec(user_id=2), cooldown_seconds=10, now=1003.0)
     await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1010.5)
     assert await store.count_jobs(any_user=True) == 3
+
+
+async def test_cooldown_does_not_hold_back_a_member_whose_job_has_finished(store: HistoryStore) -> None:
+    first = await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1000.0)
+    await _finish(store, first)
+    # Nothing of theirs is waiting: the next job starts at once, whatever the cooldown.
+    await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1001.0)
 
 
 # -- concurrency -----------------------------------------------------------------------------------
@@ -299,7 +307,7 @@ async def test_concurrent_writes_through_one_store(store: HistoryStore) -> None:
     assert await store.integrity_check() == "ok"
 
 
-# -- text is stored verbatim -----------------------------------------------------------------------
+# -- text is stored verbatim (user text normalised) -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "text",
     [
@@ -322,8 +330,10 @@ async def test_seed_text_round_trips_verbatim(store: HistoryStore, text: str) ->
     assert await store.mark_done(job.id, tiles=tiles, grid_path=text, expander={"t": text}, render={})
     again = await store.get_job(job.id)
     assert again is not None
-    assert again.seed_text == text
-    assert again.negative == text
+    # The member's own text is stored as one plain line (bidi controls dropped, whitespace collapsed);
+    # everything else round-trips byte for byte, SQL metacharacters included.
+    assert again.seed_text == normalize_user_text(text)
+    assert again.negative == normalize_user_text(text)
     assert again.given_prompts == (text, text)
     assert again.prompts == (text, text + "!")
     assert again.expander == {"t": text}

@@ -99,6 +99,10 @@ class RenderBackend(Protocol):
         """Cheap checks that need no model; raise InvalidRequest naming the bad argument."""
         ...
 
+    async def prepare_validation(self) -> None:
+        """Load what `validate` can use beyond the limits (the local seed tokenizer); may do nothing."""
+        ...
+
     async def available(self) -> tuple[bool, str]:
         """Whether jobs can be rendered now (reconnecting if need be), and a one-line reason."""
         ...

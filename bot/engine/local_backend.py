@@ -64,8 +64,9 @@ class LocalBackend:
             await self.engine.load()
             self._load_error = None
         except EngineError as exc:
+            # The engine has logged what failed and how to fix it; loading is retried by the next job.
             self._load_error = exc.user_message
-            log.error("%s", exc.user_message)
+            log.warning("models not loaded at start-up (%s); the next job retries", type(exc).__name__)
         except Exception:
             self._load_error = "the models could not be loaded"
             log.exception("loading the models failed")
@@ -75,6 +76,10 @@ class LocalBackend:
 
     def validate(self, request: GenerationRequest) -> None:
         self.engine.validate(request)
+
+    async def prepare_validation(self) -> None:
+        # Only the SD tokenizer (seconds, no weights): `validate` then checks the seed fits CLIP's window.
+        await asyncio.to_thread(self.engine.load_seed_tokenizer)
 
     async def available(self) -> tuple[bool, str]:
         # A failed load is retried by the next job (loading is all-or-nothing); the GPU thread is here.

@@ -16,10 +16,11 @@ import platform
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from bot.engine.backend import BackendUnavailable, CancelToken, ProgressEvents, RenderOutput, WorkerLost
+from bot.engine.prompts import compile_blocklist
 from bot.engine.types import EngineError, GenerationRequest, JobCancelled
 from bot.engine.validation import Limits, validate_request
 
@@ -170,9 +171,10 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None, *, limits: Limits) -> None:
+    def __init__(self, address: str | None, *, limits: Limits, blocklist: Sequence[str] = ()) -> None:
         self.address = address
         self.limits = limits
+        self.blocklist = compile_blocklist(blocklist)
         self._handle: Any = None
         self._replicas = 0
         self._online = False
@@ -194,7 +196,11 @@ class RayBackend:
         self._handle = None
 
     def validate(self, request: GenerationRequest) -> None:
-        validate_request(request, self.limits)
+        # The seed's CLIP length is checked on the replica (the models may live only on the GPU hosts).
+        validate_request(request, self.limits, self.blocklist)
+
+    async def prepare_validation(self) -> None:
+        return None
 
     async def available(self) -> tuple[bool, str]:
         async with self._check_lock:
