@@ -102,8 +102,9 @@ async def load_request(job: JobRecord) -> GenerationRequest:
         except OSError as exc:
             raise InvalidRequest(f"the {what} of this job is gone from disk") from exc
 
-    init_image = await asyncio.to_thread(read, job.init_image, "source image")
-    mask_image = await asyncio.to_thread(read, job.mask_image, "mask")
+    # No thread hop for a job without input images (most jobs): it would queue behind busy worker threads.
+    init_image = await asyncio.to_thread(read, job.init_image, "source image") if job.init_image else None
+    mask_image = await asyncio.to_thread(read, job.mask_image, "mask") if job.mask_image else None
     return request_from_job(job, init_image=init_image, mask_image=mask_image)
 
 
