@@ -26,7 +26,7 @@ from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.history")
+EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history")
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 

@@ -13,14 +13,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.engine.types import EngineError, ModelLoadError
+from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
+from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# How `imagine`'s options are named in errors about a clashing inline flag.
+CLI_OPTION_LABELS = {
+    "seed": "--seed",
+    "steps": "--steps",
+    "count": "--count",
+    "negative": "--negative",
+    "expand": "--no-expand",
+}
 
 
 class CliError(Exception):
@@ -37,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     imagine = sub.add_parser("imagine", help="expand a seed text and render a grid")
-    imagine.add_argument("seed_text", metavar="SEED", help="the seed text, e.g. 'Northeastern University'")
+    imagine.add_argument(
+        "seed_text",
+        metavar="SEED",
+        help="the seed text, e.g. 'Northeastern University'; may end in inline flags like /imagine: "
+        "'a cat --ar 16:9 --no text --seed 7 --steps 20 --count 2 --chaos 30 --raw'",
+    )
     imagine.add_argument("--count", type=int, help="images (1..IMAGINE_MAX_COUNT)")
     imagine.add_argument("--steps", type=int, help="denoising steps")
     imagine.add_argument("--guidance", type=float, help="classifier-free guidance scale")
@@ -134,18 +148,7 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
             _print_job(job, as_json=args.json, full=True)
             return EXIT_OK
         if args.command == "imagine":
-            spec = JobSpec(
-                seed_text=args.seed_text,
-                count=_pick(args.count, settings.count),
-                steps=_pick(args.steps, settings.steps),
-                guidance=_pick(args.guidance, settings.guidance),
-                width=_pick(args.width, settings.width),
-                height=_pick(args.height, settings.height),
-                job_seed=args.job_seed if args.job_seed is not None else secrets.randbelow(2**32),
-                negative=args.negative,
-                expand=not args.no_expand,
-                action="imagine",
-            )
+            spec = _imagine_spec(args, settings)
         else:  # rerun
             # Imported here: bot.jobs pulls in torch, which `health` (every 30 s) must not pay for.
             from bot.jobs import rerun_spec
@@ -156,7 +159,15 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
                     f"job {old.id} {_status_phrase(old.status)}; only a job that finished with images "
                     "can be re-rendered"
                 )
-            spec = rerun_spec(old)
+            from bot.uploads import stage_inputs
+
+            try:
+                # Its own copies of the source image and mask: the rerun stays exact if the old job goes.
+                spec = await asyncio.to_thread(
+                    stage_inputs, settings.images_dir, rerun_spec(old), init_image=None, mask_image=None
+                )
+            except InvalidRequest as exc:
+                raise CliError(exc.user_message) from None
         return await _generate(settings, store, spec, as_json=args.json)
 
 
@@ -208,6 +219,40 @@ def _progress_bar(*, enabled: bool) -> Any:
             bar.close()
 
     return update
+
+
+def _imagine_spec(args: argparse.Namespace, settings: Settings) -> JobSpec:
+    """The job `imagine` asks for: options, plus the same inline `--flags` in SEED as /imagine takes."""
+    try:
+        flags = parse_inline_flags(args.seed_text)
+        options = {
+            "count": args.count,
+            "steps": args.steps,
+            "seed": args.job_seed,
+            "negative": args.negative or None,
+            "expand": False if args.no_expand else None,
+        }
+        merged = merge_flags(flags, options, CLI_OPTION_LABELS)
+    except InvalidRequest as exc:
+        raise CliError(exc.user_message, EXIT_USAGE) from None
+    width, height = _pick(args.width, settings.width), _pick(args.height, settings.height)
+    if merged["ratio"] is not None:
+        if args.width is not None or args.height is not None:
+            raise CliError("`--ar` in SEED and the --width/--height options disagree: use one", EXIT_USAGE)
+        width, height = size_for_ratio(merged["ratio"], width, height, settings.max_pixels)
+    return JobSpec(
+        seed_text=flags.text,
+        count=_pick(merged["count"], settings.count),
+        steps=_pick(merged["steps"], settings.steps),
+        guidance=_pick(args.guidance, settings.guidance),
+        width=width,
+        height=height,
+        job_seed=_pick(merged["seed"], secrets.randbelow(2**32)),
+        negative=merged["negative"] or "",
+        expand=_pick(merged["expand"], True),
+        chaos=flags.chaos,
+        action="imagine",
+    )
 
 
 def _pick(value: Any, default: Any) -> Any:

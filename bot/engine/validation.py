@@ -23,6 +23,8 @@ class Limits:
     max_guidance: float = 20.0
     max_prompt_chars: int = 500
     min_side: int = 64
+    # Upscale and outpaint results may be larger than a plain grid tile.
+    max_output_pixels: int = 2048 * 2048
 
 
 # Bidirectional-text controls: they reorder what follows them on screen (U+202E shows "gnp.exe" for
@@ -100,9 +102,12 @@ def validate_request(
         _check_int(name, value, limits.min_side, 8192)
         if value % 8:
             raise InvalidRequest(f"`{name}` must be a multiple of 8, got {value}")
-    if request.width * request.height > limits.max_pixels:
+    max_pixels = limits.max_pixels
+    if request.large_output:
+        max_pixels = max(max_pixels, limits.max_output_pixels)
+    if request.width * request.height > max_pixels:
         raise InvalidRequest(
-            f"`width`×`height` must be at most {limits.max_pixels} pixels, got "
+            f"`width`×`height` must be at most {max_pixels} pixels, got "
             f"{request.width}×{request.height} = {request.width * request.height}"
         )
     _check_int("seed", request.job_seed, 0, MAX_SEED_NUMBER)
@@ -118,8 +123,14 @@ def validate_request(
             )
         for image_seed in request.image_seeds:
             _check_int("image seed", image_seed, 0, MAX_SEED_NUMBER + 64)
-    if request.init_image_path is not None and not 0.0 < request.strength <= 1.0:
-        raise InvalidRequest(f"`strength` must be in (0, 1], got {request.strength}")
+    if not isinstance(request.strength, int | float) or not 0.0 < request.strength <= 1.0:
+        raise InvalidRequest(f"`strength` must be in (0, 1], got {request.strength!r}")
+    if request.mask_image is not None and request.init_image is None:
+        raise InvalidRequest("`mask_image` needs an `init_image` to paint around")
+    if request.temperature is not None and not (
+        isinstance(request.temperature, int | float) and 0.0 < request.temperature <= 5.0
+    ):
+        raise InvalidRequest(f"`temperature` must be in (0, 5], got {request.temperature!r}")
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
