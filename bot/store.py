@@ -95,6 +95,15 @@ class StoreError(Exception):
     """The history database cannot be opened or written; one line naming the file and what to do."""
 
 
+def _check_opens(path: Path) -> None:
+    """Raise sqlite3.Error if the file cannot be opened, or is not a database (reads its header)."""
+    conn = sqlite3.connect(path, timeout=30.0)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    finally:
+        conn.close()
+
+
 def _explain_open_failure(path: Path, exc: sqlite3.Error) -> str:
     text = str(exc)
     if "not a database" in text or "malformed" in text:
@@ -308,6 +317,9 @@ class HistoryStore:
                 "set IMAGINE_DATA_DIR to a folder this user can write"
             ) from None
         try:
+            # Open once with plain sqlite3 first: when aiosqlite's own connect fails, its thread still
+            # finishes later and can print a traceback after our loop has closed (and our one line).
+            await asyncio.to_thread(_check_opens, self.path)
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
             self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
             self._db.row_factory = aiosqlite.Row
