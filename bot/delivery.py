@@ -16,7 +16,15 @@ from PIL import Image
 
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.jobs import JobOutcome, JobRunner
-from bot.messages import failure_text, progress_text, queued_text, result_embed
+from bot.messages import (
+    all_flagged_text,
+    all_tiles_flagged,
+    failure_text,
+    progress_text,
+    queued_text,
+    result_embed,
+    result_filename,
+)
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord
 from bot.ui import result_view
@@ -194,7 +202,7 @@ class Deliverer:
         interaction = tracker.interaction if tracker is not None and tracker.token_usable() else None
         limit = interaction.filesize_limit if interaction is not None else self._channel_upload_limit(job)
         encoded = None
-        if job.status == "done":
+        if job.status == "done" and not all_tiles_flagged(job):
             try:
                 encoded = await self._encoded_grid(job, outcome.grid_png, limit)
             except (OSError, ValueError):
@@ -204,7 +212,8 @@ class Deliverer:
         if interaction is not None:
             message = await self._edit_response(interaction, job, encoded)
         if message is None:
-            message = await self._send_to_channel(job, encoded)
+            send = self._send_privately if job.private else self._send_to_channel
+            message = await send(job, encoded)
         await self.store.mark_delivered(job.id, message_id=message.id if message is not None else None)
 
     def _channel_upload_limit(self, job: JobRecord) -> int:
@@ -222,11 +231,13 @@ class Deliverer:
         return await asyncio.to_thread(encode)
 
     def _payload(self, job: JobRecord, encoded: EncodedImage | None) -> dict[str, Any]:
+        if job.status == "done" and all_tiles_flagged(job):
+            return {"content": all_flagged_text(job)}
         if job.status != "done" or encoded is None:
             return {
                 "content": failure_text(job) if job.status != "done" else f"Job `{job.id}`: images missing."
             }
-        filename = f"{job.id}.{encoded.extension}"
+        filename = result_filename(job, encoded.extension)
         return {
             "content": None,
             "embed": result_embed(job, filename=filename),
@@ -273,9 +284,25 @@ class Deliverer:
             )
             return None
 
+    async def _send_privately(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message | None:
+        """A private job whose interaction is gone goes to the member's DMs, never the channel."""
+        assert job.user_id is not None
+        payload = self._payload(job, encoded)
+        if job.status == "done" and payload.get("content") is None:
+            payload["content"] = "Your images are ready (you asked for them privately in /settings)."
+        try:
+            channel = await self.bot.create_dm(discord.Object(job.user_id))
+            return await channel.send(**payload)
+        except discord.HTTPException as exc:
+            # DMs closed (403 50007): the result stays in /history; never fall back to the channel.
+            log.warning("could not DM job %s to its owner: %s %s", job.id, exc.status, exc.code)
+            return None
+
     async def deliver_leftovers(self, *, started_at: float) -> None:
         """After a restart: post results that finished before it but were never delivered, exactly once."""
         for job in await self.store.undelivered_jobs(finished_before=started_at):
+            if job.delivery == "sending" and job.private:
+                continue  # the DM cannot be searched like the channel: never risk a duplicate
             if job.delivery == "sending":
                 # Killed between claiming the delivery and recording the message: look before re-posting.
                 readable, posted = await self._find_posted_result(job)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.engine.safety import DEFAULT_FLAGGED_CLASSES, NUDENET_LABELS
 
 DEFAULT_BLOCKLIST: tuple[str, ...] = (
     r"\bnsfw\b",
@@ -60,6 +62,13 @@ class Settings(BaseSettings):
     # Channels marked NSFW in Discord run without the prompt blocklist and image checker only when true.
     allow_nsfw: bool = False
     safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
+    # The offline NudeNet classifier (optional `safety` extra) on every tile of filtered jobs.
+    image_classifier: Literal["auto", "nudenet", "off"] = "auto"
+    nudenet_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    # NoDecode: a comma-separated env value, not JSON.
+    nudenet_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FLAGGED_CLASSES)
+    )
 
     # Job defaults
     steps: int = Field(25, ge=1)
@@ -121,6 +130,21 @@ class Settings(BaseSettings):
         # A plain env var is easier to write as newline- or `||`-separated regexes than as JSON.
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+        return value
+
+    @field_validator("nudenet_classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip().upper() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("nudenet_classes")
+    @classmethod
+    def _known_classes(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in NUDENET_LABELS]
+        if unknown:
+            raise ValueError(f"unknown NudeNet classes {unknown}; known: {', '.join(NUDENET_LABELS)}")
         return value
 
     @model_validator(mode="after")

@@ -73,6 +73,34 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: /settings (member defaults, server settings, the server's change log); private delivery and the
+    # member defaults a job used
+    """
+    ALTER TABLE jobs ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN from_defaults TEXT NOT NULL DEFAULT '';
+    CREATE TABLE member_settings (
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        settings_json TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (guild_id, user_id)
+    );
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        settings_json TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE guild_settings_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild_id INTEGER NOT NULL,
+        actor_id INTEGER NOT NULL,
+        at REAL NOT NULL,
+        key TEXT NOT NULL,
+        old_value TEXT NOT NULL,
+        new_value TEXT NOT NULL
+    );
+    CREATE INDEX guild_settings_log_guild ON guild_settings_log (guild_id, at DESC);
+    """,
 )
 
 
@@ -127,6 +155,10 @@ class JobSpec:
     user_id: int | None = None
     guild_id: int | None = None
     channel_id: int | None = None
+    #: deliver to the member alone (the ephemeral response, else a DM), never the channel
+    private: bool = False
+    #: the parameters that came from the member's /settings defaults (shown in the result)
+    from_defaults: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +198,8 @@ class JobRecord:
     delivery: str
     message_id: int | None
     tiles: tuple[Tile, ...] = field(default=())
+    private: bool = False
+    from_defaults: tuple[str, ...] = ()
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -325,8 +359,8 @@ class HistoryStore:
             query = """
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
-                    given_seeds, init_image, user_id, guild_id, channel_id, created_at)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, private, from_defaults)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -353,6 +387,8 @@ class HistoryStore:
                     spec.guild_id,
                     spec.channel_id,
                     now,
+                    int(spec.private),
+                    ",".join(spec.from_defaults),
                 ),
             )
         job = await self.get_job(job_id)
@@ -655,4 +691,6 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         delivery=row["delivery"],
         message_id=row["message_id"],
         tiles=tiles,
+        private=bool(row["private"]),
+        from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
     )

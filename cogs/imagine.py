@@ -20,9 +20,10 @@ from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import EngineError, InvalidRequest
 from bot.jobs import rerun_spec
-from bot.messages import queued_text, result_embed
+from bot.messages import SPOILER_PREFIX, queued_text, result_embed, result_filename
 from bot.store import JobRecord, JobSpec, QueueRefused
 from bot.ui import JobButton, clip, result_view
+from cogs.settings import imagine_settings
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -76,9 +77,9 @@ class ImagineCog(commands.Cog):
         negative: str | None = None,
         steps: app_commands.Range[int, 1, 500] | None = None,
         guidance: app_commands.Range[float, 0.0, 50.0] | None = None,
-        aspect: Aspect = "square",
+        aspect: Aspect | None = None,
         seed_number: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        expand: bool = True,
+        expand: bool | None = None,
     ) -> None:
         """Turn a short text into pictures: GPT-2 writes the prompts, Stable Diffusion paints them.
 
@@ -102,22 +103,32 @@ class ImagineCog(commands.Cog):
             Let GPT-2 write richer prompts (on) or use your text as-is (off).
         """
         s = self.settings
-        width, height = size_for_aspect(aspect, s.width, s.height, s.max_pixels)
+        options = {"count": count, "negative": negative, "steps": steps, "guidance": guidance}
+        resolved = await imagine_settings(
+            self.bot, interaction, {**options, "aspect": aspect, "expand": expand}
+        )
+        if resolved.refusal is not None:
+            await reply_ephemeral(interaction, resolved.refusal)
+            return
+        p = resolved.parameters
+        width, height = size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
         spec = JobSpec(
             seed_text=seed,
-            count=count if count is not None else s.count,
-            steps=steps if steps is not None else s.steps,
-            guidance=guidance if guidance is not None else s.guidance,
+            count=p.count,
+            steps=p.steps,
+            guidance=p.guidance,
             width=width,
             height=height,
             job_seed=seed_number if seed_number is not None else secrets.randbelow(MAX_SEED + 1),
-            negative=negative or "",
-            expand=expand,
-            safe_mode=safe_mode_for(interaction, s.allow_nsfw),
+            negative=p.negative,
+            expand=p.expand,
+            safe_mode=resolved.safe_mode,
             action="imagine",
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
+            private=p.private,
+            from_defaults=p.from_member,
         )
         await self.start_job(interaction, spec)
 
@@ -129,7 +140,8 @@ class ImagineCog(commands.Cog):
             await reply_ephemeral(interaction, f"Can't start that: {message}.")
             return None
         if not interaction.response.is_done():
-            await interaction.response.defer(thinking=True)
+            # A private job (member /settings) is answered ephemerally: delivered to its owner alone.
+            await interaction.response.defer(thinking=True, ephemeral=spec.private)
         try:
             job = await self.bot.runner.submit(spec)
         except (QueueRefused, EngineError) as exc:
@@ -264,8 +276,9 @@ class ImagineCog(commands.Cog):
         embed = discord.Embed(
             description=f"**{tile}.** {clip(source.prompt, 3900)}", colour=discord.Colour.blurple()
         )
-        filename = f"{job.id}-{tile}.{encoded.extension}"
-        embed.set_image(url=f"attachment://{filename}")
+        filename = result_filename(job, encoded.extension, tile)
+        if not filename.startswith(SPOILER_PREFIX):  # a flagged tile goes below the embed, as a spoiler
+            embed.set_image(url=f"attachment://{filename}")
         embed.set_footer(text=f"Job {job.id} · image seed {source.image_seed}")
         view = discord.ui.View(timeout=None)
         view.add_item(JobButton("v", job.id, tile, label=f"Vary {tile}"))
@@ -286,7 +299,7 @@ class ImagineCog(commands.Cog):
         except OSError:
             await interaction.followup.send(f"The grid of job `{job.id}` is gone from disk.", ephemeral=True)
             return
-        filename = f"{job.id}.{encoded.extension}"
+        filename = result_filename(job, encoded.extension)
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
         await channel.send(
             embed=result_embed(job, filename=filename),
