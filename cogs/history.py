@@ -156,7 +156,9 @@ class HistoryCog(commands.Cog):
         jobs = await self.bot.store.delete_user_jobs(interaction.user.id, interaction.guild_id)
         folders = [Path(job.grid_path).parent for job in jobs if job.grid_path]
         await asyncio.to_thread(_remove_folders, folders, self.bot.settings.images_dir)
-        had_settings = await self.bot.preferences.delete_member(interaction.guild_id or 0, interaction.user.id)
+        had_settings = await self.bot.preferences.delete_member(
+            interaction.guild_id or 0, interaction.user.id
+        )
         settings_note = " and your /settings here" if had_settings else ""
         await interaction.followup.send(
             f"Deleted {len(jobs)} job(s) and their images{settings_note}.", ephemeral=True

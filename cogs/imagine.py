@@ -231,7 +231,8 @@ class ImagineCog(commands.Cog):
         if action in handlers:
             await handlers[action](interaction, job, tile)
             return
-        spec = self._child_spec(interaction, job, action, tile)
+        # A private job's children are private too (member /settings: delivered to the presser alone).
+        spec = replace(self._child_spec(interaction, job, action, tile), private=job.private)
         await self.start_job(interaction, spec)
 
     def _child_spec(
@@ -266,7 +267,7 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction[Any], job: JobRecord, tile: int | None
     ) -> None:
         assert tile is not None
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(thinking=True, ephemeral=job.private)
         source = job.tiles[tile - 1]
         try:
             encoded = await _encode_saved(source.path, interaction.filesize_limit)
@@ -284,7 +285,11 @@ class ImagineCog(commands.Cog):
         view.add_item(JobButton("v", job.id, tile, label=f"Vary {tile}"))
         try:
             await interaction.followup.send(
-                embed=embed, file=discord.File(io.BytesIO(encoded.data), filename), view=view, wait=True
+                embed=embed,
+                file=discord.File(io.BytesIO(encoded.data), filename),
+                view=view,
+                wait=True,
+                ephemeral=job.private,
             )
         except discord.HTTPException as exc:
             if not is_dead_token(exc):
