@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+import aiohttp
 import discord
 import yarl
 
@@ -36,6 +37,15 @@ def _token(settings: Settings) -> str | None:
         )
         return None
     return settings.discord_token.get_secret_value().strip()
+
+
+def _print_unreachable(settings: Settings, exc: BaseException) -> None:
+    # Logging in is the first network call; once connected, discord.py reconnects by itself.
+    print(
+        f"error: cannot reach Discord at {settings.discord_api_base} ({exc}): check the network "
+        "connection, a proxy, or DISCORD_API_BASE",
+        file=sys.stderr,
+    )
 
 
 def _install_signal_handlers(bot: ImagineBot) -> None:
@@ -72,6 +82,9 @@ async def run_bot(
         except discord.PrivilegedIntentsRequired:
             print("error: Discord refused the gateway intents", file=sys.stderr)
             return 2
+        except (aiohttp.ClientError, OSError) as exc:
+            _print_unreachable(settings, exc)
+            return 1
         finally:
             await engine.close()
     log.info("stopped")
@@ -95,6 +108,9 @@ async def sync_commands_now(settings: Settings) -> int:
         except discord.LoginFailure:
             print("error: Discord rejected DISCORD_TOKEN (401 Unauthorized)", file=sys.stderr)
             return 2
+        except (aiohttp.ClientError, OSError) as exc:
+            _print_unreachable(settings, exc)
+            return 1
         finally:
             await engine.close()
     print("slash commands synced")

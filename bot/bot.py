@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import discord
@@ -161,20 +162,28 @@ class ImagineBot(commands.Bot):
             self._write_heartbeat(bool(connected))
 
     # -- component entry points (from bot.ui) ------------------------------------------------------------
+    # discord.py only logs an exception from a DynamicItem callback (View.on_error is never called for
+    # them), so each entry point routes its errors to the one handler itself.
     async def handle_job_button(
         self, interaction: discord.Interaction[Any], action: str, job_id: str, tile: int | None
     ) -> None:
-        await self._imagine_cog().on_job_button(interaction, action, job_id, tile)
+        await self._routed(interaction, self._imagine_cog().on_job_button(interaction, action, job_id, tile))
 
     async def handle_history_page(
         self, interaction: discord.Interaction[Any], viewer: int, target: int, page: int
     ) -> None:
-        await self._history_cog().on_page(interaction, viewer, target, page)
+        await self._routed(interaction, self._history_cog().on_page(interaction, viewer, target, page))
 
     async def handle_history_select(
         self, interaction: discord.Interaction[Any], viewer: int, job_id: str
     ) -> None:
-        await self._history_cog().on_select(interaction, viewer, job_id)
+        await self._routed(interaction, self._history_cog().on_select(interaction, viewer, job_id))
+
+    async def _routed(self, interaction: discord.Interaction[Any], callback: Awaitable[None]) -> None:
+        try:
+            await callback
+        except Exception as exc:
+            await self.on_interaction_error(interaction, exc)
 
     def _imagine_cog(self) -> Any:
         return self.get_cog("ImagineCog")
@@ -186,7 +195,15 @@ class ImagineBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
     ) -> None:
-        """One place that turns errors into ephemeral messages; unknown ones are logged, never shown."""
+        """The command tree's error hook: the same handler as buttons, selects and modals."""
+        await self.on_interaction_error(interaction, error)
+
+    async def on_interaction_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
+        """One place that turns any interaction's error into an ephemeral message; unknown ones are logged.
+
+        Commands (tree.on_error), buttons and selects (the DynamicItem entry points, View.on_error) and
+        modals (Modal.on_error) all end here, so a member is never left on "thinking…".
+        """
         original = getattr(error, "original", error)
         if isinstance(original, EngineError | QueueRefused):
             message = getattr(original, "user_message", None) or str(original)
@@ -195,8 +212,10 @@ class ImagineBot(commands.Bot):
         elif isinstance(error, app_commands.TransformerError):
             message = f"that value isn't valid for `{getattr(error, 'value', '?')}`"
         else:
-            log.error("command %s failed", getattr(interaction.command, "name", "?"), exc_info=original)
-            message = "something went wrong on our side; nothing was changed"
+            data: dict[str, Any] = dict(interaction.data or {})
+            what = getattr(interaction.command, "name", None) or data.get("custom_id", "?")
+            log.error("interaction %s failed", what, exc_info=original)
+            message = "something went wrong on our side; it was logged"
         await reply_ephemeral(interaction, message)
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:

@@ -7,14 +7,15 @@ import asyncio
 import json
 import logging
 import secrets
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.engine.types import EngineError
+from bot.engine.types import EngineError, ModelLoadError
 from bot.settings import Settings, SettingsError, load_settings
-from bot.store import HistoryStore, JobRecord, JobSpec
+from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (`imagine-bot` and `python -m bot`)."""
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         if args.command == "tiny-models":
             return _tiny_models(args.directory)
@@ -90,6 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except (StoreError, ModelLoadError) as exc:  # the environment, not a bug: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.DatabaseError as exc:  # damage found after a clean open (a bad page deep in the file)
+        where = settings.db_path if settings is not None else "the database"
+        print(
+            f"error: {where} is damaged ({exc}): restore it from a backup, or move it away to start "
+            "an empty history",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

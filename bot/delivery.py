@@ -41,6 +41,7 @@ UPLOAD_MARGIN = 64 * 1024
 TOKEN_SAFETY_MARGIN = 30.0
 DEAD_TOKEN_CODES = {10015, 10062, 50027}
 PREVIEW_SIDE = 256
+NONCE_TRUST_SECONDS = 120.0
 
 
 def upload_budget(limit: int) -> int:
@@ -50,6 +51,22 @@ def upload_budget(limit: int) -> int:
     negative budget (the grid could then never be encoded and the result never delivered).
     """
     return limit - min(UPLOAD_MARGIN, limit // 8)
+
+
+def delivery_nonce(job_id: str) -> str:
+    """The nonce of a job's channel post (Discord allows 25 characters)."""
+    return f"ib-{job_id}"
+
+
+def nonce_still_guards(job: JobRecord, now: float | None = None) -> bool:
+    """True while Discord still de-duplicates the job's channel post by its nonce.
+
+    Discord documents the window only as "the past few minutes"; two minutes after the delivery was
+    claimed (which precedes the post) stays well inside it.
+    """
+    if job.delivery_claimed_at is None:
+        return False
+    return (time.time() if now is None else now) - job.delivery_claimed_at < NONCE_TRUST_SECONDS
 
 
 def is_result_message(message: discord.Message, job_id: str) -> bool:
@@ -78,6 +95,8 @@ class Tracker:
     last_edit: float = 0.0
     task: asyncio.Task[None] | None = None
     position: int | None = None
+    # The interaction response the job's progress and result are edited into (None when unknown).
+    message_id: int | None = None
 
     def token_usable(self) -> bool:
         if self.interaction is None:
@@ -113,12 +132,26 @@ class Deliverer:
                 await task
 
     # -- tracking ------------------------------------------------------------------------------------
-    def track(self, job: JobRecord, interaction: discord.Interaction[Any], *, text: str) -> None:
+    def track(
+        self,
+        job: JobRecord,
+        interaction: discord.Interaction[Any],
+        *,
+        text: str,
+        message_id: int | None = None,
+    ) -> None:
         """Follow a job through `interaction`'s original response (already deferred)."""
-        tracker = Tracker(job.id, interaction, text=text)
+        tracker = Tracker(job.id, interaction, text=text, message_id=message_id)
         tracker.last_edit = time.monotonic()
         tracker.task = asyncio.create_task(self._edit_loop(tracker), name=f"progress-{job.id}")
         self.trackers[job.id] = tracker
+
+    def retext(self, job_id: str, text: str) -> None:
+        """Show `text` in a tracked job's message at the next (throttled) edit."""
+        tracker = self.trackers.get(job_id)
+        if tracker is not None:
+            tracker.text = text
+            tracker.dirty.set()
 
     def on_progress(self, job_id: str, step: int, total: int, preview: Image.Image | None) -> None:
         """Called on the loop (via call_soon_threadsafe) for each denoising step."""
@@ -197,9 +230,12 @@ class Deliverer:
                 await tracker.task
         if job.channel_id is None or job.delivery != "pending":
             return
-        if not await self.store.claim_delivery(job.id):
-            return
         interaction = tracker.interaction if tracker is not None and tracker.token_usable() else None
+        # The response the result will be edited into is recorded first: after a crash, a restart looks at
+        # that one message instead of scanning the channel.
+        response_id = tracker.message_id if tracker is not None and interaction is not None else None
+        if not await self.store.claim_delivery(job.id, message_id=response_id):
+            return
         limit = interaction.filesize_limit if interaction is not None else self._channel_upload_limit(job)
         encoded = None
         if job.status == "done" and not all_tiles_flagged(job):
@@ -212,9 +248,25 @@ class Deliverer:
         if interaction is not None:
             message = await self._edit_response(interaction, job, encoded)
         if message is None:
+            # A private job (member /settings) never falls back to the channel: a DM instead.
             send = self._send_privately if job.private else self._send_to_channel
-            message = await send(job, encoded)
-        await self.store.mark_delivered(job.id, message_id=message.id if message is not None else None)
+            where = "the DM to its owner" if job.private else f"the post in <#{job.channel_id}>"
+            try:
+                message = await send(job, encoded)
+            except discord.HTTPException as exc:
+                # Neither way in: say so in the row (and /history) rather than "sent" with no message.
+                log.warning(
+                    "job %s was not delivered: %s was refused (%s %s) and no interaction token was usable",
+                    job.id,
+                    "the DM" if job.private else f"channel {job.channel_id}",
+                    exc.status,
+                    exc.code,
+                )
+                answer = " ".join(part for part in (str(exc.status), exc.text) if part)
+                reason = f"Discord refused {where} ({answer})"
+                await self.store.mark_undelivered(job.id, reason)
+                return
+        await self.store.mark_delivered(job.id, message_id=message.id)
 
     def _channel_upload_limit(self, job: JobRecord) -> int:
         """The guild's upload limit (boost tier) from the cache; Discord's default when unknown."""
@@ -264,7 +316,12 @@ class Deliverer:
                 )
             return None
 
-    async def _send_to_channel(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message | None:
+    async def _send_to_channel(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message:
+        """Post the result in the job's channel (raises HTTPException when Discord refuses).
+
+        The post carries the job's nonce with `enforce_nonce`: a repeat within Discord's window (a
+        retried request, a restart after a crash mid-post) returns the first message, never a second.
+        """
         assert job.channel_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         payload = self._payload(job, encoded)
@@ -276,27 +333,17 @@ class Deliverer:
             if job.user_id
             else discord.AllowedMentions.none()
         )
-        try:
-            return await channel.send(allowed_mentions=allowed, **payload)
-        except discord.HTTPException as exc:
-            log.warning(
-                "could not deliver job %s to channel %s: %s %s", job.id, job.channel_id, exc.status, exc.code
-            )
-            return None
+        return await channel.send(allowed_mentions=allowed, nonce=delivery_nonce(job.id), **payload)
 
-    async def _send_privately(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message | None:
-        """A private job whose interaction is gone goes to the member's DMs, never the channel."""
+    async def _send_privately(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message:
+        """A private job whose interaction is gone goes to the owner's DMs (raises HTTPException when refused,
+        e.g. 403 50007 with DMs closed: the result then stays in /history, never in the channel)."""
         assert job.user_id is not None
         payload = self._payload(job, encoded)
         if job.status == "done" and payload.get("content") is None:
             payload["content"] = "Your images are ready (you asked for them privately in /settings)."
-        try:
-            channel = await self.bot.create_dm(discord.Object(job.user_id))
-            return await channel.send(**payload)
-        except discord.HTTPException as exc:
-            # DMs closed (403 50007): the result stays in /history; never fall back to the channel.
-            log.warning("could not DM job %s to its owner: %s %s", job.id, exc.status, exc.code)
-            return None
+        channel = await self.bot.create_dm(discord.Object(job.user_id))
+        return await channel.send(nonce=delivery_nonce(job.id), **payload)
 
     async def deliver_leftovers(self, *, started_at: float) -> None:
         """After a restart: post results that finished before it but were never delivered, exactly once."""
@@ -305,15 +352,32 @@ class Deliverer:
                 continue  # the DM cannot be searched like the channel: never risk a duplicate
             if job.delivery == "sending":
                 # Killed between claiming the delivery and recording the message: look before re-posting.
-                readable, posted = await self._find_posted_result(job)
-                if posted is not None:
-                    await self.store.mark_delivered(job.id, message_id=posted)
+                if job.message_id is not None and await self._shows_result(job, job.message_id):
+                    await self.store.mark_delivered(job.id, message_id=job.message_id)
                     continue
-                if not readable:
-                    continue  # cannot tell: never risk a duplicate (the result stays in /history)
+                if not nonce_still_guards(job):
+                    # Discord may have forgotten the nonce: the channel's recent messages are all we have.
+                    readable, posted = await self._find_posted_result(job)
+                    if posted is not None:
+                        await self.store.mark_delivered(job.id, message_id=posted)
+                        continue
+                    if not readable:
+                        continue  # cannot tell: never risk a duplicate (the result stays in /history)
+                # Within the nonce window a channel post that did land is returned again, not repeated.
                 await self.store.reset_delivery(job.id)
-                job = replace(job, delivery="pending")
+                job = replace(job, delivery="pending", message_id=None)
             await self.on_finished(JobOutcome(job))
+
+    async def _shows_result(self, job: JobRecord, message_id: int) -> bool:
+        """True when the recorded interaction response already shows the job's final result."""
+        assert job.channel_id is not None
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.fetch_message(message_id)
+        except discord.HTTPException as exc:
+            log.info("recorded message %s of job %s unreadable: %s", message_id, job.id, exc.status)
+            return False
+        return is_result_message(message, job.id)
 
     async def _find_posted_result(self, job: JobRecord) -> tuple[bool, int | None]:
         """(channel readable, id of a result message for `job` among its recent bot messages)."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import discord
 
 from bot.store import JobRecord
-from bot.ui import clip
+from bot.ui import clip, shown
 
 EMBED_COLOR = discord.Colour.from_rgb(88, 101, 242)
 FAILED_COLOR = discord.Colour.from_rgb(237, 66, 69)
@@ -58,7 +58,7 @@ def all_tiles_flagged(job: JobRecord) -> bool:
 def all_flagged_text(job: JobRecord) -> str:
     """The result of a job whose every image the filter flagged (recognised by `is_result_message`)."""
     return (
-        f"Job `{job.id}` ({clip(job.seed_text, 80)}): the content filter flagged every image, so none is "
+        f"Job `{job.id}` ({shown(job.seed_text, 80)}): the content filter flagged every image, so none is "
         "shown. Try a different text."
     )
 
@@ -77,12 +77,12 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     below it, and the embed says why.
     """
     prefix = ACTION_TITLES.get(job.action, "")
-    title = clip(prefix + job.seed_text, 256)
+    title = prefix + shown(job.seed_text, 256 - len(prefix))
     lines = []
     budget = 3900 // max(1, len(job.tiles))
     for tile in job.tiles:
         flag = " ⚠️ filtered" if tile.nsfw else ""
-        lines.append(f"**{tile.index}.** {clip(tile.prompt, budget)}{flag}")
+        lines.append(f"**{tile.index}.** {shown(tile.prompt, budget)}{flag}")
     embed = discord.Embed(title=title, description="\n".join(lines), colour=EMBED_COLOR)
     embed.add_field(name="Job", value=f"`{job.id}`")
     embed.add_field(name="Seed", value=f"`{job.job_seed}`")
@@ -90,7 +90,7 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     if job.negative:
-        embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
+        embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
     if job.parent_id:
         embed.add_field(
             name="From", value=f"`{job.parent_id}`" + (f" tile {job.source_tile}" if job.source_tile else "")
@@ -116,11 +116,24 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     return embed
 
 
+def _fit_lines(lines: list[str], limit: int) -> str:
+    """Whole lines joined by newlines, as many as fit in `limit` characters (never half an escape)."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 1 > limit:
+            kept.append("…")
+            break
+        kept.append(line)
+        used += len(line) + 1
+    return "\n".join(kept)
+
+
 def failure_text(job: JobRecord) -> str:
     """One plain sentence: which job, and why it did not finish."""
     if job.status == "cancelled":
-        return f"Job `{job.id}` ({clip(job.seed_text, 80)}) was cancelled."
-    return f"Job `{job.id}` ({clip(job.seed_text, 80)}) failed: {plain_reason(job)}."
+        return f"Job `{job.id}` ({shown(job.seed_text, 80)}) was cancelled."
+    return f"Job `{job.id}` ({shown(job.seed_text, 80)}) failed: {plain_reason(job)}."
 
 
 def progress_text(job_id: str, step: int, total: int) -> str:
@@ -129,8 +142,10 @@ def progress_text(job_id: str, step: int, total: int) -> str:
     return f"Rendering `{job_id}` — step {step}/{total} `{'█' * filled}{'░' * (10 - filled)}`"
 
 
-def queued_text(job_id: str, position: int, eta: float | None) -> str:
-    """Position in the queue and a rough wait."""
+def queued_text(job_id: str, position: int | None, eta: float | None) -> str:
+    """Position in the queue (None: unknown right now) and a rough wait."""
+    if position is None:
+        return f"Queued `{job_id}` — it will run; its place in the queue is unknown right now."
     where = "next in line" if position <= 1 else f"position {position} in the queue"
     wait = f" (about {eta:.0f} s)" if eta is not None else ""
     return f"Queued `{job_id}` — {where}{wait}."
@@ -141,11 +156,12 @@ def history_line(job: JobRecord) -> str:
     icon = {"done": "✅", "failed": "❌", "cancelled": "🚫", "queued": "⏳", "running": "🎨"}.get(
         job.status, "•"
     )
+    undelivered = " · ⚠️ not delivered" if job.undelivered_reason else ""
     flagged = flagged_count(job)
     filtered = f" · ⚠️ {flagged} filtered" if flagged else ""
     return (
-        f"{icon} <t:{int(job.created_at)}:R> **{clip(job.seed_text, 60)}** · {job.count} tile(s){filtered} · "
-        f"`{job.id}`"
+        f"{icon} <t:{int(job.created_at)}:R> **{shown(job.seed_text, 60)}** · {job.count} tile(s){filtered} · "
+        f"`{job.id}`{undelivered}"
     )
 
 
@@ -164,14 +180,14 @@ def history_page_embed(
 def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
     """One job in full: prompts, parameters, seeds."""
     embed = discord.Embed(
-        title=clip(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
+        title=shown(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
     )
     lines = [
-        f"**{t.index}.** seed `{t.image_seed}` — {clip(t.prompt, 700)}" + (" ⚠️ filtered" if t.nsfw else "")
+        f"**{t.index}.** seed `{t.image_seed}` — {shown(t.prompt, 700)}" + (" ⚠️ filtered" if t.nsfw else "")
         for t in job.tiles
     ]
     status = job.status + (f" ({plain_reason(job)})" if job.status in ("failed", "cancelled") else "")
-    embed.description = clip(f"Status: {status}\n" + "\n".join(lines), 4000)
+    embed.description = _fit_lines([f"Status: {status}", *lines], 4000)
     embed.add_field(name="Job", value=f"`{job.id}`")
     embed.add_field(name="Seed", value=f"`{job.job_seed}`")
     embed.add_field(name="Size", value=f"{job.width}×{job.height}")
@@ -179,7 +195,9 @@ def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     embed.add_field(name="Expanded", value="yes" if job.expand else "no")
     if job.negative:
-        embed.add_field(name="Negative", value=clip(job.negative, 1000), inline=False)
+        embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
+    if job.undelivered_reason:
+        embed.add_field(name="Not delivered", value=clip(job.undelivered_reason, 1000), inline=False)
     model = job.render.get("sd_model")
     if model:
         embed.add_field(
@@ -187,5 +205,5 @@ def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
         )
     if thumbnail:
         embed.set_thumbnail(url=f"attachment://{thumbnail}")
-    embed.timestamp = datetime.fromtimestamp(job.created_at, tz=timezone.utc)
+    embed.timestamp = datetime.fromtimestamp(job.created_at, tz=UTC)
     return embed

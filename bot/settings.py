@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SettingsSourceError
 
 from bot.engine.safety import DEFAULT_FLAGGED_CLASSES, NUDENET_LABELS
 
@@ -86,7 +89,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(500, ge=10, le=6000)
 
     # Prompt expander
-    blocklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
+    blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
     expand_max_new_tokens: int = Field(60, ge=8, le=200)
     expand_temperature: float = Field(0.9, gt=0.0, le=5.0)
     expand_top_k: int = Field(50, ge=0)
@@ -95,15 +98,19 @@ class Settings(BaseSettings):
     # Queue and abuse limits
     max_pending_per_user: int = Field(3, ge=1)
     max_queue: int = Field(50, ge=1)
-    cooldown_seconds: float = Field(5.0, ge=0.0)
+    # Off by default: the pending cap already stops floods, and a member whose job is done expects to go on.
+    cooldown_seconds: float = Field(0.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
     progress_interval: float = Field(2.0, ge=0.2)
     preview_every: int = Field(5, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Discord (no IMAGINE_ prefix)
-    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
+    # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
+    # first so that the token's validator can see it.
+    discord_token_file: Path | None = Field(None, validation_alias="DISCORD_TOKEN_FILE")
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN", validate_default=True)
     discord_api_base: str = Field(DISCORD_DEFAULT_API_BASE, validation_alias="DISCORD_API_BASE")
     discord_gateway_url: str = Field(DISCORD_DEFAULT_GATEWAY, validation_alias="DISCORD_GATEWAY_URL")
     dev_guild: int | None = Field(None, validation_alias="IMAGINE_DEV_GUILD")
@@ -116,7 +123,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", mode="before")
+    @field_validator("discord_token", "dev_guild", "discord_token_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.
@@ -124,20 +131,60 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("discord_token")
+    @classmethod
+    def _token_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        path = info.data.get("discord_token_file")
+        if path is None:
+            return value
+        if value is not None:
+            raise ValueError("set DISCORD_TOKEN or DISCORD_TOKEN_FILE, not both")
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ValueError(f"cannot read DISCORD_TOKEN_FILE={path}: {reason}") from None
+        if not token:
+            raise ValueError(f"DISCORD_TOKEN_FILE={path} is empty")
+        return SecretStr(token)
+
     @field_validator("blocklist", mode="before")
     @classmethod
     def _split_blocklist(cls, value: object) -> object:
-        # A plain env var is easier to write as newline- or `||`-separated regexes than as JSON.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+        # Three documented forms: a JSON list, or regexes separated by newlines or `||` (easier in a
+        # plain env var). `NoDecode` hands us the raw string, so pydantic-settings' JSON decoding
+        # cannot reject the plain forms before this runs.
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+        return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+
+    @field_validator("blocklist")
+    @classmethod
+    def _blocklist_compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
         return value
 
     @field_validator("nudenet_classes", mode="before")
     @classmethod
     def _split_classes(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip().upper() for part in value.split(",") if part.strip()]
-        return value
+        # A comma-separated list (or a JSON list); `NoDecode` hands us the raw env string.
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+        return [part.strip().upper() for part in value.split(",") if part.strip()]
 
     @field_validator("nudenet_classes")
     @classmethod
@@ -190,12 +237,18 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings, turning a validation error into one line that names the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsSourceError as exc:  # a value pydantic-settings could not even decode
+        raise SettingsError(f"invalid settings: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()
-        name = env_name(str(loc[0])) if loc and str(loc[0]) in Settings.model_fields else "settings"
         if not loc and first.get("ctx", {}).get("error"):
             message = str(first["ctx"]["error"])
         else:
             message = first.get("msg", "invalid value").removeprefix("Value error, ")
-        raise SettingsError(f"invalid setting {name}: {message}") from None
+        if loc and str(loc[0]) in Settings.model_fields:
+            raise SettingsError(f"invalid setting {env_name(str(loc[0]))}: {message}") from None
+        if loc and str(loc[0]) in all_env_names():  # a field with its own alias (DISCORD_*)
+            raise SettingsError(f"invalid setting {loc[0]}: {message}") from None
+        # A rule across several settings: its message names them (IMAGINE_COUNT=9 exceeds …).
+        raise SettingsError(f"invalid settings: {message}") from None

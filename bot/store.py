@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -73,7 +74,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-    # 2: /settings (member defaults, server settings, the server's change log); private delivery and the
+    # 2: why a result could not be posted (delivery 'none' with a reason), and when its delivery was
+    # claimed (a channel post carries a nonce Discord de-duplicates for a few minutes after that).
+    """
+    ALTER TABLE jobs ADD COLUMN undelivered_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_claimed_at REAL;
+    """,
+    # 3: /settings (member defaults, server settings, the server's change log); private delivery and the
     # member defaults a job used
     """
     ALTER TABLE jobs ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
@@ -102,6 +109,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX guild_settings_log_guild ON guild_settings_log (guild_id, at DESC);
     """,
 )
+
+
+class StoreError(Exception):
+    """The history database cannot be opened or written; one line naming the file and what to do."""
+
+
+def _explain_open_failure(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"{path} is not a readable SQLite database ({text}): restore it from a backup, "
+            "or move it away to start an empty history"
+        )
+    return (
+        f"cannot open the database {path} ({text}): make {path.parent} and the files in it writable "
+        "for this user, or set IMAGINE_DATA_DIR to a writable folder"
+    )
 
 
 class QueueRefused(Exception):
@@ -198,6 +222,9 @@ class JobRecord:
     delivery: str
     message_id: int | None
     tiles: tuple[Tile, ...] = field(default=())
+    # Set when Discord refused both the interaction edit and the channel post (delivery is then 'none').
+    undelivered_reason: str | None = None
+    delivery_claimed_at: float | None = None
     private: bool = False
     from_defaults: tuple[str, ...] = ()
 
@@ -263,8 +290,9 @@ class HistoryStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        # One connection: its transactions must not interleave between coroutines.
-        self._write_lock = asyncio.Lock()
+        # One connection: a transaction must not interleave with another coroutine's statements, reads
+        # included (they would see its uncommitted rows, e.g. a `done` job before its tiles are written).
+        self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> HistoryStore:
         await self.open()
@@ -280,37 +308,74 @@ class HistoryStore:
         return self._db
 
     async def open(self) -> None:
-        """Open (creating the folder), set pragmas, run migrations."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
-        self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
-        self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=30000")
-        await self._migrate()
+        """Open (creating the folder), set pragmas, run migrations; StoreError names the file and the fix."""
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"the data folder {folder} is a file: set IMAGINE_DATA_DIR to a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the data folder {folder} ({exc.strerror or exc}): "
+                "set IMAGINE_DATA_DIR to a folder this user can write"
+            ) from None
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
+            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
+            self._db.row_factory = aiosqlite.Row
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.execute("PRAGMA busy_timeout=30000")
+            await self._migrate()
+        except BaseException as exc:
+            # The connection's thread is not a daemon: left running, it keeps the process alive forever.
+            await self._close_quietly()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(_explain_open_failure(self.path, exc)) from None
+            raise
+
+    async def _close_quietly(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except Exception:
+                log.debug("closing %s after a failed open", self.path, exc_info=True)
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.close()
-            self._db = None
+            async with self._lock:  # let a running transaction end first
+                if self._db is not None:
+                    await self._db.close()
+                    self._db = None
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT as one unit: it commits whole or rolls back whole, even when cancelled.
+
+        Every statement handed to aiosqlite runs on its thread in order, even if its awaiter is cancelled
+        (a cancelled `BEGIN` still begins). So whatever interrupts the body — an error, or a cancellation
+        at any await, `BEGIN` included — queues a `ROLLBACK` behind it before the lock is released, and
+        the connection never stays inside a transaction. A failed `COMMIT` (disk full) rolls back too.
+        """
         db = self.db
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
+        async with self._lock:
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            else:
                 await db.execute("COMMIT")
+            except BaseException:
+                await _rollback(db)
+                raise
 
     async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        """Run a read and fetch every row in one step on the connection's thread.
+        """One read, under the lock: it never runs inside another coroutine's open write transaction."""
+        async with self._lock:
+            return await self._fetch_locked(query, params)
+
+    async def _fetch_locked(self, query: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """Run a read and fetch every row in one step on the connection's thread (caller holds the lock).
 
         A cursor left open between awaits keeps a read snapshot; a write of another coroutine on this
         connection then fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy wait)
@@ -404,9 +469,10 @@ class HistoryStore:
         cooldown_seconds: float,
     ) -> QueueRefused | None:
         """Read-only pre-check of the queue limits (create_job re-checks them atomically)."""
-        return await self._limit_refusal(
-            self.db, user_id, max_pending_per_user, max_queue, cooldown_seconds, time.time()
-        )
+        async with self._lock:
+            return await self._limit_refusal(
+                self.db, user_id, max_pending_per_user, max_queue, cooldown_seconds, time.time()
+            )
 
     @staticmethod
     async def _limit_refusal(
@@ -424,8 +490,11 @@ class HistoryStore:
                 return QueueFull(f"the queue is full ({pending} jobs); try again in a few minutes")
         if user_id is None:
             return None
+        # The cooldown counts from the member's latest job that is still waiting or running: a member
+        # whose jobs have all finished can always start the next one at once.
         query = """
-            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')), MAX(created_at)
+            SELECT COUNT(*) FILTER (WHERE status IN ('queued', 'running')),
+                MAX(created_at) FILTER (WHERE status IN ('queued', 'running'))
             FROM jobs WHERE user_id = ?
         """
         ((mine, last),) = await db.execute_fetchall(query, (user_id,))  # type: ignore[misc]
@@ -436,7 +505,7 @@ class HistoryStore:
             )
         if cooldown_seconds and last is not None and now - last < cooldown_seconds:
             wait = max(1, round(cooldown_seconds - (now - last)))
-            return Cooldown(f"slow down: you can start a new job in {wait} s")
+            return Cooldown(f"you queued a job {now - last:.0f} s ago; please wait {wait} s more")
         return None
 
     async def mark_running(self, job_id: str) -> bool:
@@ -516,11 +585,18 @@ class HistoryStore:
             log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
         return requeued, failed
 
-    async def claim_delivery(self, job_id: str) -> bool:
-        """pending → sending; False if someone already delivered it (at most once)."""
+    async def claim_delivery(self, job_id: str, *, message_id: int | None = None) -> bool:
+        """pending → sending; False if someone already delivered it (at most once).
+
+        `message_id` is the interaction response the result is about to be edited into: recorded before
+        the edit, so a restart can look at that one message instead of scanning the channel.
+        """
         async with self._write() as db:
-            query = "UPDATE jobs SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'"
-            cursor = await db.execute(query, (job_id,))
+            query = """
+                UPDATE jobs SET delivery = 'sending', delivery_claimed_at = ?, message_id = ?
+                WHERE id = ? AND delivery = 'pending'
+            """
+            cursor = await db.execute(query, (time.time(), message_id, job_id))
             return cursor.rowcount == 1
 
     async def mark_delivered(
@@ -534,6 +610,14 @@ class HistoryStore:
             """
             await db.execute(query, (message_id, channel_id, job_id))
 
+    async def mark_undelivered(self, job_id: str, reason: str) -> None:
+        """Discord refused every way to post the result: final, with the reason, kept in /history."""
+        async with self._write() as db:
+            query = (
+                "UPDATE jobs SET delivery = 'none', message_id = NULL, undelivered_reason = ? WHERE id = ?"
+            )
+            await db.execute(query, (reason[:500], job_id))
+
     async def set_delivery_none(self, job_id: str) -> None:
         """Jobs nobody waits for in Discord (the CLI)."""
         async with self._write() as db:
@@ -543,16 +627,18 @@ class HistoryStore:
     # -- reading ---------------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
         query = "SELECT * FROM jobs WHERE id = ?"
-        rows = await self._fetch(query, (job_id,))
-        if not rows:
-            return None
-        return await self._with_tiles(rows[0])
+        async with self._lock:
+            rows = await self._fetch_locked(query, (job_id,))
+            if not rows:
+                return None
+            return await self._with_tiles(rows[0])
 
     async def _with_tiles(self, row: aiosqlite.Row) -> JobRecord:
+        """The row with its tiles (caller holds the lock, so row and tiles come from one state)."""
         query = "SELECT idx, prompt, image_seed, path, nsfw FROM tiles WHERE job_id = ? ORDER BY idx"
         tiles = tuple(
             Tile(r["idx"], r["prompt"], r["image_seed"], r["path"], bool(r["nsfw"]))
-            for r in await self._fetch(query, (row["id"],))
+            for r in await self._fetch_locked(query, (row["id"],))
         )
         return _record(row, tiles)
 
@@ -568,7 +654,9 @@ class HistoryStore:
         """Newest first; scoped to one user (and guild) unless `any_user`."""
         clauses, params = self._scope(user_id, guild_id, any_user)
         query = f"SELECT * FROM jobs {clauses} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
-        return [await self._with_tiles(row) for row in await self._fetch(query, (*params, limit, offset))]
+        async with self._lock:
+            rows = await self._fetch_locked(query, (*params, limit, offset))
+            return [await self._with_tiles(row) for row in rows]
 
     async def count_jobs(
         self, *, user_id: int | None = None, guild_id: int | None = None, any_user: bool = False
@@ -603,7 +691,9 @@ class HistoryStore:
                 AND channel_id IS NOT NULL AND finished_at < ? ORDER BY created_at
         """
         cutoff = finished_before if finished_before is not None else time.time()
-        return [await self._with_tiles(row) for row in await self._fetch(query, (cutoff,))]
+        async with self._lock:
+            rows = await self._fetch_locked(query, (cutoff,))
+            return [await self._with_tiles(row) for row in rows]
 
     async def reset_delivery(self, job_id: str) -> None:
         """sending → pending: a crash interrupted the post and the channel shows no result."""
@@ -633,6 +723,16 @@ class HistoryStore:
         async with self._write() as db:
             query = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             await db.execute(query, (key, value))
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """Queue a ROLLBACK; shielded, so a second cancellation cannot skip it. "No transaction" is fine."""
+    try:
+        await asyncio.shield(db.execute("ROLLBACK"))
+    except sqlite3.OperationalError:
+        pass  # BEGIN itself failed (busy), or COMMIT had already ended the transaction
+    except asyncio.CancelledError:
+        pass  # the ROLLBACK is queued and will run before any later statement; the caller re-raises
 
 
 def _json_safe(value: Any) -> Any:
@@ -691,6 +791,8 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         delivery=row["delivery"],
         message_id=row["message_id"],
         tiles=tiles,
+        undelivered_reason=row["undelivered_reason"],
+        delivery_claimed_at=row["delivery_claimed_at"],
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
     )

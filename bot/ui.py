@@ -149,5 +149,28 @@ def history_page_view(
 
 
 def clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters (an ellipsis marks a cut)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Every character Discord's markdown gives a meaning to inside a line (masked links need `[`/`]`;
+# `<` starts mentions, channels, emojis and timestamps). A backslash before punctuation renders as the
+# punctuation itself, so escaping more than needed never shows.
+_MARKDOWN = re.compile(r"[\\`*_~|\[\]<>#]")
+_LEADING_LIST = re.compile(r"^([-+]|\d+\.)(?=\s)")
+
+
+def shown(text: str, limit: int) -> str:
+    """Member-typed text for a message or embed: one line, markdown and mentions inert, within `limit`."""
+    line = " ".join(text.split())
+    escaped = _LEADING_LIST.sub(r"\\\1", _MARKDOWN.sub(lambda m: "\\" + m[0], line))
+    escaped = discord.utils.escape_mentions(escaped)
+    if len(escaped) <= limit:
+        return escaped
+    cut = escaped[: limit - 1]
+    # Never end on half an escape: a lone trailing backslash would escape the ellipsis.
+    trailing = len(cut) - len(cut.rstrip("\\"))
+    if trailing % 2:
+        cut = cut[:-1]
+    return cut + "…"

@@ -22,7 +22,7 @@ from bot.engine.types import EngineError, InvalidRequest
 from bot.jobs import rerun_spec
 from bot.messages import SPOILER_PREFIX, queued_text, result_embed, result_filename
 from bot.store import JobRecord, JobSpec, QueueRefused
-from bot.ui import JobButton, clip, result_view
+from bot.ui import JobButton, clip, result_view, shown
 from cogs.settings import imagine_settings
 
 if TYPE_CHECKING:
@@ -139,9 +139,11 @@ class ImagineCog(commands.Cog):
             message = getattr(refusal, "user_message", None) or str(refusal)
             await reply_ephemeral(interaction, f"Can't start that: {message}.")
             return None
+        response_id = None
         if not interaction.response.is_done():
             # A private job (member /settings) is answered ephemerally: delivered to its owner alone.
-            await interaction.response.defer(thinking=True, ephemeral=spec.private)
+            deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
+            response_id = deferred.message_id if deferred is not None else None
         try:
             job = await self.bot.runner.submit(spec)
         except (QueueRefused, EngineError) as exc:
@@ -150,8 +152,13 @@ class ImagineCog(commands.Cog):
             await interaction.edit_original_response(content=f"Can't queue that: {message}.")
             return None
         # No await between submit and track: a fast job must find its tracker.
-        self.bot.deliverer.track(job, interaction, text=queued_text(job.id, 1, None))
-        await self.bot.deliverer.update_positions()
+        self.bot.deliverer.track(job, interaction, text=queued_text(job.id, 1, None), message_id=response_id)
+        try:
+            await self.bot.deliverer.update_positions()
+        except Exception:
+            # The row is queued and the worker will run it: say that, not "nothing was changed".
+            log.exception("queue position of job %s unknown; it is queued", job.id)
+            self.bot.deliverer.retext(job.id, queued_text(job.id, None, None))
         return job
 
     @app_commands.command(name="queue")
@@ -163,7 +170,7 @@ class ImagineCog(commands.Cog):
         for position, job in enumerate(order, start=1):
             if job.user_id == interaction.user.id:
                 where = "rendering now" if job.status == "running" else f"position {position}"
-                lines.append(f"`{job.id}` — {where} — {clip(job.seed_text, 60)}")
+                lines.append(f"`{job.id}` — {where} — {shown(job.seed_text, 60)}")
         text = "\n".join(lines) if lines else "You have no jobs in the queue."
         text += f"\nQueue length: {len(order)}."
         await reply_ephemeral(interaction, text)
@@ -224,15 +231,31 @@ class ImagineCog(commands.Cog):
         if tile is not None and not 1 <= tile <= len(job.tiles):
             await reply_ephemeral(interaction, f"Job `{job.id}` has no image {tile}.")
             return
+        # The channel where the post or the new job lands decides the filter, never the old row.
+        filtered_here = safe_mode_for(interaction, self.settings.allow_nsfw)
+        if not filtered_here:  # the server's /settings may still say "always filtered"
+            filtered_here = (await self.bot.preferences.guild(interaction.guild_id or 0)).policy == "filtered"
         handlers = {
             "u": self._post_tile,
             "post": self._repost_grid,
         }
         if action in handlers:
+            if filtered_here and not job.safe_mode:
+                await reply_ephemeral(
+                    interaction,
+                    f"Job `{job.id}` was made without the content filter (in an age-restricted channel); "
+                    "its images can't be posted in this channel.",
+                )
+                return
             await handlers[action](interaction, job, tile)
             return
         # A private job's children are private too (member /settings: delivered to the presser alone).
-        spec = replace(self._child_spec(interaction, job, action, tile), private=job.private)
+        spec = replace(
+            self._child_spec(interaction, job, action, tile),
+            safe_mode=filtered_here,
+            channel_id=interaction.channel_id,
+            private=job.private,
+        )
         await self.start_job(interaction, spec)
 
     def _child_spec(
@@ -246,7 +269,6 @@ class ImagineCog(commands.Cog):
             rerun_spec(job, user_id=interaction.user.id, action="rerender"),
             job_seed=secrets.randbelow(MAX_SEED + 1),
             given_seeds=None,
-            channel_id=interaction.channel_id,
         )
         if action == "rr":
             return base
@@ -275,7 +297,7 @@ class ImagineCog(commands.Cog):
             await interaction.followup.send(f"The image file of job `{job.id}` is gone.", ephemeral=True)
             return
         embed = discord.Embed(
-            description=f"**{tile}.** {clip(source.prompt, 3900)}", colour=discord.Colour.blurple()
+            description=f"**{tile}.** {shown(source.prompt, 3900)}", colour=discord.Colour.blurple()
         )
         filename = result_filename(job, encoded.extension, tile)
         if not filename.startswith(SPOILER_PREFIX):  # a flagged tile goes below the embed, as a spoiler

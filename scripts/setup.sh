@@ -16,7 +16,7 @@ stamp="$VENV/.installed-$( (cat pyproject.toml; echo "$EXTRAS") | sha256sum | cu
 if [ -f "$stamp" ]; then
   exit 0
 fi
-"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "imagine-bot needs Python 3.10 or newer")'
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "imagine-bot needs Python 3.11 or newer")'
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then

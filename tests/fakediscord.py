@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
@@ -210,7 +210,7 @@ class _Snowflakes:
 
 
 def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _dumps(obj: Any) -> str:
@@ -270,6 +270,7 @@ class RecordedRequest:
     response: Any = None
     route: str | None = None
     injected: bool = False  # answered by rate_limit_next / fail_next
+    nonce_reused: bool = False  # a channel post answered with an earlier message (enforce_nonce)
 
     @property
     def matched(self) -> bool:
@@ -503,6 +504,7 @@ class FakeMessage:
     reactions: dict[str, set[int]] = field(default_factory=dict)  # emoji -> user ids
     history: list[dict[str, Any]] = field(default_factory=list)  # snapshots before each edit
     sent_via: str = ""  # "callback", "followup", "channel", ...
+    nonce: str | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -776,6 +778,8 @@ class FakeDiscord:
         gateway_compression: bool = True,
         strict_commands: bool = False,
         host: str = "127.0.0.1",
+        port: int = 0,
+        advertised_host: str | None = None,
     ) -> None:
         self.token = token
         self.guild_id = guild_id
@@ -792,11 +796,17 @@ class FakeDiscord:
         #: send_slash refuses commands the bot has not synced
         self.strict_commands = strict_commands
         self.host = host
+        #: the name clients use in URLs the fake hands out (gateway, attachments) when `host` is a bind-all
+        #: address, e.g. a container's name on a Docker network
+        self.advertised_host = advertised_host or host
         self.guild_name = "Fake Guild"
         self.ack_heartbeats = True
         self.bot_permissions = BOT_PERMISSIONS
         self.channel_bot_permissions: dict[int, int] = {}
         self.dm_closed_user_ids: set[int] = set()  # POST to their DM -> 403 50007
+        #: seconds an enforced nonce de-duplicates channel posts (Discord: "the past few minutes")
+        self.nonce_window = 300.0
+        self._nonces: dict[tuple[int, str], tuple[int, float]] = {}  # (author, nonce) -> (message, time)
 
         self.snowflake = _Snowflakes()
         self._session: _GatewaySession | None = None
@@ -854,7 +864,7 @@ class FakeDiscord:
         self._waiters: list[asyncio.Future[None]] = []
         self._runner: web.AppRunner | None = None
         self._routes_cache: list[tuple[str, re.Pattern[str], _Handler, bool, str]] | None = None
-        self.port = 0
+        self.port = port  # 0: a free port, chosen in start()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -866,7 +876,7 @@ class FakeDiscord:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
@@ -889,7 +899,7 @@ class FakeDiscord:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.advertised_host}:{self.port}"
 
     @property
     def api_base(self) -> str:
@@ -897,7 +907,7 @@ class FakeDiscord:
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/gateway"
+        return f"ws://{self.advertised_host}:{self.port}/gateway"
 
     # ------------------------------------------------------------------ guild setup
     def add_member(
@@ -1028,9 +1038,7 @@ class FakeDiscord:
                 return result
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise asyncio.TimeoutError(
-                    f"timed out after {timeout}s waiting for {what}; {self.debug_summary()}"
-                )
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}; {self.debug_summary()}")
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -1107,6 +1115,21 @@ class FakeDiscord:
             for m in self.messages.values()
             if m.channel_id == cid and not m.deleted and (include_ephemeral or not m.ephemeral)
         ]
+
+    async def post_user_message(
+        self, content: str, *, user_id: int, channel_id: int | None = None
+    ) -> FakeMessage:
+        """A member writes in a channel (what makes a channel busy); MESSAGE_CREATE goes to the bot."""
+        cid = self.channel_id if channel_id is None else channel_id
+        channel = self.channels[cid]
+        msg = FakeMessage(
+            id=self.snowflake(), channel_id=cid, guild_id=channel.guild_id, author=self.users[user_id]
+        )
+        msg.content = content
+        msg.sent_via = "user"
+        self._store(msg)
+        await self._message_event("MESSAGE_CREATE", msg)
+        return msg
 
     def interaction_by_token(self, token: str) -> FakeInteraction:
         return self._by_token[token]
@@ -1960,6 +1983,8 @@ class FakeDiscord:
             "type": msg.type,
             "flags": msg.flags,
         }
+        if msg.nonce is not None:
+            data["nonce"] = msg.nonce
         if msg.guild_id is not None:
             data["guild_id"] = str(msg.guild_id)
         if msg.webhook_id is not None:
@@ -2600,8 +2625,22 @@ class FakeDiscord:
                 needed |= EMBED_LINKS
             if perms & needed != needed:
                 raise ApiError(403, 50013, "Missing Permissions")
+        nonce = body.get("nonce")
+        nonce_key = (self.bot_user_id, str(nonce)) if nonce is not None else None
+        if nonce_key is not None and body.get("enforce_nonce"):
+            # Discord: the same author's message with this nonce in the past few minutes is returned as is.
+            seen = self._nonces.get(nonce_key)
+            if seen is not None and time.monotonic() - seen[1] < self.nonce_window:
+                earlier = self.messages.get(seen[0])
+                if earlier is not None and not earlier.deleted:
+                    req.record.nonce_reused = True
+                    return 200, self.message_payload(earlier)
         msg = FakeMessage(
-            id=self.snowflake(), channel_id=channel.id, guild_id=channel.guild_id, author=self.bot_user
+            id=self.snowflake(),
+            channel_id=channel.id,
+            guild_id=channel.guild_id,
+            author=self.bot_user,
+            nonce=None if nonce is None else str(nonce),
         )
         body = {k: v for k, v in body.items() if k != "flags" or not int(v or 0) & FLAG_EPHEMERAL}
         self._apply_message_payload(msg, body, req.files, creating=True)
@@ -2622,6 +2661,8 @@ class FakeDiscord:
         self._validate_message(msg, body)
         msg.sent_via = "channel"
         self._store(msg)
+        if nonce_key is not None:
+            self._nonces[nonce_key] = (msg.id, time.monotonic())
         await self._message_event("MESSAGE_CREATE", msg)
         return 200, self.message_payload(msg)
 

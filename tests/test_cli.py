@@ -155,6 +155,25 @@ def test_bad_input_fails_with_one_line_and_no_row(tmp_path: Path, tiny_models: t
     assert _rows(tmp_path) == 0
 
 
+def test_blocked_seed_or_negative_fails_with_one_line_exit_2_and_no_row(
+    tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    # The CLI runs with the content filter on (like a normal channel). Before: the blocked seed fell back
+    # to itself after every expansion was blocked and was rendered as typed (exit 0).
+    env = _env(tiny_models, tmp_path)
+    cases = [
+        ["imagine", "nude portrait of a woman", "--count", "1"],
+        ["imagine", "nude portrait of a woman", "--count", "1", "--no-expand"],
+        ["imagine", SEED, "--count", "1", "--negative", "blurry, naked"],
+    ]
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        results = list(pool.map(lambda args: _cli(args, env, tmp_path), cases))
+    for args, result in zip(cases, results, strict=True):
+        _assert_one_line_error(result, "content filter")
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+    assert _rows(tmp_path) == 0
+
+
 def test_unknown_model_offline(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
     model = "no-such-org/no-such-model-xyz"
     env = _env(tiny_models, tmp_path, IMAGINE_SD_MODEL=model)

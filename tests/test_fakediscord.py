@@ -276,6 +276,21 @@ async def test_expired_token_gives_401_50027(fake: FakeDiscord, bot: MiniBot) ->
     assert inter.original.loading and not inter.followups
 
 
+async def test_enforced_nonce_returns_the_first_message(fake: FakeDiscord, bot: MiniBot) -> None:
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    # discord.py sends `enforce_nonce` with every nonce: a repeat within the window is the same message.
+    first = await channel.send("hello", nonce="ib-0123456789")
+    again = await channel.send("hello", nonce="ib-0123456789")
+    other = await channel.send("hello", nonce="ib-other")
+    assert again.id == first.id and first.nonce == "ib-0123456789"
+    assert other.id != first.id
+    assert [m.id for m in fake.channel_messages() if m.content == "hello"] == [first.id, other.id]
+    fake.nonce_window = 0.0  # Discord forgets a nonce after a few minutes
+    late = await channel.send("hello", nonce="ib-0123456789")
+    assert late.id != first.id
+
+
 async def test_rest_rules(fake: FakeDiscord, bot: MiniBot) -> None:
     channel = bot.get_channel(fake.channel_id)
     assert isinstance(channel, discord.TextChannel)

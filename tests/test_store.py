@@ -253,11 +253,18 @@ async def test_user_limit_counts_only_pending_jobs(store: HistoryStore) -> None:
 
 async def test_cooldown(store: HistoryStore) -> None:
     await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1000.0)
-    with pytest.raises(Cooldown, match=r"slow down: you can start a new job in 7 s"):
+    with pytest.raises(Cooldown, match=r"you queued a job 3 s ago; please wait 7 s more"):
         await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1003.0)
     await store.create_job(_spec(user_id=2), cooldown_seconds=10, now=1003.0)
     await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1010.5)
     assert await store.count_jobs(any_user=True) == 3
+
+
+async def test_cooldown_does_not_hold_back_a_member_whose_job_has_finished(store: HistoryStore) -> None:
+    first = await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1000.0)
+    await _finish(store, first)
+    # Nothing of theirs is waiting: the next job starts at once, whatever the cooldown.
+    await store.create_job(_spec(user_id=1), cooldown_seconds=10, now=1001.0)
 
 
 # -- concurrency -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,12 +26,14 @@ from bot.engine.loading import (
     resolve_device,
     resolve_dtype,
 )
+from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
     GenerationResult,
     InvalidRequest,
+    ModelLoadError,
     OutOfMemory,
     ProgressCallback,
 )
@@ -83,6 +86,8 @@ class Engine:
         self._safety: Any | None = None
         self.model_info: dict[str, Any] = {}
         self.stats = GpuStats()
+        # Compiled here, not at load: the member's own text is checked before a job is queued.
+        self.blocklist = compile_blocklist(config.blocklist)
 
     # -- thread plumbing -------------------------------------------------------------------------
     async def _on_gpu(self, fn: Callable[[], T]) -> T:
@@ -98,46 +103,27 @@ class Engine:
         await self._on_gpu(self._load_sync)
 
     def _load_sync(self) -> None:
+        """Load every model, or none: a failed load leaves the engine unloaded, and the next call retries."""
         if self.renderer is not None:
             return
         quiet_libraries()
         if self.device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
         started = time.perf_counter()
-        pipe, sd_info = load_sd_pipeline(
-            self.config.sd_model,
-            device=self.device,
-            dtype=self.dtype,
-            low_vram=self.config.low_vram,
-            compile_mode=self.config.compile,
-        )
-        self.renderer = Renderer(
-            pipe, device=self.device, dtype=self.dtype, preview_every=self.config.preview_every
-        )
-        model, tokenizer, text_info = load_text_model(self.config.text_model, device=self.device)
-        self.expander = PromptExpander(
-            model,
-            tokenizer,
-            model_id=self.config.text_model,
-            revision=text_info["revision"],
-            device=self.device,
-            blocklist=self.config.blocklist,
-            sampling=self.config.sampling,
-            count_clip_tokens=self.renderer.count_clip_tokens,
-            clip_max_tokens=self.renderer.clip_max_tokens,
-        )
-        if self.config.safety_checker:
-            self._safety = load_safety_checker(
-                self.config.safety_checker_model, device=self.device, dtype=self.dtype
-            )
-        self.model_info = {
-            "sd": sd_info,
-            "text": text_info,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "safety_checker": self.config.safety_checker_model if self._safety is not None else None,
-            "versions": _library_versions(),
-        }
+        try:
+            renderer, expander, safety, model_info = self._load_models()
+        except Exception as exc:
+            # The traceback holds the half-built pipeline in its frames: drop those locals so a failed
+            # load does not keep gigabytes of weights on the device until the next attempt.
+            _clear_traceback_frames(exc)
+            gc.collect()
+            free_device_memory(self.device)
+            if isinstance(exc, ModelLoadError):
+                log.error("%s", exc.detail)
+            raise
+        # Published together, only after everything loaded: `renderer is not None` means fully loaded.
+        self.expander, self._safety, self.model_info = expander, safety, model_info
+        self.renderer = renderer
         if self.config.warmup_size is not None and self.config.compile != "off":
             self._warm_up(*self.config.warmup_size)
         # The models are hundreds of thousands of long-lived objects; a full GC walking them stalls every
@@ -150,6 +136,45 @@ class Engine:
             self.model_info["dtype"],
             time.perf_counter() - started,
         )
+
+    def _load_models(self) -> tuple[Renderer, PromptExpander, Any | None, dict[str, Any]]:
+        pipe, sd_info = load_sd_pipeline(
+            self.config.sd_model,
+            device=self.device,
+            dtype=self.dtype,
+            low_vram=self.config.low_vram,
+            compile_mode=self.config.compile,
+        )
+        renderer = Renderer(
+            pipe, device=self.device, dtype=self.dtype, preview_every=self.config.preview_every
+        )
+        model, tokenizer, text_info = load_text_model(self.config.text_model, device=self.device)
+        expander = PromptExpander(
+            model,
+            tokenizer,
+            model_id=self.config.text_model,
+            revision=text_info["revision"],
+            device=self.device,
+            blocklist=self.config.blocklist,
+            sampling=self.config.sampling,
+            count_clip_tokens=renderer.count_clip_tokens,
+            clip_max_tokens=renderer.clip_max_tokens,
+        )
+        safety = None
+        if self.config.safety_checker:
+            safety = load_safety_checker(
+                self.config.safety_checker_model, device=self.device, dtype=self.dtype
+            )
+        model_info = {
+            "sd": sd_info,
+            "text": text_info,
+            "device": str(self.device),
+            # What the weights really are, not what was asked for (load_sd_pipeline checks they agree).
+            "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+            "safety_checker": self.config.safety_checker_model if safety is not None else None,
+            "versions": _library_versions(),
+        }
+        return renderer, expander, safety, model_info
 
     def _warm_up(self, width: int, height: int) -> None:
         assert self.renderer is not None
@@ -164,7 +189,7 @@ class Engine:
     # -- jobs --------------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
         """Cheap checks that need no model (run them on the event loop before queueing)."""
-        validate_request(request, self.config.limits)
+        validate_request(request, self.config.limits, self.blocklist)
 
     async def generate(
         self,
@@ -293,6 +318,14 @@ class Engine:
         self._load_sync()
         assert self.expander is not None
         return self.expander.expand(seed_text, count, job_seed).prompts
+
+
+def _clear_traceback_frames(exc: BaseException | None) -> None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def _library_versions() -> dict[str, str]:

@@ -17,7 +17,7 @@ from bot.engine.prompts import (
     is_blocked,
     with_seed_prefix,
 )
-from bot.engine.types import ExpansionResult
+from bot.engine.types import BlockedText, ExpansionResult
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class PromptExpander:
     def expand(self, seed_text: str, count: int, job_seed: int, *, safe_mode: bool = True) -> ExpansionResult:
         """Expand `seed_text` into `count` prompts; deterministic for the same seed and settings."""
         seed = seed_text.strip()
+        if safe_mode and is_blocked(seed, self.blocklist):
+            # Checked before queueing too; never fall back to (render) a seed the filter blocks.
+            raise BlockedText("`seed` is not allowed by the content filter here; rephrase it")
         started = time.perf_counter()
         prompts: list[str] = []
         seen = {seed.lower()}

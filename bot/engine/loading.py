@@ -42,7 +42,10 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("IMAGINE_DEVICE=cuda but no CUDA device is available")
+        raise ModelLoadError(
+            "IMAGINE_DEVICE=cuda but no CUDA device is available: set IMAGINE_DEVICE=auto or cpu, "
+            "or check the NVIDIA driver (nvidia-smi)"
+        )
     return torch.device(name)
 
 
@@ -85,8 +88,11 @@ def resolve_revision(model_id: str) -> str:
 
 
 def _load_error(model_id: str, setting: str, exc: BaseException) -> ModelLoadError:
+    # The whole first line of the cause: this text goes to the log and the operator's terminal only.
+    text = str(exc).strip()
+    cause = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
     return ModelLoadError(
-        f"could not load {setting}={model_id!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+        f"could not load {setting}={model_id!r} ({cause}). "
         "Check the id and your network, or point it at a local folder "
         "(for an offline smoke test: `python -m bot tiny-models .tiny-models` then "
         "IMAGINE_SD_MODEL=.tiny-models/sd IMAGINE_TEXT_MODEL=.tiny-models/text)"
@@ -105,6 +111,13 @@ def load_sd_pipeline(
         )
     except Exception as exc:
         raise _load_error(model_id, "IMAGINE_SD_MODEL", exc) from exc
+    loaded_dtype = pipe.unet.dtype
+    if loaded_dtype != dtype:
+        # diffusers < 0.40 ignored `dtype=` (it read only `torch_dtype=`): never record one dtype and run another.
+        raise ModelLoadError(
+            f"IMAGINE_SD_MODEL={model_id!r} loaded as {loaded_dtype}, not the requested {dtype}: "
+            "upgrade diffusers (>= 0.40)"
+        )
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
         pipe.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=False
     )

@@ -25,6 +25,12 @@ class InvalidRequest(EngineError):
     user_message = "invalid request"
 
 
+class BlockedText(InvalidRequest):
+    """The member's own text matches the content filter's blocklist (filtered channels, the CLI)."""
+
+    user_message = "that text is not allowed by the content filter"
+
+
 class OutOfMemory(EngineError):
     """The device ran out of memory; the executor stays usable."""
 
@@ -38,9 +44,20 @@ class JobCancelled(EngineError):
 
 
 class ModelLoadError(EngineError):
-    """A model could not be loaded (no network, unknown id, broken folder)."""
+    """A model could not be loaded (no network, unknown id, broken folder).
 
-    user_message = "a model could not be loaded"
+    Members see only `user_message`, a plain sentence; `detail` (the setting, the id or local path, the
+    exception and what the operator can do) is for the log and the operator's own command line.
+    """
+
+    user_message = "the image models could not be loaded; the bot's operator has been told"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True)

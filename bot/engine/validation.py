@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.engine.types import GenerationRequest, InvalidRequest
+from bot.engine.types import BlockedText, GenerationRequest, InvalidRequest
 
 MAX_SEED_NUMBER = 2**32 - 1
 
@@ -38,10 +40,32 @@ def clean_user_text(text: str, *, name: str, max_chars: int, required: bool) -> 
     return stripped
 
 
-def validate_request(request: GenerationRequest, limits: Limits) -> None:
-    """Raise InvalidRequest naming the first bad argument; return None when the request can run."""
+def check_blocklist(text: str, *, name: str, blocklist: Sequence[re.Pattern[str]]) -> None:
+    """Raise BlockedText naming the argument and the words the blocklist matched."""
+    for pattern in blocklist:
+        match = pattern.search(text)
+        if match is not None:
+            words = " ".join(match[0].split())[:40] or match[0][:40]
+            raise BlockedText(
+                f"`{name}` contains “{words}”, which the content filter here does not allow; rephrase it"
+            )
+
+
+def validate_request(
+    request: GenerationRequest, limits: Limits, blocklist: Sequence[re.Pattern[str]] = ()
+) -> None:
+    """Raise InvalidRequest naming the first bad argument; return None when the request can run.
+
+    With `safe_mode`, the member's own text (seed, negative, given prompts) must pass `blocklist`: the
+    expander's fallback to the plain seed is then always a seed that passed.
+    """
     clean_user_text(request.seed_text, name="seed", max_chars=limits.max_prompt_chars, required=True)
     clean_user_text(request.negative, name="negative", max_chars=limits.max_prompt_chars, required=False)
+    if request.safe_mode:
+        check_blocklist(request.seed_text, name="seed", blocklist=blocklist)
+        check_blocklist(request.negative, name="negative", blocklist=blocklist)
+        for prompt in request.prompts or ():
+            check_blocklist(prompt, name="prompt", blocklist=blocklist)
     if not isinstance(request.expand, bool):
         raise InvalidRequest(f"`expand` must be true or false, got {type(request.expand).__name__}")
     _check_int("count", request.count, 1, limits.max_count)

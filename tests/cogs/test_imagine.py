@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from pathlib import Path
 
@@ -169,3 +170,23 @@ async def test_invalid_options_get_ephemeral_range_message(fake: FakeDiscord, ru
     reply = await interaction.wait_final(timeout=10)
     assert reply.ephemeral and "`steps` must be 1..50, got 400" in reply.content
     assert await running.store.count_jobs(any_user=True) == 0
+
+
+async def test_member_text_is_shown_with_markdown_escaped(fake: FakeDiscord, running: RunningBot) -> None:
+    link = "[free nitro](https://evil.example/claim)"
+    seed = f"{link} **castle**"
+    _, message = await imagine(fake, fake.alice_id, seed=seed, count=1, negative=f"{link} _blur_")
+    embed = message.embeds[0]
+    shown = [embed["title"], embed["description"], *(f["value"] for f in embed["fields"])]
+    # Before: the seed (title, every prompt) and the negative were shown verbatim: a live masked link.
+    for text in shown:
+        assert not re.search(r"(?<!\\)\[free nitro(?<!\\)\]\(", text), text
+        assert "**castle**" not in text and "_blur_" not in text, text
+    assert r"\[free nitro\](https://evil.example/claim) \*\*castle\*\*" in embed["title"]
+    job_id = message.find_component(label="U1")["custom_id"].split(":")[2]
+    assert (await running.store.get_job(job_id)).seed_text == seed  # stored as typed
+
+    listing = await fake.send_slash("history", {}, user_id=fake.alice_id)
+    page = await listing.wait_final(timeout=30, predicate=lambda m: bool(m.embeds))
+    assert r"\[free nitro\]" in page.embeds[0]["description"]
+    assert "[free nitro](" not in page.embeds[0]["description"]

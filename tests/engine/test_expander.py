@@ -10,7 +10,7 @@ import pytest
 
 from bot.engine.executor import Engine
 from bot.engine.expander import PromptExpander
-from bot.engine.types import ExpansionResult, GenerationRequest
+from bot.engine.types import BlockedText, ExpansionResult, GenerationRequest
 from bot.settings import Settings
 
 SEED = "Northeastern University"
@@ -122,12 +122,19 @@ def test_blocked_prompts_are_regenerated(engine: Engine) -> None:
     assert len(set(real)) == len(real)
 
 
-@pytest.mark.parametrize("blocklist", [["."], [r"\w"]])
-def test_everything_blocked_falls_back_to_the_seed(engine: Engine, blocklist: list[str]) -> None:
-    result = _expand_with(engine, 0, blocklist=blocklist)
+def test_every_expansion_blocked_falls_back_to_a_seed_that_passes(engine: Engine) -> None:
+    # Every expansion is "seed, continuation"; the seed itself has no comma and passes.
+    result = _expand_with(engine, 0, blocklist=[","])
     assert result.prompts == (SEED,) * 4
     assert result.settings["fallback"] == 4
     assert result.settings["blocked"] > 0
+
+
+@pytest.mark.parametrize("blocklist", [["."], [r"\w"], [r"\bnortheastern\b"]])
+def test_a_blocked_seed_never_falls_back_to_itself(engine: Engine, blocklist: list[str]) -> None:
+    # Before: the blocked seed itself became all four prompts and was rendered as typed.
+    with pytest.raises(BlockedText):
+        _expand_with(engine, 0, blocklist=blocklist)
 
 
 def test_safe_mode_off_skips_the_blocklist(engine: Engine) -> None:

@@ -1,0 +1,131 @@
+"""What the environment can break gives one `error:` line and a prompt non-zero exit, never a traceback
+or a hang: a damaged database, a bad data folder, no GPU, no network (subprocesses under a timeout)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A hang is the defect under test: fail it well before the suite's own timeout.
+PROMPT_EXIT_S = 90
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
+    env.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "IMAGINE_DATA_DIR": str(data_dir),
+            "IMAGINE_SD_MODEL": str(data_dir / "no-sd-model"),
+            "IMAGINE_TEXT_MODEL": str(data_dir / "no-text-model"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "bot", *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=PROMPT_EXIT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`{' '.join(args)}` did not exit within {PROMPT_EXIT_S}s: {exc.stderr!r}")
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode not in (0, None), output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def _run_all(
+    cases: list[tuple[list[str], dict[str, str]]], cwd: Path
+) -> list[subprocess.CompletedProcess[str]]:
+    # Independent processes: side by side (each pays the torch import).
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        return list(pool.map(lambda case: _cli(case[0], case[1], cwd), cases))
+
+
+def test_every_command_on_a_database_of_random_bytes_exits_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db_path = data / "history.sqlite3"
+    db_path.write_bytes(os.urandom(64 * 1024))
+    env = _env(data)
+    commands = [["history"], ["show", "abc"], ["imagine", "a lighthouse", "--steps", "2"], ["run"]]
+    env_run = {**env, "DISCORD_TOKEN": "not-a-real-token"}
+    results = _run_all([(cmd, env_run if cmd == ["run"] else env) for cmd in commands], tmp_path)
+    for command, result in zip(commands, results, strict=True):
+        line = _one_error_line(result)
+        assert str(db_path) in line, (command, line)
+        assert "backup" in line, (command, line)
+        assert result.returncode == 1, (command, result.returncode)
+
+
+def test_a_data_dir_that_is_a_file_exits_with_one_line(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("not a folder")
+    line = _one_error_line(_cli(["history"], _env(not_a_folder), tmp_path))
+    assert str(not_a_folder) in line
+    assert "IMAGINE_DATA_DIR" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_data_dir_exits_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    sqlite3.connect(data / "history.sqlite3").close()
+    data.chmod(0o500)
+    try:
+        line = _one_error_line(_cli(["history"], _env(data), tmp_path))
+    finally:
+        data.chmod(0o700)
+    assert str(data) in line
+
+
+def test_cuda_without_a_gpu_exits_with_one_line_and_writes_no_row(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    data = tmp_path / "data"
+    line = _one_error_line(_cli(["imagine", "a lighthouse"], _env(data, IMAGINE_DEVICE="cuda"), tmp_path))
+    assert "IMAGINE_DEVICE=cuda" in line
+    with sqlite3.connect(data / "history.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+
+
+def test_run_and_sync_without_network_exit_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(
+        tmp_path / "data",
+        DISCORD_TOKEN="not-a-real-token",
+        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
+        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
+    )
+    for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
+        line = _one_error_line(result)
+        assert "cannot reach Discord" in line
+        assert f"127.0.0.1:{port}" in line
