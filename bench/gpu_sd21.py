@@ -15,9 +15,12 @@ Measures, for `--count` images of `--width`x`--height` at `--steps` steps, guida
     tokens, the expander's sampling arguments
   * the cheap progress preview (bot.engine.renderer.latents_to_preview) per call and per job
   * the comparison with the physical floor: 0.46 s for 4x768² at 25 steps on an H100 in bf16
+  * with `--actions`: each Midjourney-style action (upscale, vary, zoom out, pan, image prompt) against a
+    plain grid of the same size, with the last configuration (bench/actions.py)
 
     python -m bench.gpu_sd21                                  # on the GPU: 4x768², 25 steps, every config
     python -m bench.gpu_sd21 --device cpu --steps 2 --width 512 --height 512 --count 1 --reps 1   # smoke
+    python -m bench.gpu_sd21 --actions                        # plus the cost of each action vs a grid
 """
 
 from __future__ import annotations
@@ -511,6 +514,25 @@ def run(args: argparse.Namespace) -> int:
         f"best here ({best.name}) {best.seconds:.3f} s = {best.seconds / FLOOR_SECONDS:.2f}x the floor"
         + ("" if same else " (different shape: not comparable)")
     )
+
+    if args.actions:
+        # Midjourney-style actions on the same pipeline and config (bench/actions.py): cost vs a plain grid.
+        from bench.actions import HEADERS, action_rows
+        from bot.engine.renderer import Renderer
+
+        print()
+        print(f"actions ({last.name} config; a compiled UNet recompiles for the new shapes in the warm-up):")
+        renderer = Renderer(pipe, device=device, dtype=pipe.unet.dtype, preview_every=0)
+        rows = action_rows(
+            renderer,
+            count=args.count,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            reps=max(1, args.reps // 2),
+            synchronize=lambda: synchronize(device),
+        )
+        print_table(HEADERS, rows)
     return 0
 
 
@@ -552,6 +574,11 @@ def main() -> int:
         "--sweep-steps", default=None, help="steps to time with the last config (CUDA: 20,30,50)"
     )
     parser.add_argument("--preview-every", type=int, default=5)
+    parser.add_argument(
+        "--actions",
+        action="store_true",
+        help="also time Upscale, Vary, Zoom Out, Pan and image prompts against a plain grid (bench/actions.py)",
+    )
     args = parser.parse_args()
     offline()
     setup_logging(args.verbose)

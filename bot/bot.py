@@ -27,7 +27,7 @@ from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.history", "cogs.settings")
+EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings")
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 
@@ -90,7 +90,8 @@ class ImagineBot(commands.Bot):
         try:
             await self.engine.load()
         except EngineError as exc:
-            log.error("%s", exc.user_message)
+            # The engine has logged what failed and how to fix it; loading is retried by the next job.
+            log.warning("models not loaded at start-up (%s); the next job retries", type(exc).__name__)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

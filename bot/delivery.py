@@ -352,9 +352,13 @@ class Deliverer:
                 continue  # the DM cannot be searched like the channel: never risk a duplicate
             if job.delivery == "sending":
                 # Killed between claiming the delivery and recording the message: look before re-posting.
-                if job.message_id is not None and await self._shows_result(job, job.message_id):
-                    await self.store.mark_delivered(job.id, message_id=job.message_id)
-                    continue
+                if job.message_id is not None:
+                    shown = await self._shows_result(job, job.message_id)
+                    if shown is None:
+                        continue  # cannot tell: never risk a duplicate (the result stays in /history)
+                    if shown:
+                        await self.store.mark_delivered(job.id, message_id=job.message_id)
+                        continue
                 if not nonce_still_guards(job):
                     # Discord may have forgotten the nonce: the channel's recent messages are all we have.
                     readable, posted = await self._find_posted_result(job)
@@ -368,15 +372,23 @@ class Deliverer:
                 job = replace(job, delivery="pending", message_id=None)
             await self.on_finished(JobOutcome(job))
 
-    async def _shows_result(self, job: JobRecord, message_id: int) -> bool:
-        """True when the recorded interaction response already shows the job's final result."""
+    async def _shows_result(self, job: JobRecord, message_id: int) -> bool | None:
+        """Whether the recorded interaction response shows the job's final result (None: can't read it)."""
         assert job.channel_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
             message = await channel.fetch_message(message_id)
+        except discord.NotFound:
+            return False  # deleted (or never filled): nothing shows the result
         except discord.HTTPException as exc:
-            log.info("recorded message %s of job %s unreadable: %s", message_id, job.id, exc.status)
-            return False
+            log.warning(
+                "cannot read message %s in channel %s to check job %s: %s",
+                message_id,
+                job.channel_id,
+                job.id,
+                exc.status,
+            )
+            return None
         return is_result_message(message, job.id)
 
     async def _find_posted_result(self, job: JobRecord) -> tuple[bool, int | None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,8 @@ from PIL import Image
 from bot.engine.executor import Engine
 from bot.engine.images import compose_grid, png_bytes
 from bot.engine.safety import TileClassifier, screen_tiles
-from bot.engine.types import EngineError, GenerationRequest, GenerationResult, JobCancelled
+from bot.engine.types import EngineError, GenerationRequest, GenerationResult, InvalidRequest, JobCancelled
+from bot.flags import chaos_temperature
 from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,13 @@ FinishedHandler = Callable[[JobOutcome], Awaitable[None]]
 StartedHandler = Callable[[JobRecord], Awaitable[None]]
 
 
-def request_from_job(job: JobRecord | JobSpec) -> GenerationRequest:
-    """The engine request for a stored row or a new spec (used to validate, run, rerun and reproduce)."""
+def request_from_job(
+    job: JobRecord | JobSpec, *, init_image: bytes | None = None, mask_image: bytes | None = None
+) -> GenerationRequest:
+    """The engine request for a stored row or a new spec (used to validate, run, rerun and reproduce).
+
+    The input images travel as bytes (workers may be remote); `load_request` reads them from the job's files.
+    """
     return GenerationRequest(
         seed_text=job.seed_text,
         count=job.count,
@@ -53,10 +58,29 @@ def request_from_job(job: JobRecord | JobSpec) -> GenerationRequest:
         expand=job.expand,
         prompts=job.given_prompts,
         image_seeds=job.given_seeds,
-        init_image_path=job.init_image,
+        init_image=init_image,
         strength=job.strength if job.strength is not None else 0.6,
         safe_mode=job.safe_mode,
+        mask_image=mask_image,
+        action=job.render_action or job.action,
+        temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
     )
+
+
+async def load_request(job: JobRecord) -> GenerationRequest:
+    """`request_from_job` with the job's source image and mask read off the event loop."""
+
+    def read(path: str | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"the {what} of this job is gone from disk") from exc
+
+    init_image = await asyncio.to_thread(read, job.init_image, "source image")
+    mask_image = await asyncio.to_thread(read, job.mask_image, "mask")
+    return request_from_job(job, init_image=init_image, mask_image=mask_image)
 
 
 def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
@@ -79,6 +103,9 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         given_prompts=old.prompts,
         given_seeds=tuple(tile.image_seed for tile in old.tiles),
         init_image=old.init_image,
+        mask_image=old.mask_image,
+        chaos=old.chaos,
+        render_action=old.render_action or old.action,
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,
@@ -279,7 +306,8 @@ class JobRunner:
                 handler(job.id, step, total, preview)
 
         try:
-            result = await self.engine.generate(request_from_job(job), on_progress=progress, cancel=cancel)
+            request = await load_request(job)
+            result = await self.engine.generate(request, on_progress=progress, cancel=cancel)
         except asyncio.CancelledError:
             # Shutdown while running: the GPU thread finishes the batch; the row must not stay `running`.
             await asyncio.shield(self.store.mark_failed(job.id, "interrupted"))
@@ -323,9 +351,10 @@ class JobRunner:
 
     def _write_files(self, job: JobRecord, result: GenerationResult) -> tuple[list[Tile], Path, bytes]:
         folder = self.images_dir / job.id
-        if folder.exists():
-            shutil.rmtree(folder)  # a retried job starts clean
-        folder.mkdir(parents=True)
+        # A retried job starts clean, but keeps its inputs (source image, mask) staged before it queued.
+        for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
+            old.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         images, flags = screen_tiles(
             self.classifier if job.safe_mode else None, result.images, result.nsfw_flags
         )

@@ -19,6 +19,18 @@ ACTION_TITLES = {
     "variation": "variations of ",
     "reproduce": "reproduction of ",
     "rerun": "re-run of ",
+    "image": "🖼️ ",
+    "remix": "✏️ remix of ",
+    "upscale-subtle": "upscale (subtle) of ",
+    "upscale-creative": "upscale (creative) of ",
+    "vary-subtle": "vary (subtle) of ",
+    "vary-strong": "vary (strong) of ",
+    "zoom-1.5": "zoom out 1.5x of ",
+    "zoom-2": "zoom out 2x of ",
+    "pan-left": "⬅️ pan of ",
+    "pan-right": "➡️ pan of ",
+    "pan-up": "⬆️ pan of ",
+    "pan-down": "⬇️ pan of ",
 }
 
 _REASONS = {
@@ -89,6 +101,14 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     embed.add_field(name="Size", value=f"{job.width}×{job.height}")
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
+    if not job.expand and job.given_prompts is None:
+        embed.add_field(name="Raw", value="yes (no expansion)")
+    if job.chaos is not None:
+        embed.add_field(
+            name="Chaos", value=f"{job.chaos} (temperature {job.expander.get('temperature', '?')})"
+        )
+    if job.strength is not None and job.init_image is not None and job.mask_image is None:
+        embed.add_field(name="Strength", value=f"{job.strength:g}")
     if job.negative:
         embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
     if job.parent_id:
@@ -194,6 +214,15 @@ def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     embed.add_field(name="Expanded", value="yes" if job.expand else "no")
+    if job.action != "imagine":
+        source = (
+            f" of `{job.parent_id}`" + (f" image {job.source_tile}" if job.source_tile else "")
+            if job.parent_id
+            else ""
+        )
+        embed.add_field(name="Action", value=clip(job.action + source, 1000))
+    if job.chaos is not None:
+        embed.add_field(name="Chaos", value=str(job.chaos))
     if job.negative:
         embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
     if job.undelivered_reason:

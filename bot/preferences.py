@@ -2,7 +2,7 @@
 
 Precedence (README → /settings): the operator's limits (environment) ⊇ the server's settings ⊇ the member's
 defaults ⊇ the options of one command. Every value is checked against the bound above it when it is set, and
-the refusal names that bound. The tables are created by migration 3 in `bot.store`; this class shares the
+the refusal names that bound. The tables are created by migration 4 in `bot.store`; this class shares the
 history store's one connection and its `BEGIN IMMEDIATE` write pattern.
 """
 

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     height: int = Field(768, ge=64)
     count: int = Field(4, ge=1)
     variation_strength: float = Field(0.6, gt=0.0, le=1.0)
+    # Midjourney-style actions (img2img strengths: how far the result may move from its source)
+    image_strength: float = Field(0.6, ge=0.05, le=1.0)
+    upscale_subtle_strength: float = Field(0.25, gt=0.0, le=1.0)
+    upscale_creative_strength: float = Field(0.5, gt=0.0, le=1.0)
+    vary_subtle_strength: float = Field(0.35, gt=0.0, le=1.0)
+    vary_strong_strength: float = Field(0.75, gt=0.0, le=1.0)
+    # Optional dedicated inpainting checkpoint for Zoom Out/Pan (e.g. an SD 2 inpainting model).
+    inpaint_model: str | None = None
+    # Uploaded images (`/imagine image:`): largest width or height accepted, download timeout.
+    max_image_side: int = Field(4096, ge=64, le=16384)
+    image_download_timeout: float = Field(20.0, gt=0.0, le=300.0)
 
     # Hard limits
     max_steps: int = Field(50, ge=1, le=500)
@@ -87,6 +98,8 @@ class Settings(BaseSettings):
     max_count: int = Field(4, ge=1, le=9)
     max_guidance: float = Field(20.0, gt=0.0, le=50.0)
     max_prompt_chars: int = Field(500, ge=10, le=6000)
+    # Upscale, Zoom Out and Pan results (larger than a grid tile) are capped at this many pixels.
+    max_output_pixels: int = Field(2048 * 2048, ge=64 * 64)
 
     # Prompt expander
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
@@ -123,7 +136,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", "discord_token_file", mode="before")
+    @field_validator("discord_token", "dev_guild", "discord_token_file", "inpaint_model", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.

@@ -12,11 +12,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN undelivered_reason TEXT;
     ALTER TABLE jobs ADD COLUMN delivery_claimed_at REAL;
     """,
-    # 3: /settings (member defaults, server settings, the server's change log); private delivery and the
+    # 3: outpaint masks, --chaos, and the action that decides how a reproduction renders
+    """
+    ALTER TABLE jobs ADD COLUMN mask_image TEXT;
+    ALTER TABLE jobs ADD COLUMN chaos INTEGER;
+    ALTER TABLE jobs ADD COLUMN render_action TEXT;
+    """,
+    # 4: /settings (member defaults, server settings, the server's change log); private delivery and the
     # member defaults a job used
     """
     ALTER TABLE jobs ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
@@ -179,6 +187,12 @@ class JobSpec:
     user_id: int | None = None
     guild_id: int | None = None
     channel_id: int | None = None
+    mask_image: str | None = None
+    chaos: int | None = None
+    # A reproduction renders like its original (upscale: 2x limit, VAE tiling): the original's action.
+    render_action: str | None = None
+    # Preallocated id: the job's input images are written into its folder before the row exists.
+    id: str | None = None
     #: deliver to the member alone (the ephemeral response, else a DM), never the channel
     private: bool = False
     #: the parameters that came from the member's /settings defaults (shown in the result)
@@ -225,6 +239,9 @@ class JobRecord:
     # Set when Discord refused both the interaction edit and the channel post (delivery is then 'none').
     undelivered_reason: str | None = None
     delivery_claimed_at: float | None = None
+    mask_image: str | None = None
+    chaos: int | None = None
+    render_action: str | None = None
     private: bool = False
     from_defaults: tuple[str, ...] = ()
 
@@ -249,6 +266,11 @@ class JobRecord:
             "width": self.width,
             "height": self.height,
             "expand": self.expand,
+            "chaos": self.chaos,
+            "strength": self.strength,
+            "source_tile": self.source_tile,
+            "init_image": self.init_image,
+            "mask_image": self.mask_image,
             "prompts": list(self.prompts),
             "image_seeds": [tile.image_seed for tile in self.tiles],
             "images": [tile.path for tile in self.tiles],
@@ -414,7 +436,11 @@ class HistoryStore:
     ) -> JobRecord:
         """Write a `queued` row, enforcing the queue limits in the same transaction."""
         now = time.time() if now is None else now
-        job_id = new_job_id()
+        job_id = spec.id or new_job_id()
+        # Stored user text is one plain line: it is echoed in lists, embeds and the CLI's history.
+        spec = replace(
+            spec, seed_text=normalize_user_text(spec.seed_text), negative=normalize_user_text(spec.negative)
+        )
         async with self._write() as db:
             refusal = await self._limit_refusal(
                 db, spec.user_id, max_pending_per_user, max_queue, cooldown_seconds, now
@@ -424,8 +450,9 @@ class HistoryStore:
             query = """
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
-                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, private, from_defaults)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
+                    render_action, private, from_defaults)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -452,6 +479,9 @@ class HistoryStore:
                     spec.guild_id,
                     spec.channel_id,
                     now,
+                    spec.mask_image,
+                    spec.chaos,
+                    spec.render_action,
                     int(spec.private),
                     ",".join(spec.from_defaults),
                 ),
@@ -793,6 +823,9 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         tiles=tiles,
         undelivered_reason=row["undelivered_reason"],
         delivery_claimed_at=row["delivery_claimed_at"],
+        mask_image=row["mask_image"],
+        chaos=row["chaos"],
+        render_action=row["render_action"],
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
     )

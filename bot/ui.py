@@ -13,8 +13,22 @@ if TYPE_CHECKING:
     from bot.bot import ImagineBot
 
 # Actions: u = post tile alone, v = variations of a tile, rr = re-render (new image seeds),
-# rx = re-expand (new prompts), del = delete the message, post = re-post a saved grid, repro = exact re-render.
-JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro")
+# rx = re-expand (new prompts), del = delete the message, post = re-post a saved grid, repro = exact re-render,
+# rmx = remix a grid (modal), rmt = remix one image (modal); the tile actions below (single-image message).
+TILE_ACTIONS = {
+    "us": "upscale-subtle",
+    "uc": "upscale-creative",
+    "vs": "vary-subtle",
+    "vg": "vary-strong",
+    "z15": "zoom-1.5",
+    "z2": "zoom-2",
+    "pl": "pan-left",
+    "pr": "pan-right",
+    "pu": "pan-up",
+    "pd": "pan-down",
+}
+ACTION_BUTTONS = ("rmx", "rmt", *TILE_ACTIONS)
+JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", *ACTION_BUTTONS)
 JOB_ID = r"[0-9a-f]{10}"
 
 
@@ -123,7 +137,27 @@ def result_view(job: JobRecord) -> discord.ui.View:
         view.add_item(JobButton("v", job.id, tile.index, label=f"V{tile.index}", row=1))
     view.add_item(JobButton("rr", job.id, emoji="🔄", style=discord.ButtonStyle.primary, row=2))
     view.add_item(JobButton("rx", job.id, emoji="✨", style=discord.ButtonStyle.primary, row=2))
+    view.add_item(JobButton("rmx", job.id, label="Remix", emoji="✏️", row=2))
     view.add_item(JobButton("del", job.id, emoji="🗑", style=discord.ButtonStyle.danger, row=2))
+    return view
+
+
+def tile_view(job_id: str, tile: int) -> discord.ui.View:
+    """Upscale, Vary, Zoom Out, Pan and Remix under one image posted by a U button (3 rows of ≤ 5)."""
+    view = discord.ui.View(timeout=None)
+    primary = discord.ButtonStyle.primary
+    for code, label in (
+        ("us", "Upscale (Subtle)"),
+        ("uc", "Upscale (Creative)"),
+        ("vs", "Vary (Subtle)"),
+        ("vg", "Vary (Strong)"),
+    ):
+        view.add_item(JobButton(code, job_id, tile, label=label, style=primary, row=0))
+    view.add_item(JobButton("rmt", job_id, tile, label="Remix", emoji="✏️", row=0))
+    view.add_item(JobButton("z15", job_id, tile, label="Zoom Out 1.5x", row=1))
+    view.add_item(JobButton("z2", job_id, tile, label="Zoom Out 2x", row=1))
+    for code, arrow in (("pl", "⬅️"), ("pr", "➡️"), ("pu", "⬆️"), ("pd", "⬇️")):
+        view.add_item(JobButton(code, job_id, tile, emoji=arrow, row=2))
     return view
 
 
@@ -158,13 +192,15 @@ def clip(text: str, limit: int) -> str:
 # `<` starts mentions, channels, emojis and timestamps). A backslash before punctuation renders as the
 # punctuation itself, so escaping more than needed never shows.
 _MARKDOWN = re.compile(r"[\\`*_~|\[\]<>#]")
-_LEADING_LIST = re.compile(r"^([-+]|\d+\.)(?=\s)")
+_LEADING_BULLET = re.compile(r"^([-+])(?=\s)")
+_LEADING_NUMBER = re.compile(r"^(\d+)\.(?=\s)")
 
 
 def shown(text: str, limit: int) -> str:
     """Member-typed text for a message or embed: one line, markdown and mentions inert, within `limit`."""
     line = " ".join(text.split())
-    escaped = _LEADING_LIST.sub(r"\\\1", _MARKDOWN.sub(lambda m: "\\" + m[0], line))
+    escaped = _MARKDOWN.sub(lambda m: "\\" + m[0], line)
+    escaped = _LEADING_NUMBER.sub(r"\1\\.", _LEADING_BULLET.sub(r"\\\1", escaped))
     escaped = discord.utils.escape_mentions(escaped)
     if len(escaped) <= limit:
         return escaped

@@ -51,6 +51,7 @@ def limits_from(settings: Settings) -> Limits:
         max_count=settings.max_count,
         max_guidance=settings.max_guidance,
         max_prompt_chars=settings.max_prompt_chars,
+        max_output_pixels=settings.max_output_pixels,
     )
 
 
@@ -75,6 +76,7 @@ def engine_config_from(settings: Settings) -> EngineConfig:
             repetition_penalty=settings.expand_repetition_penalty,
         ),
         warmup_size=(settings.width, settings.height),
+        inpaint_model=settings.inpaint_model,
     )
 
 

@@ -7,10 +7,13 @@ import io
 import logging
 import math
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -19,10 +22,12 @@ from bot.bot import reply_ephemeral
 from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import EngineError, InvalidRequest
+from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.jobs import rerun_spec
 from bot.messages import SPOILER_PREFIX, queued_text, result_embed, result_filename
 from bot.store import JobRecord, JobSpec, QueueRefused
-from bot.ui import JobButton, clip, result_view, shown
+from bot.ui import ACTION_BUTTONS, clip, result_view, shown, tile_view
+from bot.uploads import check_declared, discard_inputs, fit_upload, stage_inputs
 from cogs.settings import imagine_settings
 
 if TYPE_CHECKING:
@@ -32,6 +37,10 @@ log = logging.getLogger(__name__)
 
 Aspect = Literal["square", "portrait", "landscape"]
 MAX_SEED = 2**32 - 1
+# How /imagine's options are named in error messages about a clashing inline flag.
+OPTION_LABELS = {"seed": "seed_number", "expand": "expand", "negative": "negative", "aspect": "aspect"}
+# Produces (source image, mask) bytes for a new job once the interaction is deferred.
+InputSource = Callable[[], Awaitable[tuple[bytes | None, bytes | None]]]
 
 
 def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -80,6 +89,8 @@ class ImagineCog(commands.Cog):
         aspect: Aspect | None = None,
         seed_number: app_commands.Range[int, 0, MAX_SEED] | None = None,
         expand: bool | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
         """Turn a short text into pictures: GPT-2 writes the prompts, Stable Diffusion paints them.
 
@@ -101,39 +112,79 @@ class ImagineCog(commands.Cog):
             A number that makes the result reproducible.
         expand
             Let GPT-2 write richer prompts (on) or use your text as-is (off).
+        image
+            A PNG, JPEG or WebP picture to start every image from.
+        strength
+            With an image: how far to move away from it, 0.05 (barely) to 1 (ignore it).
         """
         s = self.settings
-        options = {"count": count, "negative": negative, "steps": steps, "guidance": guidance}
-        resolved = await imagine_settings(
-            self.bot, interaction, {**options, "aspect": aspect, "expand": expand}
-        )
+        # Inline `--flags` in the seed; a bad one or a clash with an option is an InvalidRequest (ephemeral).
+        flags = parse_inline_flags(seed)
+        given = {"negative": negative, "seed": seed_number, "steps": steps, "count": count}
+        merged = merge_flags(flags, {**given, "expand": expand, "aspect": aspect}, OPTION_LABELS)
+        # The member's and the server's /settings fill what the command and its flags leave open.
+        wanted = {key: merged[key] for key in ("count", "steps", "negative", "aspect", "expand")}
+        if merged["ratio"] is not None:
+            wanted["aspect"] = "square"  # `--ar` decides the shape: no aspect default applies
+        resolved = await imagine_settings(self.bot, interaction, {**wanted, "guidance": guidance})
         if resolved.refusal is not None:
             await reply_ephemeral(interaction, resolved.refusal)
             return
         p = resolved.parameters
-        width, height = size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
+        if merged["ratio"] is not None:
+            width, height = size_for_ratio(merged["ratio"], s.width, s.height, s.max_pixels)
+        else:
+            width, height = size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
+        if strength is not None and image is None:
+            raise InvalidRequest("`strength` only applies together with `image`")
+        if image is not None:
+            check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
         spec = JobSpec(
-            seed_text=seed,
+            seed_text=flags.text,
             count=p.count,
             steps=p.steps,
             guidance=p.guidance,
             width=width,
             height=height,
-            job_seed=seed_number if seed_number is not None else secrets.randbelow(MAX_SEED + 1),
+            job_seed=_pick(merged["seed"], secrets.randbelow(MAX_SEED + 1)),
             negative=p.negative,
             expand=p.expand,
             safe_mode=resolved.safe_mode,
-            action="imagine",
+            action="imagine" if image is None else "image",
+            strength=None if image is None else _pick(strength, s.image_strength),
+            chaos=flags.chaos,
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
             private=p.private,
             from_defaults=p.from_member,
         )
-        await self.start_job(interaction, spec)
+        inputs = None if image is None else partial(self._uploaded_image, image, width, height)
+        await self.start_job(interaction, spec, inputs=inputs)
 
-    async def start_job(self, interaction: discord.Interaction[Any], spec: JobSpec) -> JobRecord | None:
-        """Check (ephemeral refusal), defer, queue, and follow the job in the deferred message."""
+    async def _uploaded_image(
+        self, attachment: discord.Attachment, width: int, height: int
+    ) -> tuple[bytes | None, bytes | None]:
+        """Download the upload (async, with a timeout) and fit it to the job's size off the loop."""
+        try:
+            data = await asyncio.wait_for(attachment.read(), self.settings.image_download_timeout)
+        except TimeoutError:
+            raise InvalidRequest("`image` took too long to download; try a smaller file") from None
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            raise InvalidRequest("`image` could not be downloaded from Discord; try again") from exc
+        fitted = await asyncio.to_thread(
+            fit_upload, data, width=width, height=height, max_side=self.settings.max_image_side
+        )
+        return fitted, None
+
+    async def start_job(
+        self, interaction: discord.Interaction[Any], spec: JobSpec, *, inputs: InputSource | None = None
+    ) -> JobRecord | None:
+        """Check (ephemeral refusal), defer, fetch and stage input images, queue, and follow the job.
+
+        `inputs` produces (source image, mask) bytes after the defer (a download, a canvas); inputs the
+        spec already points at (a rerun's, a variation's tile) are copied into the new job's folder.
+        """
         refusal = await self.bot.runner.admission_refusal(spec)
         if refusal is not None:
             message = getattr(refusal, "user_message", None) or str(refusal)
@@ -144,9 +195,19 @@ class ImagineCog(commands.Cog):
             # A private job (member /settings) is answered ephemerally: delivered to its owner alone.
             deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
             response_id = deferred.message_id if deferred is not None else None
+        images_dir = self.settings.images_dir
+        try:
+            init_image, mask_image = await inputs() if inputs is not None else (None, None)
+            spec = await asyncio.to_thread(
+                stage_inputs, images_dir, spec, init_image=init_image, mask_image=mask_image
+            )
+        except EngineError as exc:
+            await _refuse_after_defer(interaction, f"Can't start that: {exc.user_message}.")
+            return None
         try:
             job = await self.bot.runner.submit(spec)
         except (QueueRefused, EngineError) as exc:
+            await asyncio.to_thread(discard_inputs, images_dir, spec)
             # Lost a race with another request after the pre-check: say so in the (public) thinking message.
             message = getattr(exc, "user_message", None) or str(exc)
             await interaction.edit_original_response(content=f"Can't queue that: {message}.")
@@ -249,11 +310,23 @@ class ImagineCog(commands.Cog):
                 return
             await handlers[action](interaction, job, tile)
             return
-        # A private job's children are private too (member /settings: delivered to the presser alone).
+        if action in ACTION_BUTTONS:
+            if filtered_here and not job.safe_mode and action != "rmx":
+                # The new images start from this job's pictures: the same rule as posting them here.
+                await reply_ephemeral(
+                    interaction,
+                    f"Job `{job.id}` was made without the content filter (in an age-restricted channel); "
+                    "its images can't be used in this channel.",
+                )
+                return
+            actions = self.bot.get_cog("ActionsCog")
+            await actions.on_action(interaction, action, job, tile, safe_mode=filtered_here)  # type: ignore[union-attr]
+            return
         spec = replace(
             self._child_spec(interaction, job, action, tile),
             safe_mode=filtered_here,
             channel_id=interaction.channel_id,
+            # A private job's children are private too (member /settings: delivered to the presser alone).
             private=job.private,
         )
         await self.start_job(interaction, spec)
@@ -283,6 +356,9 @@ class ImagineCog(commands.Cog):
             strength=self.settings.variation_strength,
             given_prompts=(source.prompt,) * job.count,
             init_image=source.path,
+            # img2img from the tile: not the parent's outpaint mask or upscale rendering.
+            mask_image=None,
+            render_action=None,
         )
 
     async def _post_tile(
@@ -303,8 +379,7 @@ class ImagineCog(commands.Cog):
         if not filename.startswith(SPOILER_PREFIX):  # a flagged tile goes below the embed, as a spoiler
             embed.set_image(url=f"attachment://{filename}")
         embed.set_footer(text=f"Job {job.id} · image seed {source.image_seed}")
-        view = discord.ui.View(timeout=None)
-        view.add_item(JobButton("v", job.id, tile, label=f"Vary {tile}"))
+        view = tile_view(job.id, tile)
         try:
             await interaction.followup.send(
                 embed=embed,
@@ -334,6 +409,19 @@ class ImagineCog(commands.Cog):
             view=result_view(job),
         )
         await interaction.followup.send("Posted.", ephemeral=True)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+async def _refuse_after_defer(interaction: discord.Interaction[Any], text: str) -> None:
+    """An ephemeral refusal once the public "thinking" message exists: remove it, then say why privately."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException as exc:
+        log.info("could not remove the thinking message: %s", exc.status)
+    await reply_ephemeral(interaction, text)
 
 
 async def _encode_saved(path: str | None, upload_limit: int) -> EncodedImage:

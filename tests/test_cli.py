@@ -201,3 +201,24 @@ def test_tiny_models_command(tmp_path: Path, tiny_models: tuple[Path, Path]) -> 
         assert files == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
         for rel in files:
             assert (built / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
+def test_imagine_takes_the_same_inline_flags(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    env = _env(tiny_models, tmp_path, IMAGINE_WIDTH="128", IMAGINE_HEIGHT="128")
+    job = _json(
+        _cli(
+            ["imagine", "a cat --ar 2:1 --seed 5 --count 1 --no dogs --raw --chaos 10", "--json"],
+            env,
+            tmp_path,
+        )
+    )
+    assert job["status"] == "done", job["reason"]
+    assert (job["seed_text"], job["width"], job["height"], job["seed"]) == ("a cat", 192, 64, 5)
+    assert (job["count"], job["negative"], job["expand"], job["chaos"]) == (1, "dogs", False, 10)
+    clash = _cli(["imagine", "a cat --seed 5", "--seed", "6"], env, tmp_path)
+    _assert_one_line_error(
+        clash, "`--seed 5` in the text and the `--seed` option (6) disagree", "Accepted flags"
+    )
+    unknown = _cli(["imagine", "a cat --weird 1"], env, tmp_path)
+    _assert_one_line_error(unknown, "unknown flag `--weird`")
+    assert _rows(tmp_path) == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
+import io
 import logging
 import os
 import threading
@@ -19,15 +21,18 @@ from PIL import Image
 
 from bot.engine.expander import PromptExpander, SamplingSettings
 from bot.engine.loading import (
+    load_inpaint_pipeline,
     load_safety_checker,
     load_sd_pipeline,
+    load_seed_tokenizer,
     load_text_model,
     quiet_libraries,
     resolve_device,
     resolve_dtype,
 )
+from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
-from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
+from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
@@ -37,7 +42,7 @@ from bot.engine.types import (
     OutOfMemory,
     ProgressCallback,
 )
-from bot.engine.validation import Limits, validate_request
+from bot.engine.validation import Limits, check_seed_tokens, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class EngineConfig:
     blocklist: tuple[str, ...] = ()
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     warmup_size: tuple[int, int] | None = None
+    # A dedicated inpainting checkpoint for Zoom Out/Pan; None = the base model's UNet.
+    inpaint_model: str | None = None
 
 
 @dataclass
@@ -84,6 +91,7 @@ class Engine:
         self.renderer: Renderer | None = None
         self.expander: PromptExpander | None = None
         self._safety: Any | None = None
+        self._seed_tokenizer: Any | None = None
         self.model_info: dict[str, Any] = {}
         self.stats = GpuStats()
         # Compiled here, not at load: the member's own text is checked before a job is queued.
@@ -145,8 +153,18 @@ class Engine:
             low_vram=self.config.low_vram,
             compile_mode=self.config.compile,
         )
+        inpaint_pipe = None
+        if self.config.inpaint_model:
+            inpaint_pipe = load_inpaint_pipeline(
+                self.config.inpaint_model, base=pipe, device=self.device, dtype=self.dtype
+            )
         renderer = Renderer(
-            pipe, device=self.device, dtype=self.dtype, preview_every=self.config.preview_every
+            pipe,
+            device=self.device,
+            dtype=self.dtype,
+            preview_every=self.config.preview_every,
+            inpaint_pipe=inpaint_pipe,
+            inpaint_model=self.config.inpaint_model or "base",
         )
         model, tokenizer, text_info = load_text_model(self.config.text_model, device=self.device)
         expander = PromptExpander(
@@ -160,6 +178,10 @@ class Engine:
             count_clip_tokens=renderer.count_clip_tokens,
             clip_max_tokens=renderer.clip_max_tokens,
         )
+        if self._seed_tokenizer is None:
+            # From now on `validate` refuses an over-long seed before its row is written (the bot path).
+            # Set before the rest is published: harmless alone, and `validate` only reads it.
+            self._seed_tokenizer = load_seed_tokenizer(self.config.sd_model)
         safety = None
         if self.config.safety_checker:
             safety = load_safety_checker(
@@ -188,8 +210,25 @@ class Engine:
 
     # -- jobs --------------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
-        """Cheap checks that need no model (run them on the event loop before queueing)."""
+        """Cheap checks that need no model (run them on the event loop before queueing).
+
+        Once the seed tokenizer is there (`load_seed_tokenizer`, or after the models loaded) this also
+        checks the seed fits CLIP's window, so an over-long seed never becomes a row.
+        """
         validate_request(request, self.config.limits, self.blocklist)
+        tokenizer = self._seed_tokenizer
+        if tokenizer is not None:
+            count = functools.partial(clip_token_count, tokenizer)
+            check_seed_tokens(request.seed_text, count, tokenizer.model_max_length - 2)
+
+    def load_seed_tokenizer(self) -> None:
+        """Load only the SD text tokenizer for `validate` (seconds, no weights); the CLI calls it up front.
+
+        A separate instance from the pipeline's: HF tokenizers must not be shared across threads, and
+        this one is used on the event loop's thread, the pipeline's on the GPU thread.
+        """
+        if self._seed_tokenizer is None:
+            self._seed_tokenizer = load_seed_tokenizer(self.config.sd_model)
 
     async def generate(
         self,
@@ -248,19 +287,18 @@ class Engine:
     ) -> GenerationResult:
         assert self.renderer is not None and self.expander is not None
         seed = request.seed_text.strip()
-        seed_tokens = self.renderer.count_clip_tokens(seed)
-        if seed_tokens > self.renderer.clip_max_tokens:
-            raise InvalidRequest(
-                f"`seed` is {seed_tokens} tokens long; Stable Diffusion reads at most "
-                f"{self.renderer.clip_max_tokens}: shorten it"
-            )
+        check_seed_tokens(seed, self.renderer.count_clip_tokens, self.renderer.clip_max_tokens)
         timings: dict[str, float] = {}
         if request.prompts is not None:
             prompts = tuple(request.prompts)
             expander_record: dict[str, Any] = {"source": "given"}
         elif request.expand:
             expansion = self.expander.expand(
-                seed, request.count, request.job_seed, safe_mode=request.safe_mode
+                seed,
+                request.count,
+                request.job_seed,
+                safe_mode=request.safe_mode,
+                temperature=request.temperature,
             )
             prompts = expansion.prompts
             expander_record = expansion.settings
@@ -269,10 +307,8 @@ class Engine:
             expander_record = {"source": "seed", "expand": False}
         timings["expand"] = time.perf_counter() - started
         image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
-        init_image = None
-        if request.init_image_path is not None:
-            with Image.open(request.init_image_path) as opened:
-                init_image = opened.convert("RGB")
+        init_image = _decoded(request.init_image, "RGB", "init_image")
+        mask_image = _decoded(request.mask_image, "L", "mask_image")
         render_started = time.perf_counter()
         images = self.renderer.render(
             prompts,
@@ -286,7 +322,14 @@ class Engine:
             cancel=cancel,
             init_image=init_image,
             strength=request.strength,
+            mask_image=mask_image,
+            tiled_vae=request.tiled_vae,
         )
+        if init_image is not None and mask_image is not None:
+            # Outside the mask the result is the source itself, not its trip through the VAE.
+            canvas = init_image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+            mask = mask_image.resize((request.width, request.height), Image.Resampling.NEAREST)
+            images = [composite(image, canvas, mask) for image in images]
         timings["render"] = time.perf_counter() - render_started
         nsfw: tuple[bool, ...] = (False,) * len(images)
         if self._safety is not None and request.safe_mode:
@@ -300,8 +343,14 @@ class Engine:
             "device": self.model_info["device"],
             "dtype": self.model_info["dtype"],
             "versions": self.model_info["versions"],
-            "mode": "img2img" if init_image is not None else "txt2img",
+            "mode": request.mode,
+            "action": request.action,
+            "tiled_vae": request.tiled_vae,
         }
+        if request.mode != "txt2img":
+            render_record["strength"] = request.strength if request.mode == "img2img" else 1.0
+        if request.mode == "outpaint":
+            render_record["inpaint_model"] = self.renderer.inpaint_model
         timings["total"] = time.perf_counter() - started
         return GenerationResult(
             prompts=prompts,
@@ -318,6 +367,17 @@ class Engine:
         self._load_sync()
         assert self.expander is not None
         return self.expander.expand(seed_text, count, job_seed).prompts
+
+
+def _decoded(data: bytes | None, mode: str, name: str) -> Image.Image | None:
+    """PNG/JPEG/WebP bytes of a request as a decoded image in `mode`."""
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(f"`{name}` is not a readable image ({type(exc).__name__})") from exc
 
 
 def _clear_traceback_frames(exc: BaseException | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -65,9 +65,9 @@ class PromptExpander:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
 
-    def settings_record(self, job_seed: int) -> dict[str, Any]:
+    def settings_record(self, job_seed: int, sampling: SamplingSettings | None = None) -> dict[str, Any]:
         """What the history stores to reproduce an expansion."""
-        s = self.sampling
+        s = sampling or self.sampling
         return {
             "model": self.model_id,
             "revision": self.revision,
@@ -83,8 +83,20 @@ class PromptExpander:
             "blocklist": self.blocklist_patterns,
         }
 
-    def expand(self, seed_text: str, count: int, job_seed: int, *, safe_mode: bool = True) -> ExpansionResult:
-        """Expand `seed_text` into `count` prompts; deterministic for the same seed and settings."""
+    def expand(
+        self,
+        seed_text: str,
+        count: int,
+        job_seed: int,
+        *,
+        safe_mode: bool = True,
+        temperature: float | None = None,
+    ) -> ExpansionResult:
+        """Expand `seed_text` into `count` prompts; deterministic for the same seed and settings.
+
+        `temperature` overrides the configured sampling temperature for this call (`--chaos`).
+        """
+        sampling = self.sampling if temperature is None else replace(self.sampling, temperature=temperature)
         seed = seed_text.strip()
         if safe_mode and is_blocked(seed, self.blocklist):
             # Checked before queueing too; never fall back to (render) a seed the filter blocks.
@@ -93,11 +105,11 @@ class PromptExpander:
         prompts: list[str] = []
         seen = {seed.lower()}
         blocked = 0
-        for round_index in range(self.sampling.max_rounds):
+        for round_index in range(sampling.max_rounds):
             needed = count - len(prompts)
             if needed <= 0:
                 break
-            for text in self._generate(seed, needed, job_seed + round_index * 7919):
+            for text in self._generate(seed, needed, job_seed + round_index * 7919, sampling):
                 prompt = self._finish(seed, text)
                 if prompt is None or prompt.lower() in seen:
                     continue
@@ -118,13 +130,13 @@ class PromptExpander:
             fallback,
             time.perf_counter() - started,
         )
-        record = self.settings_record(job_seed) | {"blocked": blocked, "fallback": fallback}
+        record = self.settings_record(job_seed, sampling) | {"blocked": blocked, "fallback": fallback}
         return ExpansionResult(prompts=tuple(prompts), settings=record)
 
-    def _generate(self, seed: str, needed: int, rng_seed: int) -> list[str]:
+    def _generate(self, seed: str, needed: int, rng_seed: int, sampling: SamplingSettings) -> list[str]:
         # transformers' sampling RNG is global; safe because every model call runs on one thread.
         _seed_everything(rng_seed)
-        s = self.sampling
+        s = sampling
         encoded = self.tokenizer([seed + ","], return_tensors="pt", padding=True).to(self.device)
         with torch.inference_mode():
             output = self.model.generate(

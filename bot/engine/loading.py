@@ -141,6 +141,34 @@ def load_sd_pipeline(
     return pipe, info
 
 
+def load_inpaint_pipeline(model_id: str, *, base: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """A dedicated inpainting checkpoint (its UNet and scheduler), sharing the base text encoder and VAE.
+
+    Only loaded when IMAGINE_INPAINT_MODEL is set; without it outpainting uses the base UNet.
+    """
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+
+    try:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            model_id,
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            tokenizer=base.tokenizer,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            dtype=dtype,
+        )
+    except Exception as exc:
+        raise _load_error(model_id, "IMAGINE_INPAINT_MODEL", exc) from exc
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.to(device)
+    return pipe
+
+
 def _compile(pipe: Any, mode: str) -> None:
     if mode == "unet" and hasattr(pipe.unet, "compile_repeated_blocks"):
         # Regional compilation: each repeated block compiles once, start-up stays short.
@@ -148,6 +176,16 @@ def _compile(pipe: Any, mode: str) -> None:
     else:
         pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
     pipe.vae.decode = torch.compile(pipe.vae.decode)
+
+
+def load_seed_tokenizer(model_id: str) -> Any:
+    """The SD model's CLIP tokenizer alone (a few MB of vocabulary: no weights, no device)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_id, subfolder="tokenizer")
+    except Exception as exc:
+        raise _load_error(model_id, "IMAGINE_SD_MODEL", exc) from exc
 
 
 def load_text_model(model_id: str, *, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:

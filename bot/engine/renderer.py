@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -58,17 +59,33 @@ def free_device_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def clip_token_count(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` without start/end markers (CLIP's window is `model_max_length` - 2 of them)."""
+    return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+
 class Renderer:
-    """Owns the text-to-image pipeline and an img2img pipeline sharing its weights."""
+    """Owns the text-to-image pipeline and img2img/inpaint pipelines sharing its weights."""
 
     def __init__(
-        self, pipe: Any, *, device: torch.device, dtype: torch.dtype, preview_every: int = 5
+        self,
+        pipe: Any,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        preview_every: int = 5,
+        inpaint_pipe: Any | None = None,
+        inpaint_model: str = "base",
     ) -> None:
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
         self.preview_every = preview_every
         self._img2img: Any | None = None
+        # A dedicated inpainting checkpoint when configured; else built from `pipe` on first use.
+        self._inpaint: Any | None = inpaint_pipe
+        # Recorded with every outpaint: `base` (shared weights) or the dedicated checkpoint's id.
+        self.inpaint_model = inpaint_model if inpaint_pipe is not None else "base"
 
     @property
     def tokenizer(self) -> Any:
@@ -76,7 +93,7 @@ class Renderer:
 
     def count_clip_tokens(self, text: str) -> int:
         """Tokens of `text` without start/end markers, as the pipeline's own tokenizer counts them."""
-        return len(self.pipe.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        return clip_token_count(self.pipe.tokenizer, text)
 
     @property
     def clip_max_tokens(self) -> int:
@@ -88,7 +105,21 @@ class Renderer:
             from diffusers import StableDiffusionImg2ImgPipeline
 
             self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
         return self._img2img
+
+    def inpaint(self) -> Any:
+        """The inpainting pipeline: the dedicated one, or `from_pipe` on the loaded components.
+
+        With the base 4-channel UNet diffusers blends the known region back into the latents at every
+        step, so no inpainting checkpoint is needed for outpainting.
+        """
+        if self._inpaint is None:
+            from diffusers import StableDiffusionInpaintPipeline
+
+            self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.pipe)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
 
     def render(
         self,
@@ -104,12 +135,24 @@ class Renderer:
         cancel: threading.Event | None = None,
         init_image: Image.Image | None = None,
         strength: float = 0.6,
+        mask_image: Image.Image | None = None,
+        tiled_vae: bool = False,
     ) -> list[Image.Image]:
-        """Render one image per prompt in one batch; tile i uses a generator seeded image_seeds[i]."""
+        """Render one image per prompt in one batch; tile i uses a generator seeded image_seeds[i].
+
+        No init image: text to image. An init image: img2img at `strength` (resized to width×height).
+        An init image and a mask: outpainting (white in the mask is painted, from pure noise).
+        """
         generator_device = "cpu" if self.device.type == "mps" else self.device.type
         generators = [torch.Generator(device=generator_device).manual_seed(int(s)) for s in image_seeds]
-        pipe = self.pipe if init_image is None else self.img2img()
-        total = steps if init_image is None else max(1, int(steps * strength))
+        if init_image is None:
+            pipe, total = self.pipe, steps
+        elif mask_image is None:
+            # img2img denoises int(steps * strength) steps: never let a low strength make that zero.
+            steps = max(steps, math.ceil(1 / strength - 1e-9))
+            pipe, total = self.img2img(), max(1, int(steps * strength))
+        else:
+            pipe, total = self.inpaint(), steps
 
         def step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if cancel is not None and cancel.is_set():
@@ -132,13 +175,26 @@ class Renderer:
             "callback_on_step_end_tensor_inputs": ["latents"],
             "output_type": "pil",
         }
+        vae = pipe.vae
         try:
+            if tiled_vae:
+                vae.enable_tiling()
             with torch.inference_mode():
                 if init_image is None:
                     output = pipe(width=width, height=height, **common)
-                else:
-                    image = init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+                elif mask_image is None:
+                    image = _fitted(init_image, width, height)
                     output = pipe(image=[image] * len(prompts), strength=strength, **common)
+                else:
+                    image, mask = _fitted(init_image, width, height), _fitted(mask_image, width, height, "L")
+                    output = pipe(
+                        image=[image] * len(prompts),
+                        mask_image=[mask] * len(prompts),
+                        width=width,
+                        height=height,
+                        strength=1.0,
+                        **common,
+                    )
         except Exception as exc:
             if is_out_of_memory(exc):
                 free_device_memory(self.device)
@@ -146,6 +202,16 @@ class Renderer:
             raise
         finally:
             pipe._interrupt = False
+            if tiled_vae:
+                # The VAE is shared by every pipeline: plain jobs must not pay for tiling.
+                vae.disable_tiling()
         if cancel is not None and cancel.is_set():
             raise JobCancelled()
         return list(output.images)
+
+
+def _fitted(image: Image.Image, width: int, height: int, mode: str = "RGB") -> Image.Image:
+    image = image.convert(mode)
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)

@@ -60,6 +60,9 @@ class ModelLoadError(EngineError):
         return self.detail
 
 
+LARGE_OUTPUT_PREFIXES = ("upscale-", "zoom-", "pan-")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One job: a seed text and the parameters that render it."""
@@ -77,10 +80,34 @@ class GenerationRequest:
     prompts: tuple[str, ...] | None = None
     # Image seeds per tile; default job_seed + i.
     image_seeds: tuple[int, ...] | None = None
-    # Variations: img2img from this PNG/JPEG file at this strength.
-    init_image_path: str | None = None
+    # img2img from these PNG/JPEG bytes at this strength (variations, image prompts, upscale).
+    init_image: bytes | None = None
     strength: float = 0.6
     safe_mode: bool = True
+    # Outpainting: white where the init image is to be painted (PNG bytes, the init image's size).
+    mask_image: bytes | None = None
+    # What asked for the job (imagine, variation, upscale-subtle, zoom-2, pan-left, ...): decides the
+    # size limit and VAE tiling, so a stored job rebuilds the same request.
+    action: str = "imagine"
+    # GPT-2 sampling temperature for this job (`--chaos`); None = the configured one.
+    temperature: float | None = None
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or outpaint: which pipeline renders the request."""
+        if self.init_image is None:
+            return "txt2img"
+        return "img2img" if self.mask_image is None else "outpaint"
+
+    @property
+    def tiled_vae(self) -> bool:
+        """Upscales decode (and encode) through the VAE in tiles so memory stays bounded."""
+        return self.action.startswith("upscale")
+
+    @property
+    def large_output(self) -> bool:
+        """Upscale and outpaint results may exceed the plain-grid pixel limit (up to the output limit)."""
+        return self.action.startswith(LARGE_OUTPUT_PREFIXES)
 
 
 @dataclass(frozen=True)

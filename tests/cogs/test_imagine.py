@@ -42,7 +42,8 @@ async def test_imagine_posts_grid_with_prompts_and_buttons(
         assert line.startswith(f"**{index}.** Northeastern University")
     labels = [b.get("label") for b in message.buttons]
     assert labels[:8] == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
-    assert len(message.buttons) == 11
+    assert len(message.buttons) == 12
+    assert [b.get("label") for b in message.buttons][8:] == [None, None, "Remix", None]
 
     job_id = next(f["value"] for f in embed["fields"] if f["name"] == "Job").strip("`")
     job = await wait_job(running.store, job_id, lambda j: j.delivery == "sent")

@@ -1,0 +1,162 @@
+"""Inline Midjourney-style parameters in the seed text (`--ar 16:9 --no text --seed 7 ...`).
+
+One parser for `/imagine` and the CLI's `imagine`: the flags are taken out of the text, checked, and
+merged with the options given the usual way (a flag and an option that disagree are an error).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bot.engine.types import InvalidRequest
+
+ACCEPTED_FLAGS = "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`"
+MAX_SEED = 2**32 - 1
+MAX_RATIO = 4.0
+# Phones turn "--" into an em or en dash; accept those too.
+_FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—|–)([A-Za-z][A-Za-z0-9_-]*)")
+_RATIO = re.compile(r"(\d{1,4}):(\d{1,4})")
+_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw")
+# The option each flag overlaps with (canonical names; callers map them to their own labels).
+_OPTION_OF = {"no": "negative", "seed": "seed", "steps": "steps", "count": "count", "raw": "expand"}
+ASPECT_RATIOS = {"square": (1, 1), "portrait": (3, 4), "landscape": (4, 3)}
+
+
+@dataclass(frozen=True)
+class InlineFlags:
+    """The seed text without its flags, and each flag's value (None = not given)."""
+
+    text: str
+    ratio: tuple[int, int] | None = None
+    negative: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    count: int | None = None
+    chaos: int | None = None
+    raw: bool = False
+
+    @property
+    def temperature(self) -> float | None:
+        return chaos_temperature(self.chaos) if self.chaos is not None else None
+
+
+def chaos_temperature(chaos: int) -> float:
+    """`--chaos 0..100` as a GPT-2 sampling temperature: 0 → 0.5 (tame), 100 → 2.0 (wild)."""
+    return round(0.5 + 1.5 * chaos / 100, 4)
+
+
+def _bad(message: str) -> InvalidRequest:
+    return InvalidRequest(f"{message}. Accepted flags: {ACCEPTED_FLAGS}")
+
+
+def _int_value(flag: str, value: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"\d{1,10}", value):
+        raise _bad(f"`--{flag}` needs a whole number {low}..{high}, got {value[:30]!r}")
+    number = int(value)
+    if not low <= number <= high:
+        raise _bad(f"`--{flag}` must be {low}..{high}, got {number}")
+    return number
+
+
+def parse_inline_flags(text: str) -> InlineFlags:
+    """Take `--flag value` pairs out of `text`; InvalidRequest (listing the accepted flags) on a bad one."""
+    matches = list(_FLAG.finditer(text))
+    if not matches:
+        return InlineFlags(text=text.strip())
+    kept = [text[: matches[0].start()]]
+    values: dict[str, Any] = {}
+    for index, match in enumerate(matches):
+        name = match[1].lower()
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        words = text[match.end() : end].split()
+        if name not in _KNOWN:
+            raise _bad(f"unknown flag `--{match[1][:30]}`")
+        if name in values:
+            raise _bad(f"`--{name}` is given twice")
+        if name == "raw":
+            values["raw"] = True
+            kept.extend(words)  # `--raw` takes no value: what follows is seed text
+            continue
+        if name == "no":
+            if not words:
+                raise _bad("`--no` needs the text to keep out, e.g. `--no text, watermark`")
+            values["negative"] = " ".join(words)
+            continue
+        if not words:
+            raise _bad(f"`--{name}` needs a value")
+        value, rest = words[0], words[1:]
+        kept.extend(rest)
+        if name == "ar":
+            values["ratio"] = _parse_ratio(value)
+        elif name == "seed":
+            values["seed"] = _int_value(name, value, 0, MAX_SEED)
+        elif name == "chaos":
+            values["chaos"] = _int_value(name, value, 0, 100)
+        else:  # steps, count: the engine applies the server's limits
+            values[name] = _int_value(name, value, 1, 1000)
+    seed_text = " ".join(" ".join(kept).split())
+    return InlineFlags(text=seed_text, **values)
+
+
+def _parse_ratio(value: str) -> tuple[int, int]:
+    match = _RATIO.fullmatch(value)
+    if match is None or int(match[1]) == 0 or int(match[2]) == 0:
+        raise _bad(f"`--ar` needs a ratio like 16:9, got {value[:30]!r}")
+    width, height = int(match[1]), int(match[2])
+    if not 1 / MAX_RATIO <= width / height <= MAX_RATIO:
+        raise _bad(f"`--ar` must be between 1:4 and 4:1, got {width}:{height}")
+    return width, height
+
+
+def size_for_ratio(ratio: tuple[int, int], width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """A size of about the default's pixel count with this aspect ratio, multiples of 64, within the limit."""
+    area = min(width * height, max_pixels)
+    ratio_value = ratio[0] / ratio[1]
+    w = max(64, round(math.sqrt(area * ratio_value) / 64) * 64)
+    h = max(64, round(math.sqrt(area / ratio_value) / 64) * 64)
+    while w * h > max_pixels and (w > 64 or h > 64):
+        if w >= h:
+            w -= 64
+        else:
+            h -= 64
+    return w, h
+
+
+def merge_flags(flags: InlineFlags, options: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """Options (canonical name → value or None) with the flags applied; a disagreement names both.
+
+    Canonical names: negative, seed, steps, count, expand, aspect (a name in ASPECT_RATIOS).
+    `labels` maps them to what the caller shows (e.g. `seed` → `seed_number`).
+    """
+    merged = dict(options)
+    flag_values = {
+        "no": flags.negative,
+        "seed": flags.seed,
+        "steps": flags.steps,
+        "count": flags.count,
+        "raw": False if flags.raw else None,
+    }
+    for flag, value in flag_values.items():
+        if value is None:
+            continue
+        option = _OPTION_OF[flag]
+        given = options.get(option)
+        if given is not None and given != value:
+            shown = f"`--{flag}`" if flag == "raw" else f"`--{flag} {value}`"
+            raise _bad(
+                f"{shown} in the text and the `{labels.get(option, option)}` option ({given}) disagree: use one"
+            )
+        merged[option] = value
+    merged["ratio"] = flags.ratio
+    aspect = options.get("aspect")
+    if flags.ratio is not None and aspect is not None:
+        wanted = ASPECT_RATIOS.get(str(aspect))
+        if wanted is None or wanted[0] * flags.ratio[1] != wanted[1] * flags.ratio[0]:
+            raise _bad(
+                f"`--ar {flags.ratio[0]}:{flags.ratio[1]}` in the text and the "
+                f"`{labels.get('aspect', 'aspect')}` option ({aspect}) disagree: use one"
+            )
+    return merged
