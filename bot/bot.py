@@ -20,13 +20,14 @@ from bot.engine.backend import RenderBackend
 from bot.engine.types import EngineError
 from bot.health import write_heartbeat
 from bot.jobs import JobRunner
+from bot.preferences import PreferenceStore
 from bot.settings import Settings
 from bot.store import HistoryStore, QueueRefused
 from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history")
+EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings")
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 
@@ -62,6 +63,7 @@ class ImagineBot(commands.Bot):
         self.runner = runner
         self.run_worker = run_worker
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
+        self.preferences = PreferenceStore(store)
         self._background: set[asyncio.Task[Any]] = set()
         self._leftovers_delivered = False
 

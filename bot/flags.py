@@ -63,9 +63,11 @@ def _int_value(flag: str, value: str, low: int, high: int) -> int:
 
 def parse_inline_flags(text: str) -> InlineFlags:
     """Take `--flag value` pairs out of `text`; InvalidRequest (listing the accepted flags) on a bad one."""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"`seed` must be text, got {type(text).__name__}")
     matches = list(_FLAG.finditer(text))
     if not matches:
-        return InlineFlags(text=text.strip())
+        return InlineFlags(text=text)  # no flags: the text is stored exactly as typed
     kept = [text[: matches[0].start()]]
     values: dict[str, Any] = {}
     for index, match in enumerate(matches):

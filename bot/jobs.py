@@ -23,6 +23,7 @@ from PIL import Image
 
 from bot.engine.backend import BackendUnavailable, CancelToken, RenderBackend, RenderOutput, WorkerLost
 from bot.engine.images import compose_grid, png_bytes
+from bot.engine.safety import TileClassifier, screen_tiles
 from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
 from bot.flags import chaos_temperature
 from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
@@ -181,9 +182,12 @@ class JobRunner:
         one_running_per_member: bool = True,
         requeue_on_shutdown: bool = True,
         poll_seconds: float = 5.0,
+        classifier: TileClassifier | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
+        #: the image classifier for filtered (safe-mode) jobs; runs in the save stage, off the GPU thread
+        self.classifier = classifier
         self.images_dir = images_dir
         self.max_pending_per_user = max_pending_per_user
         self.max_queue = max_queue
@@ -526,19 +530,21 @@ class JobRunner:
     def _write_files(self, job: JobRecord, output: RenderOutput) -> tuple[list[Tile], Path, bytes]:
         folder = self.images_dir / job.id
         # A retried job starts clean, but keeps its inputs (source image, mask) staged before it queued.
-        for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
-            old.unlink(missing_ok=True)
+        _drop_outputs(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tiles: list[Tile] = []
-        images: list[Image.Image] = []
-        for index, (data, prompt, seed) in enumerate(
-            zip(output.tiles_png, output.prompts, output.image_seeds, strict=True), start=1
+        decoded: list[Image.Image] = []
+        for data in output.tiles_png:
+            with Image.open(io.BytesIO(data)) as opened:
+                decoded.append(opened.convert("RGB"))
+        # The optional image classifier runs here: on this file-writing thread, while the next job renders.
+        images, flags = screen_tiles(self.classifier if job.safe_mode else None, decoded, output.nsfw_flags)
+        for index, (data, image, prompt, seed, nsfw) in enumerate(
+            zip(output.tiles_png, images, output.prompts, output.image_seeds, flags, strict=True), start=1
         ):
             path = folder / f"tile-{index}.png"
-            path.write_bytes(data)
-            with Image.open(io.BytesIO(data)) as opened:
-                images.append(opened.convert("RGB"))
-            nsfw = bool(output.nsfw_flags[index - 1]) if output.nsfw_flags else False
+            # The worker's PNG as it came, unless the classifier replaced the tile with a blurred one.
+            path.write_bytes(data if image is decoded[index - 1] else png_bytes(image))
             tiles.append(Tile(index, prompt, seed, str(path), nsfw))
         grid_png = png_bytes(compose_grid(images))
         grid_path = folder / "grid.png"

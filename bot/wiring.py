@@ -7,9 +7,10 @@ import re
 from typing import TYPE_CHECKING
 
 from bot.engine.backend import RenderBackend
+from bot.engine.safety import ClassifierUnavailable, TileClassifier, load_classifier
 from bot.engine.validation import Limits
 from bot.jobs import JobRunner
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.store import HistoryStore
 
 if TYPE_CHECKING:  # torch comes with the engine: imported only where a backend is built
@@ -113,4 +114,17 @@ def build_runner(
         max_attempts=settings.max_attempts,
         one_running_per_member=settings.one_running_per_member,
         requeue_on_shutdown=requeue_on_shutdown,
+        classifier=classifier_from(settings),
     )
+
+
+def classifier_from(settings: Settings) -> TileClassifier | None:
+    """The image classifier IMAGINE_IMAGE_CLASSIFIER asks for; a one-line settings error when it cannot run."""
+    try:
+        return load_classifier(
+            settings.image_classifier, threshold=settings.nudenet_threshold, classes=settings.nudenet_classes
+        )
+    except ClassifierUnavailable as exc:
+        raise SettingsError(
+            f"invalid setting IMAGINE_IMAGE_CLASSIFIER={settings.image_classifier}: {exc}"
+        ) from None

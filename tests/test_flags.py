@@ -26,6 +26,7 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("a cat --AR 2:3", {"text": "a cat", "ratio": (2, 3)}),
     ("a cat —ar 3:2 —no dogs", {"text": "a cat", "ratio": (3, 2), "negative": "dogs"}),
     ("well--known cat", {"text": "well--known cat"}),
+    ("  rock -- roll\n", {"text": "  rock -- roll\n"}),  # no flag: kept verbatim
     ("a cat --seed 4294967295", {"text": "a cat", "seed": 4294967295}),
     ("a cat --chaos 0", {"text": "a cat", "chaos": 0}),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import io
 import logging
@@ -32,7 +33,7 @@ from bot.engine.loading import (
 )
 from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
-from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
+from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
@@ -225,7 +226,8 @@ class Engine:
         validate_request(request, self.config.limits, self.blocklist)
         tokenizer = self._seed_tokenizer
         if tokenizer is not None:
-            check_seed_tokens(request.seed_text, _token_counter(tokenizer), tokenizer.model_max_length - 2)
+            count = functools.partial(clip_token_count, tokenizer)
+            check_seed_tokens(request.seed_text, count, tokenizer.model_max_length - 2)
 
     def load_seed_tokenizer(self) -> None:
         """Load only the SD text tokenizer for `validate` (seconds, no weights); the CLI calls it up front.
@@ -373,13 +375,6 @@ class Engine:
         self._load_sync()
         assert self.expander is not None
         return self.expander.expand(seed_text, count, job_seed).prompts
-
-
-def _token_counter(tokenizer: Any) -> Callable[[str], int]:
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
-
-    return count
 
 
 def _decoded(data: bytes | None, mode: str, name: str) -> Image.Image | None:
