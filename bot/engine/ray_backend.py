@@ -34,6 +34,9 @@ DEPLOYMENT_NAME = "RenderWorker"
 RAY_PIN = "2.60.0"  # pyproject's `ray` extra; bot and cluster must run the same Ray and Python
 CONNECT_TIMEOUT_SECONDS = 3.0
 STATUS_CACHE_SECONDS = 2.0
+PROGRESS_EVERY_SECONDS = (
+    0.25  # a replica streams step events at most this often (previews and the last always)
+)
 
 
 class RayConnectError(Exception):
@@ -76,14 +79,21 @@ class RenderWorker:
 
         yield ("started", self.worker)
         job = loop.create_task(self.engine.generate(request, on_progress=progress, cancel=cancel))
+        last_sent = float("-inf")
         try:
             while not job.done() or not events.empty():
                 getter = loop.create_task(events.get())
                 await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
+                if not getter.done():
                     getter.cancel()
+                    continue
+                event = getter.result()
+                _, step, total, preview = event
+                # Each streamed item is a round trip (~5 ms); Discord shows progress every 2 s at best.
+                if preview is None and step < total and time.monotonic() - last_sent < PROGRESS_EVERY_SECONDS:
+                    continue
+                last_sent = time.monotonic()
+                yield event
             result = job.result()
         except asyncio.CancelledError:
             cancel.set()  # the GPU thread stops at its next step
