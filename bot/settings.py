@@ -114,10 +114,18 @@ class Settings(BaseSettings):
     # Off by default: the pending cap already stops floods, and a member whose job is done expects to go on.
     cooldown_seconds: float = Field(0.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
+    # While other members wait, a member holds at most one running job (matters with several workers).
+    one_running_per_member: bool = True
     progress_interval: float = Field(2.0, ge=0.2)
     preview_every: int = Field(5, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Render backend: `local` (the in-process GPU thread) or `ray` (Ray Serve workers at RAY_ADDRESS)
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
+    # GPUs per Ray replica: `auto` = 1 when the cluster has GPUs, 0 (one CPU each) when it has none.
+    ray_gpus_per_replica: Literal["auto"] | float = "auto"
 
     # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
     # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
@@ -136,7 +144,9 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", "discord_token_file", "inpaint_model", mode="before")
+    @field_validator(
+        "discord_token", "dev_guild", "discord_token_file", "inpaint_model", "ray_address", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.
