@@ -51,24 +51,26 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # Torch variant: cpu, cu128 (CUDA 12.8 wheels, default) or any variant the PyTorch index publishes for the
 # version pinned in requirements/torch.txt. Behind a mirror or air gap: TORCH_INDEX_URL = your mirror of
-# that index (empty = https://download.pytorch.org/whl/<variant>), and/or TORCH_FIND_LINKS = the URL of a
-# folder of wheels (a plain-http host is trusted); PIP_INDEX_URL = your mirror of PyPI for everything.
+# that index, or TORCH_FIND_LINKS = the URL of a folder of wheels (a plain-http host is trusted), which then
+# replaces the PyTorch index; PIP_INDEX_URL = your mirror of PyPI, for everything else.
 ARG TORCH_VARIANT=cu128
 ARG TORCH_INDEX_URL=""
 ARG TORCH_FIND_LINKS=""
 ARG PIP_INDEX_URL=https://pypi.org/simple
 
-# torch and its own dependencies: the big layer (about 1 GB for cpu, 5 GB for cu128). pip takes the best
-# match for the pin from both indexes, i.e. the variant's `+cpu` / `+cu128` build; the check below fails the
-# build if that was not the variant asked for.
+# torch and its own dependencies: the big layer (about 0.9 GB for cpu, several GB for cu128). pip takes the
+# best match for the pin from all sources, i.e. the variant's `+cpu` / `+cu128` build; the check below fails
+# the build if that was not the variant asked for.
 COPY requirements/torch.txt /tmp/requirements/torch.txt
 RUN set -eu; \
     if [ -n "$TORCH_FIND_LINKS" ]; then \
         host=${TORCH_FIND_LINKS#*://}; host=${host%%/*}; host=${host%%:*}; \
         set -- --find-links "$TORCH_FIND_LINKS" --trusted-host "$host"; \
+    elif [ -z "$TORCH_INDEX_URL" ]; then \
+        TORCH_INDEX_URL=https://download.pytorch.org/whl/$TORCH_VARIANT; \
     fi; \
-    pip install --no-cache-dir \
-        --extra-index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$TORCH_VARIANT}" "$@" -r /tmp/requirements/torch.txt; \
+    if [ -n "$TORCH_INDEX_URL" ]; then set -- "$@" --extra-index-url "$TORCH_INDEX_URL"; fi; \
+    pip install --no-cache-dir "$@" -r /tmp/requirements/torch.txt; \
     python -W ignore -c "import sys, torch; v = sys.argv[1]; cuda = torch.version.cuda; \
 print('torch', torch.__version__, 'cuda', cuda); \
 sys.exit(0 if (cuda is None) == (v == 'cpu') else f'torch {torch.__version__} is not the {v} build')" \

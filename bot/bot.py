@@ -20,13 +20,14 @@ from bot.engine.executor import Engine
 from bot.engine.types import EngineError
 from bot.health import write_heartbeat
 from bot.jobs import JobRunner
+from bot.preferences import PreferenceStore
 from bot.settings import Settings
 from bot.store import HistoryStore, QueueRefused
 from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history")
+EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings")
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 
@@ -62,6 +63,7 @@ class ImagineBot(commands.Bot):
         self.runner = runner
         self.run_worker = run_worker
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
+        self.preferences = PreferenceStore(store)
         self._background: set[asyncio.Task[Any]] = set()
         self._leftovers_delivered = False
 
@@ -88,7 +90,8 @@ class ImagineBot(commands.Bot):
         try:
             await self.engine.load()
         except EngineError as exc:
-            log.error("%s", exc.user_message)
+            # The engine has logged what failed and how to fix it; loading is retried by the next job.
+            log.warning("models not loaded at start-up (%s); the next job retries", type(exc).__name__)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
+from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--json", action="store_true", help="print one JSON object")
 
     history = sub.add_parser("history", help="list past jobs, newest first")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=_positive_int, default=20, help="most jobs to list (1 or more)")
     history.add_argument("--json", action="store_true")
 
     show = sub.add_parser("show", help="one job in full")
@@ -139,7 +140,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
     async with HistoryStore(settings.db_path) as store:
         if args.command == "history":
-            jobs = await store.list_jobs(any_user=True, limit=max(1, args.limit))
+            jobs = await store.list_jobs(any_user=True, limit=args.limit)
             _print_jobs(jobs, as_json=args.json)
             return EXIT_OK
         if args.command == "show":
@@ -154,7 +155,10 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
 
             old = await _require_job(store, args.job_id)
             if old.status != "done":
-                raise CliError(f"job {old.id} is {old.status}; only finished jobs can be re-rendered")
+                raise CliError(
+                    f"job {old.id} {_status_phrase(old.status)}; only a job that finished with images "
+                    "can be re-rendered"
+                )
             from bot.uploads import stage_inputs
 
             try:
@@ -169,13 +173,20 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
 
 async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:
     from bot.engine.executor import Engine
+    from bot.jobs import request_from_job
     from bot.wiring import build_runner, engine_config_from
 
     engine = Engine(engine_config_from(settings))
     runner = build_runner(settings, store, engine)
     await store.recover_interrupted(requeue=False, max_attempts=settings.max_attempts)
     try:
+        # Cheap checks first, so a bad argument never waits for a tokenizer; then the seed's CLIP length,
+        # which needs only the tokenizer (no weights): an over-long seed exits 2 and writes no row.
+        engine.validate(request_from_job(spec))
+        await asyncio.to_thread(engine.load_seed_tokenizer)
         job = await runner.submit(spec)
+    except ModelLoadError:
+        raise
     except EngineError as exc:
         raise CliError(exc.user_message, EXIT_USAGE) from None
     bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
@@ -262,9 +273,50 @@ def _print_jobs(jobs: list[JobRecord], *, as_json: bool) -> None:
     if not jobs:
         print("no jobs yet")
     for job in jobs:
+        # Only a finished job has images; the others show none rather than the count they asked for.
+        images = _plural(len(job.tiles), "image") if job.status == "done" else "-"
         print(
-            f"{job.id}  {job.status:<9}  {job.count} tile(s)  seed={job.job_seed:<10}  {job.seed_text[:60]}"
+            f"{job.id}  {job.status:<9}  {images:<9}  seed={job.job_seed:<10}  "
+            f"{normalize_user_text(job.seed_text)[:60]}"
         )
+
+
+def _model_lines(job: JobRecord) -> list[str]:
+    """The models and revisions a finished job used, as recorded (what `rerun` needs to match)."""
+    lines: list[str] = []
+    render, expander = job.render, job.expander
+    if render.get("sd_model"):
+        lines.append(f"image model: {render['sd_model']} (revision {render.get('sd_revision', 'unknown')})")
+    if expander.get("model"):
+        lines.append(f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')})")
+    if render.get("device"):
+        lines.append(
+            f"ran on: {render['device']} {render.get('dtype', '')}, scheduler {render.get('scheduler', '?')}"
+        )
+    return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _status_phrase(status: str) -> str:
+    return {
+        "queued": "is still waiting",
+        "running": "is still running",
+        "failed": "failed",
+        "cancelled": "was cancelled",
+    }.get(status, f"is {status}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
@@ -272,11 +324,14 @@ def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
         print(json.dumps(job.to_json(), indent=2 if full else None, ensure_ascii=False))
         return
     print(f"job {job.id}: {job.status}" + (f" ({job.reason})" if job.reason else ""))
-    print(f"  seed text: {job.seed_text}")
+    print(f"  seed text: {normalize_user_text(job.seed_text)}")
     print(
         f"  seed={job.job_seed} steps={job.steps} guidance={job.guidance} size={job.width}x{job.height} "
         f"count={job.count} expand={job.expand}" + (f" negative={job.negative!r}" if job.negative else "")
     )
+    if full:
+        for line in _model_lines(job):
+            print(f"  {line}")
     for tile in job.tiles:
         print(f"  [{tile.index}] seed {tile.image_seed}: {tile.prompt}")
         print(f"      {tile.path}")

@@ -16,7 +16,15 @@ from PIL import Image
 
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.jobs import JobOutcome, JobRunner
-from bot.messages import failure_text, progress_text, queued_text, result_embed
+from bot.messages import (
+    all_flagged_text,
+    all_tiles_flagged,
+    failure_text,
+    progress_text,
+    queued_text,
+    result_embed,
+    result_filename,
+)
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord
 from bot.ui import result_view
@@ -230,7 +238,7 @@ class Deliverer:
             return
         limit = interaction.filesize_limit if interaction is not None else self._channel_upload_limit(job)
         encoded = None
-        if job.status == "done":
+        if job.status == "done" and not all_tiles_flagged(job):
             try:
                 encoded = await self._encoded_grid(job, outcome.grid_png, limit)
             except (OSError, ValueError):
@@ -240,20 +248,22 @@ class Deliverer:
         if interaction is not None:
             message = await self._edit_response(interaction, job, encoded)
         if message is None:
+            # A private job (member /settings) never falls back to the channel: a DM instead.
+            send = self._send_privately if job.private else self._send_to_channel
+            where = "the DM to its owner" if job.private else f"the post in <#{job.channel_id}>"
             try:
-                message = await self._send_to_channel(job, encoded)
+                message = await send(job, encoded)
             except discord.HTTPException as exc:
                 # Neither way in: say so in the row (and /history) rather than "sent" with no message.
                 log.warning(
-                    "job %s was not delivered: channel %s refused the post (%s %s) and no interaction "
-                    "token was usable",
+                    "job %s was not delivered: %s was refused (%s %s) and no interaction token was usable",
                     job.id,
-                    job.channel_id,
+                    "the DM" if job.private else f"channel {job.channel_id}",
                     exc.status,
                     exc.code,
                 )
                 answer = " ".join(part for part in (str(exc.status), exc.text) if part)
-                reason = f"Discord refused the post in <#{job.channel_id}> ({answer})"
+                reason = f"Discord refused {where} ({answer})"
                 await self.store.mark_undelivered(job.id, reason)
                 return
         await self.store.mark_delivered(job.id, message_id=message.id)
@@ -273,11 +283,13 @@ class Deliverer:
         return await asyncio.to_thread(encode)
 
     def _payload(self, job: JobRecord, encoded: EncodedImage | None) -> dict[str, Any]:
+        if job.status == "done" and all_tiles_flagged(job):
+            return {"content": all_flagged_text(job)}
         if job.status != "done" or encoded is None:
             return {
                 "content": failure_text(job) if job.status != "done" else f"Job `{job.id}`: images missing."
             }
-        filename = f"{job.id}.{encoded.extension}"
+        filename = result_filename(job, encoded.extension)
         return {
             "content": None,
             "embed": result_embed(job, filename=filename),
@@ -323,14 +335,30 @@ class Deliverer:
         )
         return await channel.send(allowed_mentions=allowed, nonce=delivery_nonce(job.id), **payload)
 
+    async def _send_privately(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message:
+        """A private job whose interaction is gone goes to the owner's DMs (raises HTTPException when refused,
+        e.g. 403 50007 with DMs closed: the result then stays in /history, never in the channel)."""
+        assert job.user_id is not None
+        payload = self._payload(job, encoded)
+        if job.status == "done" and payload.get("content") is None:
+            payload["content"] = "Your images are ready (you asked for them privately in /settings)."
+        channel = await self.bot.create_dm(discord.Object(job.user_id))
+        return await channel.send(nonce=delivery_nonce(job.id), **payload)
+
     async def deliver_leftovers(self, *, started_at: float) -> None:
         """After a restart: post results that finished before it but were never delivered, exactly once."""
         for job in await self.store.undelivered_jobs(finished_before=started_at):
+            if job.delivery == "sending" and job.private:
+                continue  # the DM cannot be searched like the channel: never risk a duplicate
             if job.delivery == "sending":
                 # Killed between claiming the delivery and recording the message: look before re-posting.
-                if job.message_id is not None and await self._shows_result(job, job.message_id):
-                    await self.store.mark_delivered(job.id, message_id=job.message_id)
-                    continue
+                if job.message_id is not None:
+                    shown = await self._shows_result(job, job.message_id)
+                    if shown is None:
+                        continue  # cannot tell: never risk a duplicate (the result stays in /history)
+                    if shown:
+                        await self.store.mark_delivered(job.id, message_id=job.message_id)
+                        continue
                 if not nonce_still_guards(job):
                     # Discord may have forgotten the nonce: the channel's recent messages are all we have.
                     readable, posted = await self._find_posted_result(job)
@@ -344,15 +372,23 @@ class Deliverer:
                 job = replace(job, delivery="pending", message_id=None)
             await self.on_finished(JobOutcome(job))
 
-    async def _shows_result(self, job: JobRecord, message_id: int) -> bool:
-        """True when the recorded interaction response already shows the job's final result."""
+    async def _shows_result(self, job: JobRecord, message_id: int) -> bool | None:
+        """Whether the recorded interaction response shows the job's final result (None: can't read it)."""
         assert job.channel_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
             message = await channel.fetch_message(message_id)
+        except discord.NotFound:
+            return False  # deleted (or never filled): nothing shows the result
         except discord.HTTPException as exc:
-            log.info("recorded message %s of job %s unreadable: %s", message_id, job.id, exc.status)
-            return False
+            log.warning(
+                "cannot read message %s in channel %s to check job %s: %s",
+                message_id,
+                job.channel_id,
+                job.id,
+                exc.status,
+            )
+            return None
         return is_result_message(message, job.id)
 
     async def _find_posted_result(self, job: JobRecord) -> tuple[bool, int | None]:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from bot.engine.executor import Engine
 from bot.engine.images import compose_grid, png_bytes
+from bot.engine.safety import TileClassifier, screen_tiles
 from bot.engine.types import EngineError, GenerationRequest, GenerationResult, InvalidRequest, JobCancelled
 from bot.flags import chaos_temperature
 from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
@@ -141,8 +142,11 @@ class JobRunner:
         max_queue: int | None = None,
         cooldown_seconds: float = 0.0,
         max_attempts: int = 2,
+        classifier: TileClassifier | None = None,
     ) -> None:
         self.store = store
+        #: the image classifier for filtered (safe-mode) jobs; runs in the save stage, off the GPU thread
+        self.classifier = classifier
         self.engine = engine
         self.images_dir = images_dir
         self.max_pending_per_user = max_pending_per_user
@@ -351,15 +355,17 @@ class JobRunner:
         for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
             old.unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
+        images, flags = screen_tiles(
+            self.classifier if job.safe_mode else None, result.images, result.nsfw_flags
+        )
         tiles: list[Tile] = []
-        for index, (image, prompt, seed) in enumerate(
-            zip(result.images, result.prompts, result.image_seeds, strict=True), start=1
+        for index, (image, prompt, seed, nsfw) in enumerate(
+            zip(images, result.prompts, result.image_seeds, flags, strict=True), start=1
         ):
             path = folder / f"tile-{index}.png"
             path.write_bytes(png_bytes(image))
-            nsfw = bool(result.nsfw_flags[index - 1]) if result.nsfw_flags else False
             tiles.append(Tile(index, prompt, seed, str(path), nsfw))
-        grid_png = png_bytes(compose_grid(result.images))
+        grid_png = png_bytes(compose_grid(images))
         grid_path = folder / "grid.png"
         grid_path.write_bytes(grid_png)
         return tiles, grid_path, grid_png

@@ -45,8 +45,49 @@ def plain_reason(job: JobRecord) -> str:
     return _REASONS.get(reason, reason)
 
 
+SPOILER_PREFIX = "SPOILER_"
+DEFAULT_LABELS = {
+    "count": "count",
+    "aspect": "aspect",
+    "steps": "steps",
+    "guidance": "guidance",
+    "expand": "expansion",
+    "negative": "negative prompt",
+    "private": "post privately",
+}
+
+
+def flagged_count(job: JobRecord) -> int:
+    """Tiles the image filter flagged (and blurred)."""
+    return sum(1 for tile in job.tiles if tile.nsfw)
+
+
+def all_tiles_flagged(job: JobRecord) -> bool:
+    """Every tile was flagged: the result says so instead of posting blurs."""
+    return bool(job.tiles) and flagged_count(job) == len(job.tiles)
+
+
+def all_flagged_text(job: JobRecord) -> str:
+    """The result of a job whose every image the filter flagged (recognised by `is_result_message`)."""
+    return (
+        f"Job `{job.id}` ({shown(job.seed_text, 80)}): the content filter flagged every image, so none is "
+        "shown. Try a different text."
+    )
+
+
+def result_filename(job: JobRecord, extension: str, tile: int | None = None) -> str:
+    """The upload name: `SPOILER_` when the grid (or the one tile) holds a flagged image."""
+    flagged = job.tiles[tile - 1].nsfw if tile is not None else flagged_count(job) > 0
+    name = f"{job.id}-{tile}.{extension}" if tile is not None else f"{job.id}.{extension}"
+    return SPOILER_PREFIX + name if flagged else name
+
+
 def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
-    """Numbered prompts, job id, seed and main parameters, with the grid as the embed image."""
+    """Numbered prompts, job id, seed and main parameters, with the grid as the embed image.
+
+    A spoiler file is not shown inside the embed (Discord would show it unblurred there): it is attached
+    below it, and the embed says why.
+    """
     prefix = ACTION_TITLES.get(job.action, "")
     title = prefix + shown(job.seed_text, 256 - len(prefix))
     lines = []
@@ -74,7 +115,22 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
         embed.add_field(
             name="From", value=f"`{job.parent_id}`" + (f" tile {job.source_tile}" if job.source_tile else "")
         )
-    embed.set_image(url=f"attachment://{filename}")
+    if job.from_defaults:
+        embed.add_field(
+            name="From your /settings",
+            value=", ".join(DEFAULT_LABELS.get(key, key) for key in job.from_defaults),
+            inline=False,
+        )
+    if filename.startswith(SPOILER_PREFIX):
+        flagged = flagged_count(job)
+        embed.add_field(
+            name="Filtered",
+            value=f"{flagged} of {len(job.tiles)} image(s) flagged by the content filter and blurred; "
+            "the grid is attached as a spoiler.",
+            inline=False,
+        )
+    else:
+        embed.set_image(url=f"attachment://{filename}")
     if job.user_id:
         embed.set_footer(text="Reproduce exactly with /history job:" + job.id)
     return embed
@@ -121,8 +177,10 @@ def history_line(job: JobRecord) -> str:
         job.status, "•"
     )
     undelivered = " · ⚠️ not delivered" if job.undelivered_reason else ""
+    flagged = flagged_count(job)
+    filtered = f" · ⚠️ {flagged} filtered" if flagged else ""
     return (
-        f"{icon} <t:{int(job.created_at)}:R> **{shown(job.seed_text, 60)}** · {job.count} tile(s) · "
+        f"{icon} <t:{int(job.created_at)}:R> **{shown(job.seed_text, 60)}** · {job.count} tile(s){filtered} · "
         f"`{job.id}`{undelivered}"
     )
 
@@ -144,7 +202,10 @@ def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
     embed = discord.Embed(
         title=shown(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
     )
-    lines = [f"**{t.index}.** seed `{t.image_seed}` — {shown(t.prompt, 700)}" for t in job.tiles]
+    lines = [
+        f"**{t.index}.** seed `{t.image_seed}` — {shown(t.prompt, 700)}" + (" ⚠️ filtered" if t.nsfw else "")
+        for t in job.tiles
+    ]
     status = job.status + (f" ({plain_reason(job)})" if job.status in ("failed", "cancelled") else "")
     embed.description = _fit_lines([f"Status: {status}", *lines], 4000)
     embed.add_field(name="Job", value=f"`{job.id}`")

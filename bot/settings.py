@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SettingsSourceError
 
+from bot.engine.safety import DEFAULT_FLAGGED_CLASSES, NUDENET_LABELS
+
 DEFAULT_BLOCKLIST: tuple[str, ...] = (
     r"\bnsfw\b",
     r"\bnude(s|ity)?\b",
@@ -63,6 +65,13 @@ class Settings(BaseSettings):
     # Channels marked NSFW in Discord run without the prompt blocklist and image checker only when true.
     allow_nsfw: bool = False
     safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
+    # The offline NudeNet classifier (optional `safety` extra) on every tile of filtered jobs.
+    image_classifier: Literal["auto", "nudenet", "off"] = "auto"
+    nudenet_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    # NoDecode: a comma-separated env value, not JSON.
+    nudenet_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FLAGGED_CLASSES)
+    )
 
     # Job defaults
     steps: int = Field(25, ge=1)
@@ -175,6 +184,27 @@ class Settings(BaseSettings):
                 re.compile(pattern, re.IGNORECASE)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return value
+
+    @field_validator("nudenet_classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: object) -> object:
+        # A comma-separated list (or a JSON list); `NoDecode` hands us the raw env string.
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+        return [part.strip().upper() for part in value.split(",") if part.strip()]
+
+    @field_validator("nudenet_classes")
+    @classmethod
+    def _known_classes(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in NUDENET_LABELS]
+        if unknown:
+            raise ValueError(f"unknown NudeNet classes {unknown}; known: {', '.join(NUDENET_LABELS)}")
         return value
 
     @model_validator(mode="after")

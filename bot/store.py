@@ -12,11 +12,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,48 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN chaos INTEGER;
     ALTER TABLE jobs ADD COLUMN render_action TEXT;
     """,
+    # 4: /settings (member defaults, server settings, the server's change log); private delivery and the
+    # member defaults a job used
+    """
+    ALTER TABLE jobs ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN from_defaults TEXT NOT NULL DEFAULT '';
+    CREATE TABLE member_settings (
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        settings_json TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (guild_id, user_id)
+    );
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        settings_json TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE guild_settings_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild_id INTEGER NOT NULL,
+        actor_id INTEGER NOT NULL,
+        at REAL NOT NULL,
+        key TEXT NOT NULL,
+        old_value TEXT NOT NULL,
+        new_value TEXT NOT NULL
+    );
+    CREATE INDEX guild_settings_log_guild ON guild_settings_log (guild_id, at DESC);
+    """,
 )
 
 
 class StoreError(Exception):
     """The history database cannot be opened or written; one line naming the file and what to do."""
+
+
+def _check_opens(path: Path) -> None:
+    """Raise sqlite3.Error if the file cannot be opened, or is not a database (reads its header)."""
+    conn = sqlite3.connect(path, timeout=30.0)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    finally:
+        conn.close()
 
 
 def _explain_open_failure(path: Path, exc: sqlite3.Error) -> str:
@@ -163,6 +202,10 @@ class JobSpec:
     render_action: str | None = None
     # Preallocated id: the job's input images are written into its folder before the row exists.
     id: str | None = None
+    #: deliver to the member alone (the ephemeral response, else a DM), never the channel
+    private: bool = False
+    #: the parameters that came from the member's /settings defaults (shown in the result)
+    from_defaults: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +251,8 @@ class JobRecord:
     mask_image: str | None = None
     chaos: int | None = None
     render_action: str | None = None
+    private: bool = False
+    from_defaults: tuple[str, ...] = ()
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -306,6 +351,9 @@ class HistoryStore:
                 "set IMAGINE_DATA_DIR to a folder this user can write"
             ) from None
         try:
+            # Open once with plain sqlite3 first: when aiosqlite's own connect fails, its thread still
+            # finishes later and can print a traceback after our loop has closed (and our one line).
+            await asyncio.to_thread(_check_opens, self.path)
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
             self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
             self._db.row_factory = aiosqlite.Row
@@ -401,6 +449,10 @@ class HistoryStore:
         """Write a `queued` row, enforcing the queue limits in the same transaction."""
         now = time.time() if now is None else now
         job_id = spec.id or new_job_id()
+        # Stored user text is one plain line: it is echoed in lists, embeds and the CLI's history.
+        spec = replace(
+            spec, seed_text=normalize_user_text(spec.seed_text), negative=normalize_user_text(spec.negative)
+        )
         async with self._write() as db:
             refusal = await self._limit_refusal(
                 db, spec.user_id, max_pending_per_user, max_queue, cooldown_seconds, now
@@ -411,8 +463,8 @@ class HistoryStore:
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
                     given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
-                    render_action)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    render_action, private, from_defaults)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -442,6 +494,8 @@ class HistoryStore:
                     spec.mask_image,
                     spec.chaos,
                     spec.render_action,
+                    int(spec.private),
+                    ",".join(spec.from_defaults),
                 ),
             )
         job = await self.get_job(job_id)
@@ -784,4 +838,6 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         mask_image=row["mask_image"],
         chaos=row["chaos"],
         render_action=row["render_action"],
+        private=bool(row["private"]),
+        from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
     )

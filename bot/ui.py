@@ -192,13 +192,15 @@ def clip(text: str, limit: int) -> str:
 # `<` starts mentions, channels, emojis and timestamps). A backslash before punctuation renders as the
 # punctuation itself, so escaping more than needed never shows.
 _MARKDOWN = re.compile(r"[\\`*_~|\[\]<>#]")
-_LEADING_LIST = re.compile(r"^([-+]|\d+\.)(?=\s)")
+_LEADING_BULLET = re.compile(r"^([-+])(?=\s)")
+_LEADING_NUMBER = re.compile(r"^(\d+)\.(?=\s)")
 
 
 def shown(text: str, limit: int) -> str:
     """Member-typed text for a message or embed: one line, markdown and mentions inert, within `limit`."""
     line = " ".join(text.split())
-    escaped = _LEADING_LIST.sub(r"\\\1", _MARKDOWN.sub(lambda m: "\\" + m[0], line))
+    escaped = _MARKDOWN.sub(lambda m: "\\" + m[0], line)
+    escaped = _LEADING_NUMBER.sub(r"\1\\.", _LEADING_BULLET.sub(r"\\\1", escaped))
     escaped = discord.utils.escape_mentions(escaped)
     if len(escaped) <= limit:
         return escaped

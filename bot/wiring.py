@@ -7,9 +7,10 @@ import re
 
 from bot.engine.executor import Engine, EngineConfig
 from bot.engine.expander import SamplingSettings
+from bot.engine.safety import ClassifierUnavailable, TileClassifier, load_classifier
 from bot.engine.validation import Limits
 from bot.jobs import JobRunner
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.store import HistoryStore
 
 
@@ -89,4 +90,17 @@ def build_runner(settings: Settings, store: HistoryStore, engine: Engine) -> Job
         max_queue=settings.max_queue,
         cooldown_seconds=settings.cooldown_seconds,
         max_attempts=settings.max_attempts,
+        classifier=classifier_from(settings),
     )
+
+
+def classifier_from(settings: Settings) -> TileClassifier | None:
+    """The image classifier IMAGINE_IMAGE_CLASSIFIER asks for; a one-line settings error when it cannot run."""
+    try:
+        return load_classifier(
+            settings.image_classifier, threshold=settings.nudenet_threshold, classes=settings.nudenet_classes
+        )
+    except ClassifierUnavailable as exc:
+        raise SettingsError(
+            f"invalid setting IMAGINE_IMAGE_CLASSIFIER={settings.image_classifier}: {exc}"
+        ) from None

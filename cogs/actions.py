@@ -22,7 +22,7 @@ from PIL import Image
 from bot.bot import reply_ephemeral
 from bot.engine.images import png_bytes
 from bot.engine.outpaint import build_canvas, fit_within, outpaint_geometry, upscale_size
-from bot.engine.types import EngineError, InvalidRequest
+from bot.engine.types import InvalidRequest
 from bot.jobs import rerun_spec
 from bot.store import JobRecord, JobSpec
 from bot.ui import TILE_ACTIONS
@@ -79,11 +79,8 @@ class RemixModal(discord.ui.Modal):
         await self.cog.on_remix(interaction, self.job_id, self.tile, prompts, negative)
 
     async def on_error(self, interaction: discord.Interaction[Any], error: Exception) -> None:  # type: ignore[override]
-        if isinstance(error, EngineError):
-            await reply_ephemeral(interaction, f"Can't start that: {error.user_message}.")
-            return
-        log.error("remix of job %s failed", self.job_id, exc_info=error)
-        await reply_ephemeral(interaction, "something went wrong on our side; nothing was changed")
+        # The one error handler of every interaction (commands, buttons, selects, modals).
+        await self.cog.bot.on_interaction_error(interaction, error)
 
 
 class ActionsCog(commands.Cog):

@@ -140,7 +140,7 @@ class HistoryCog(commands.Cog):
     @app_commands.command(name="forget")
     @app_commands.guild_only()
     async def forget(self, interaction: discord.Interaction[ImagineBot], confirm: bool) -> None:
-        """Delete your finished jobs in this server and their image files.
+        """Delete your finished jobs in this server, their image files and your /settings here.
 
         Parameters
         ----------
@@ -164,7 +164,13 @@ class HistoryCog(commands.Cog):
             if path and Path(path).parent.name == job.id
         ]
         await asyncio.to_thread(_remove_folders, folders, self.bot.settings.images_dir)
-        await interaction.followup.send(f"Deleted {len(jobs)} job(s) and their images.", ephemeral=True)
+        had_settings = await self.bot.preferences.delete_member(
+            interaction.guild_id or 0, interaction.user.id
+        )
+        settings_note = " and your /settings here" if had_settings else ""
+        await interaction.followup.send(
+            f"Deleted {len(jobs)} job(s) and their images{settings_note}.", ephemeral=True
+        )
 
 
 def _thumbnail(grid_path: str | None) -> bytes | None:

@@ -24,10 +24,11 @@ from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import EngineError, InvalidRequest
 from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.jobs import rerun_spec
-from bot.messages import queued_text, result_embed
+from bot.messages import SPOILER_PREFIX, queued_text, result_embed, result_filename
 from bot.store import JobRecord, JobSpec, QueueRefused
 from bot.ui import ACTION_BUTTONS, clip, result_view, shown, tile_view
 from bot.uploads import check_declared, discard_inputs, fit_upload, stage_inputs
+from cogs.settings import imagine_settings
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -121,31 +122,42 @@ class ImagineCog(commands.Cog):
         flags = parse_inline_flags(seed)
         given = {"negative": negative, "seed": seed_number, "steps": steps, "count": count}
         merged = merge_flags(flags, {**given, "expand": expand, "aspect": aspect}, OPTION_LABELS)
+        # The member's and the server's /settings fill what the command and its flags leave open.
+        wanted = {key: merged[key] for key in ("count", "steps", "negative", "aspect", "expand")}
+        if merged["ratio"] is not None:
+            wanted["aspect"] = "square"  # `--ar` decides the shape: no aspect default applies
+        resolved = await imagine_settings(self.bot, interaction, {**wanted, "guidance": guidance})
+        if resolved.refusal is not None:
+            await reply_ephemeral(interaction, resolved.refusal)
+            return
+        p = resolved.parameters
         if merged["ratio"] is not None:
             width, height = size_for_ratio(merged["ratio"], s.width, s.height, s.max_pixels)
         else:
-            width, height = size_for_aspect(merged["aspect"] or "square", s.width, s.height, s.max_pixels)
+            width, height = size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
         if strength is not None and image is None:
             raise InvalidRequest("`strength` only applies together with `image`")
         if image is not None:
             check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
         spec = JobSpec(
             seed_text=flags.text,
-            count=_pick(merged["count"], s.count),
-            steps=_pick(merged["steps"], s.steps),
-            guidance=guidance if guidance is not None else s.guidance,
+            count=p.count,
+            steps=p.steps,
+            guidance=p.guidance,
             width=width,
             height=height,
             job_seed=_pick(merged["seed"], secrets.randbelow(MAX_SEED + 1)),
-            negative=merged["negative"] or "",
-            expand=_pick(merged["expand"], True),
-            safe_mode=safe_mode_for(interaction, s.allow_nsfw),
+            negative=p.negative,
+            expand=p.expand,
+            safe_mode=resolved.safe_mode,
             action="imagine" if image is None else "image",
             strength=None if image is None else _pick(strength, s.image_strength),
             chaos=flags.chaos,
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
+            private=p.private,
+            from_defaults=p.from_member,
         )
         inputs = None if image is None else partial(self._uploaded_image, image, width, height)
         await self.start_job(interaction, spec, inputs=inputs)
@@ -180,7 +192,8 @@ class ImagineCog(commands.Cog):
             return None
         response_id = None
         if not interaction.response.is_done():
-            deferred = await interaction.response.defer(thinking=True)
+            # A private job (member /settings) is answered ephemerally: delivered to its owner alone.
+            deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
             response_id = deferred.message_id if deferred is not None else None
         images_dir = self.settings.images_dir
         try:
@@ -281,6 +294,8 @@ class ImagineCog(commands.Cog):
             return
         # The channel where the post or the new job lands decides the filter, never the old row.
         filtered_here = safe_mode_for(interaction, self.settings.allow_nsfw)
+        if not filtered_here:  # the server's /settings may still say "always filtered"
+            filtered_here = (await self.bot.preferences.guild(interaction.guild_id or 0)).policy == "filtered"
         handlers = {
             "u": self._post_tile,
             "post": self._repost_grid,
@@ -311,6 +326,8 @@ class ImagineCog(commands.Cog):
             self._child_spec(interaction, job, action, tile),
             safe_mode=filtered_here,
             channel_id=interaction.channel_id,
+            # A private job's children are private too (member /settings: delivered to the presser alone).
+            private=job.private,
         )
         await self.start_job(interaction, spec)
 
@@ -348,7 +365,7 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction[Any], job: JobRecord, tile: int | None
     ) -> None:
         assert tile is not None
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(thinking=True, ephemeral=job.private)
         source = job.tiles[tile - 1]
         try:
             encoded = await _encode_saved(source.path, interaction.filesize_limit)
@@ -358,13 +375,18 @@ class ImagineCog(commands.Cog):
         embed = discord.Embed(
             description=f"**{tile}.** {shown(source.prompt, 3900)}", colour=discord.Colour.blurple()
         )
-        filename = f"{job.id}-{tile}.{encoded.extension}"
-        embed.set_image(url=f"attachment://{filename}")
+        filename = result_filename(job, encoded.extension, tile)
+        if not filename.startswith(SPOILER_PREFIX):  # a flagged tile goes below the embed, as a spoiler
+            embed.set_image(url=f"attachment://{filename}")
         embed.set_footer(text=f"Job {job.id} · image seed {source.image_seed}")
         view = tile_view(job.id, tile)
         try:
             await interaction.followup.send(
-                embed=embed, file=discord.File(io.BytesIO(encoded.data), filename), view=view, wait=True
+                embed=embed,
+                file=discord.File(io.BytesIO(encoded.data), filename),
+                view=view,
+                wait=True,
+                ephemeral=job.private,
             )
         except discord.HTTPException as exc:
             if not is_dead_token(exc):
@@ -379,7 +401,7 @@ class ImagineCog(commands.Cog):
         except OSError:
             await interaction.followup.send(f"The grid of job `{job.id}` is gone from disk.", ephemeral=True)
             return
-        filename = f"{job.id}.{encoded.extension}"
+        filename = result_filename(job, encoded.extension)
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
         await channel.send(
             embed=result_embed(job, filename=filename),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up and turn a seed text into a grid: scripts/imagine.sh "Northeastern University" [--count 4 ...]
 # Uses IMAGINE_SD_MODEL / IMAGINE_TEXT_MODEL (default: the real models from the Hugging Face Hub, ~6 GB).
-# TINY=1 builds tiny random-weight models into .tiny-models/ and uses them (offline, seconds, noise images).
+# TINY=1 builds tiny random-weight models into .tiny-models/ and uses them (offline, noise images; the first
+# run takes a minute or two on a small CPU box, most of it building the models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

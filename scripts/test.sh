@@ -3,7 +3,8 @@
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k store` or `scripts/test.sh -m heavy` (the long loops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# The tests exercise the optional NudeNet classifier for real: install the `safety` extra too.
+EXTRAS="${EXTRAS:-dev,safety}" scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

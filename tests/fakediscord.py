@@ -1716,7 +1716,7 @@ class FakeDiscord:
             if bad:
                 raise ValueError(f"values {bad} are not options of {custom_id!r} ({allowed})")
         else:
-            kind = {5: OPT_USER, 6: OPT_ROLE, 7: OPT_CHANNEL, 8: OPT_MENTIONABLE}[ctype]
+            kind = {5: OPT_USER, 6: OPT_ROLE, 7: OPT_MENTIONABLE, 8: OPT_CHANNEL}[ctype]
             values = [self._option_value(kind, v, resolved) for v in values]
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": ctype, "values": list(values)}
         if resolved:

@@ -103,6 +103,14 @@ def test_a_read_only_data_dir_exits_with_one_line(tmp_path: Path) -> None:
     assert str(data) in line
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_folder_nobody_can_write_exits_with_one_line(tmp_path: Path) -> None:
+    # /proc refuses new files even to root: the unwritable-folder case wherever the tests run.
+    line = _one_error_line(_cli(["history"], _env(Path("/proc")), tmp_path))
+    assert "/proc/history.sqlite3" in line
+    assert "IMAGINE_DATA_DIR" in line
+
+
 def test_cuda_without_a_gpu_exits_with_one_line_and_writes_no_row(tmp_path: Path) -> None:
     import torch
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bot.engine.validation import normalize_user_text
 from bot.store import (
     MIGRATIONS,
     Cooldown,
@@ -306,7 +307,7 @@ async def test_concurrent_writes_through_one_store(store: HistoryStore) -> None:
     assert await store.integrity_check() == "ok"
 
 
-# -- text is stored verbatim -----------------------------------------------------------------------
+# -- text is stored verbatim (user text normalised) -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "text",
     [
@@ -329,8 +330,10 @@ async def test_seed_text_round_trips_verbatim(store: HistoryStore, text: str) ->
     assert await store.mark_done(job.id, tiles=tiles, grid_path=text, expander={"t": text}, render={})
     again = await store.get_job(job.id)
     assert again is not None
-    assert again.seed_text == text
-    assert again.negative == text
+    # The member's own text is stored as one plain line (bidi controls dropped, whitespace collapsed);
+    # everything else round-trips byte for byte, SQL metacharacters included.
+    assert again.seed_text == normalize_user_text(text)
+    assert again.negative == normalize_user_text(text)
     assert again.given_prompts == (text, text)
     assert again.prompts == (text, text + "!")
     assert again.expander == {"t": text}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import io
 import logging
@@ -23,6 +24,7 @@ from bot.engine.loading import (
     load_inpaint_pipeline,
     load_safety_checker,
     load_sd_pipeline,
+    load_seed_tokenizer,
     load_text_model,
     quiet_libraries,
     resolve_device,
@@ -30,7 +32,7 @@ from bot.engine.loading import (
 )
 from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
-from bot.engine.renderer import Renderer, free_device_memory, is_out_of_memory
+from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
@@ -40,7 +42,7 @@ from bot.engine.types import (
     OutOfMemory,
     ProgressCallback,
 )
-from bot.engine.validation import Limits, validate_request
+from bot.engine.validation import Limits, check_seed_tokens, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class Engine:
         self.renderer: Renderer | None = None
         self.expander: PromptExpander | None = None
         self._safety: Any | None = None
+        self._seed_tokenizer: Any | None = None
         self.model_info: dict[str, Any] = {}
         self.stats = GpuStats()
         # Compiled here, not at load: the member's own text is checked before a job is queued.
@@ -175,6 +178,10 @@ class Engine:
             count_clip_tokens=renderer.count_clip_tokens,
             clip_max_tokens=renderer.clip_max_tokens,
         )
+        if self._seed_tokenizer is None:
+            # From now on `validate` refuses an over-long seed before its row is written (the bot path).
+            # Set before the rest is published: harmless alone, and `validate` only reads it.
+            self._seed_tokenizer = load_seed_tokenizer(self.config.sd_model)
         safety = None
         if self.config.safety_checker:
             safety = load_safety_checker(
@@ -203,8 +210,25 @@ class Engine:
 
     # -- jobs --------------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
-        """Cheap checks that need no model (run them on the event loop before queueing)."""
+        """Cheap checks that need no model (run them on the event loop before queueing).
+
+        Once the seed tokenizer is there (`load_seed_tokenizer`, or after the models loaded) this also
+        checks the seed fits CLIP's window, so an over-long seed never becomes a row.
+        """
         validate_request(request, self.config.limits, self.blocklist)
+        tokenizer = self._seed_tokenizer
+        if tokenizer is not None:
+            count = functools.partial(clip_token_count, tokenizer)
+            check_seed_tokens(request.seed_text, count, tokenizer.model_max_length - 2)
+
+    def load_seed_tokenizer(self) -> None:
+        """Load only the SD text tokenizer for `validate` (seconds, no weights); the CLI calls it up front.
+
+        A separate instance from the pipeline's: HF tokenizers must not be shared across threads, and
+        this one is used on the event loop's thread, the pipeline's on the GPU thread.
+        """
+        if self._seed_tokenizer is None:
+            self._seed_tokenizer = load_seed_tokenizer(self.config.sd_model)
 
     async def generate(
         self,
@@ -263,12 +287,7 @@ class Engine:
     ) -> GenerationResult:
         assert self.renderer is not None and self.expander is not None
         seed = request.seed_text.strip()
-        seed_tokens = self.renderer.count_clip_tokens(seed)
-        if seed_tokens > self.renderer.clip_max_tokens:
-            raise InvalidRequest(
-                f"`seed` is {seed_tokens} tokens long; Stable Diffusion reads at most "
-                f"{self.renderer.clip_max_tokens}: shorten it"
-            )
+        check_seed_tokens(seed, self.renderer.count_clip_tokens, self.renderer.clip_max_tokens)
         timings: dict[str, float] = {}
         if request.prompts is not None:
             prompts = tuple(request.prompts)

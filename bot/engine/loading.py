@@ -178,6 +178,16 @@ def _compile(pipe: Any, mode: str) -> None:
     pipe.vae.decode = torch.compile(pipe.vae.decode)
 
 
+def load_seed_tokenizer(model_id: str) -> Any:
+    """The SD model's CLIP tokenizer alone (a few MB of vocabulary: no weights, no device)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_id, subfolder="tokenizer")
+    except Exception as exc:
+        raise _load_error(model_id, "IMAGINE_SD_MODEL", exc) from exc
+
+
 def load_text_model(model_id: str, *, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """GPT-2-family causal LM + tokenizer (float32 on CPU, float16 on CUDA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

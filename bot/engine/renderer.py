@@ -59,6 +59,11 @@ def free_device_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def clip_token_count(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` without start/end markers (CLIP's window is `model_max_length` - 2 of them)."""
+    return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+
 class Renderer:
     """Owns the text-to-image pipeline and img2img/inpaint pipelines sharing its weights."""
 
@@ -88,7 +93,7 @@ class Renderer:
 
     def count_clip_tokens(self, text: str) -> int:
         """Tokens of `text` without start/end markers, as the pipeline's own tokenizer counts them."""
-        return len(self.pipe.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        return clip_token_count(self.pipe.tokenizer, text)
 
     @property
     def clip_max_tokens(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bot.engine.types import BlockedText, GenerationRequest, InvalidRequest
@@ -27,19 +27,38 @@ class Limits:
     max_output_pixels: int = 2048 * 2048
 
 
+# Bidirectional-text controls: they reorder what follows them on screen (U+202E shows "gnp.exe" for
+# "exe.png") and would flip the layout of every list the text is shown in.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def normalize_user_text(text: str) -> str:
+    """One line of plain text: bidi controls removed, every run of whitespace (newlines, tabs) one space."""
+    return " ".join("".join(char for char in text if char not in _BIDI_CONTROLS).split())
+
+
 def clean_user_text(text: str, *, name: str, max_chars: int, required: bool) -> str:
-    """Strip and check a user-supplied text: no control characters, not empty, not too long."""
+    """Normalize and check a user-supplied text: no control characters, not empty, not too long."""
     if not isinstance(text, str):
         raise InvalidRequest(f"`{name}` must be text, got {type(text).__name__}")
     for char in text:
         if unicodedata.category(char) == "Cc" and char not in "\t\n\r":
             raise InvalidRequest(f"`{name}` contains a control character (U+{ord(char):04X}); remove it")
-    stripped = text.strip()
-    if required and not stripped:
+    cleaned = normalize_user_text(text)
+    if required and not cleaned:
         raise InvalidRequest(f"`{name}` must not be empty")
-    if len(stripped) > max_chars:
-        raise InvalidRequest(f"`{name}` is {len(stripped)} characters; the limit is {max_chars}")
-    return stripped
+    if len(cleaned) > max_chars:
+        raise InvalidRequest(f"`{name}` is {len(cleaned)} characters; the limit is {max_chars}")
+    return cleaned
+
+
+def check_seed_tokens(seed: str, count_tokens: Callable[[str], int], max_tokens: int) -> None:
+    """The seed must fit CLIP's window by itself (the expander only appends to it)."""
+    tokens = count_tokens(normalize_user_text(seed))
+    if tokens > max_tokens:
+        raise InvalidRequest(
+            f"`seed` is {tokens} tokens long; Stable Diffusion reads at most {max_tokens}: shorten it"
+        )
 
 
 def check_blocklist(text: str, *, name: str, blocklist: Sequence[re.Pattern[str]]) -> None:
@@ -61,11 +80,14 @@ def validate_request(
     With `safe_mode`, the member's own text (seed, negative, given prompts) must pass `blocklist`: the
     expander's fallback to the plain seed is then always a seed that passed.
     """
-    clean_user_text(request.seed_text, name="seed", max_chars=limits.max_prompt_chars, required=True)
-    clean_user_text(request.negative, name="negative", max_chars=limits.max_prompt_chars, required=False)
+    seed = clean_user_text(request.seed_text, name="seed", max_chars=limits.max_prompt_chars, required=True)
+    negative = clean_user_text(
+        request.negative, name="negative", max_chars=limits.max_prompt_chars, required=False
+    )
     if request.safe_mode:
-        check_blocklist(request.seed_text, name="seed", blocklist=blocklist)
-        check_blocklist(request.negative, name="negative", blocklist=blocklist)
+        # The normalised text, as it is stored and rendered: a bidi control inside a word must not hide it.
+        check_blocklist(seed, name="seed", blocklist=blocklist)
+        check_blocklist(negative, name="negative", blocklist=blocklist)
         for prompt in request.prompts or ():
             check_blocklist(prompt, name="prompt", blocklist=blocklist)
     if not isinstance(request.expand, bool):
@@ -99,8 +121,8 @@ def validate_request(
             raise InvalidRequest(
                 f"`image_seeds` must have {request.count} entries, got {len(request.image_seeds)}"
             )
-        for seed in request.image_seeds:
-            _check_int("image seed", seed, 0, MAX_SEED_NUMBER + 64)
+        for image_seed in request.image_seeds:
+            _check_int("image seed", image_seed, 0, MAX_SEED_NUMBER + 64)
     if not isinstance(request.strength, int | float) or not 0.0 < request.strength <= 1.0:
         raise InvalidRequest(f"`strength` must be in (0, 1], got {request.strength!r}")
     if request.mask_image is not None and request.init_image is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import pytest
 
-from tests.cogs.conftest import RunningBot, wait_job
+from tests.cogs.conftest import RunningBot, imagine, start_bot, wait_job
 from tests.fakediscord import SEND_MESSAGES, FakeDiscord
+from tests.reliability.harness import result_counts
 
 
 async def test_result_nobody_can_post_is_recorded_undelivered_and_kept_in_history(
@@ -44,3 +46,29 @@ async def test_result_nobody_can_post_is_recorded_undelivered_and_kept_in_histor
     detail = await opened.wait_final(timeout=30, predicate=lambda m: bool(m.embeds))
     fields = {f["name"]: f["value"] for f in detail.embeds[0]["fields"]}
     assert "403" in fields["Not delivered"]
+
+
+async def test_restart_after_a_crash_mid_edit_checks_the_recorded_message_not_the_last_100(
+    fake: FakeDiscord, bot_settings
+) -> None:
+    settings = bot_settings()
+    first = await start_bot(fake, settings)
+    _, message = await imagine(fake, fake.alice_id, count=1)
+    job_id = message.find_component(label="U1")["custom_id"].split(":")[2]
+    job = await wait_job(first.store, job_id, lambda j: j.delivery == "sent")
+    assert job.message_id == message.id  # the response recorded at claim time is the one edited
+    await first.stop()
+    # The state a kill -9 between the edit and its confirmation leaves (the claim recorded the response
+    # id first), in a channel where 150 messages came after the result.
+    with sqlite3.connect(settings.db_path) as db:
+        db.execute("UPDATE jobs SET delivery = 'sending' WHERE id = ?", (job_id,))
+    for index in range(150):
+        await fake.post_user_message(f"chatter {index}", user_id=fake.bob_id)
+
+    second = await start_bot(fake, settings)
+    try:
+        await wait_job(second.store, job_id, lambda j: j.delivery == "sent")
+        assert result_counts(fake)[job_id] == 1
+        assert not any(r.method == "POST" and r.path.startswith("/channels/") for r in fake.requests)
+    finally:
+        await second.stop()

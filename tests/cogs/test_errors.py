@@ -68,3 +68,18 @@ async def test_imagine_says_the_job_is_queued_when_the_position_lookup_fails(
     assert not any("went wrong" in text for text in texts), texts
     (job,) = await store.list_jobs(user_id=fake.alice_id, limit=5)
     await wait_job(store, job.id, lambda j: j.status == "done" and j.delivery == "sent")
+
+
+async def test_modal_errors_reach_the_one_handler(fake: FakeDiscord, running: RunningBot) -> None:
+    _, grid = await imagine(fake, fake.alice_id, count=1)
+    click = await fake.click_button(
+        grid, grid.find_component(label="Remix")["custom_id"], user_id=fake.alice_id
+    )
+    await click.wait_modal()
+    # Discord refuses the submit's first answer (the defer); the handler's reply still reaches the member.
+    fake.fail_next(
+        "POST", r"^/interactions/\d+/[^/]+/callback$", status=400, code=50035, message="Invalid Form Body"
+    )
+    submit = await fake.submit_modal(click, {"p1": "a red fox in the snow"})
+    reply = await submit.wait_final(timeout=30)
+    assert reply.ephemeral and reply.content == "something went wrong on our side; it was logged"

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.engine.validation import normalize_user_text
 from bot.store import JobSpec
 from tests.cogs.conftest import RunningBot, start_bot
 from tests.fakediscord import FakeDiscord, FakeInteraction, FakeMessage
@@ -127,14 +128,15 @@ def slash_cases(fake: FakeDiscord) -> list[Case]:
     }
     for name, (text, negative) in accepted.items():
         options = {"seed": text, **({"negative": negative} if negative else {})}
-        stored = {"seed_text": text, "negative": negative}
+        # Stored as one plain line: bidi controls dropped, whitespace collapsed (the rest verbatim).
+        stored = {"seed_text": normalize_user_text(text), "negative": normalize_user_text(negative)}
         cases.append(Case(name, "imagine", options, "accepted", verbatim=stored))
     cases.append(
         Case(
             "seed within the char limit but over 75 CLIP tokens",
             "imagine",
             {"seed": " ".join(["zq"] * 160)[:500]},
-            "fails",
+            "refused",  # checked with the tokenizer before a row is written
             "tokens long; Stable Diffusion reads at most",
         )
     )

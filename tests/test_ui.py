@@ -1,0 +1,47 @@
+"""How member-typed text is shown: markdown and mentions inert, within Discord's limits."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bot.ui import shown
+
+# An unescaped `[`…`](` is a live masked link in Discord.
+LIVE_LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")
+
+
+def test_every_masked_link_is_escaped() -> None:
+    # discord.utils.escape_markdown escapes only the first of two links on one line.
+    text = "[a](https://x.example) and [b](https://y.example)"
+    assert not LIVE_LINK.search(shown(text, 200))
+    assert shown(text, 200) == r"\[a\](https://x.example) and \[b\](https://y.example)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("**bold** _it_ `code` ~~s~~ ||spoiler||", r"\*\*bold\*\* \_it\_ \`code\` \~\~s\~\~ \|\|spoiler\|\|"),
+        ("# heading", r"\# heading"),
+        ("> quote", r"\> quote"),
+        ("- item", r"\- item"),
+        ("1. item", r"1\. item"),
+        ("<@123> <#456>", r"\<@123\> \<\#456\>"),
+        ("line one\nline two", "line one line two"),
+        ("high-quality, 8k: castle", "high-quality, 8k: castle"),
+    ],
+)
+def test_markdown_is_escaped(text: str, expected: str) -> None:
+    assert shown(text, 200) == expected
+
+
+def test_everyone_cannot_be_rendered_as_a_mention() -> None:
+    assert "@everyone" not in shown("hi @everyone", 50)
+
+
+def test_limit_holds_and_never_ends_on_half_an_escape() -> None:
+    for limit in range(2, 40):
+        out = shown("*" * 100, limit)
+        assert len(out) <= limit and out.endswith("…")
+        assert re.fullmatch(r"(\\\*)*", out.removesuffix("…")), out
