@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -35,6 +36,18 @@ DEFAULT_BLOCKLIST: tuple[str, ...] = (
 
 DISCORD_DEFAULT_API_BASE = "https://discord.com/api/v10"
 DISCORD_DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
+
+
+def _json_or_split(value: object, split: Callable[[str], list[str]]) -> object:
+    """A list setting from a raw env string: a JSON list, or parts cut by `split` (stripped, blanks dropped)."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+    return [part.strip() for part in split(value) if part.strip()]
 
 
 class SettingsError(Exception):
@@ -177,14 +190,7 @@ class Settings(BaseSettings):
         # Three documented forms: a JSON list, or regexes separated by newlines or `||` (easier in a
         # plain env var). `NoDecode` hands us the raw string, so pydantic-settings' JSON decoding
         # cannot reject the plain forms before this runs.
-        if not isinstance(value, str):
-            return value
-        if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
-        return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+        return _json_or_split(value, lambda text: text.replace("||", "\n").splitlines())
 
     @field_validator("blocklist")
     @classmethod
@@ -200,14 +206,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_classes(cls, value: object) -> object:
         # A comma-separated list (or a JSON list); `NoDecode` hands us the raw env string.
-        if not isinstance(value, str):
-            return value
-        if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
-        return [part.strip().upper() for part in value.split(",") if part.strip()]
+        parsed = _json_or_split(value, lambda text: text.split(","))
+        if isinstance(value, str) and isinstance(parsed, list):
+            return [str(part).upper() for part in parsed]
+        return parsed
 
     @field_validator("nudenet_classes")
     @classmethod

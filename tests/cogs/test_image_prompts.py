@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,31 @@ async def test_reproduce_of_an_outpaint_is_exact_and_forget_removes_its_inputs(
     for job in jobs:
         assert not Path(job.init_image).exists()  # noqa: ASYNC240
         assert job.mask_image is None or not Path(job.mask_image).exists()  # noqa: ASYNC240
+
+
+async def test_forget_removes_the_upload_of_a_job_that_never_rendered(
+    fake: FakeDiscord, running: RunningBot
+) -> None:
+    gate = threading.Event()
+    # Hold the GPU thread so the job is still queued when it is cancelled: it never gets a grid.
+    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.engine.run_sync, gate.wait)
+    try:
+        upload = ("photo.png", encoded(striped(80, 80), "PNG"))
+        interaction = await fake.send_slash(
+            "imagine", {"seed": "cat", "image": upload}, user_id=fake.alice_id
+        )
+        await interaction.wait_deferred()
+        await fake.wait_until(
+            lambda: bool(list(running.settings.images_dir.glob("*/source.png"))), 30, "upload"
+        )
+        (source,) = running.settings.images_dir.glob("*/source.png")
+        cancel = await fake.send_slash("cancel", {}, user_id=fake.alice_id)
+        await cancel.wait_final(timeout=10)
+    finally:
+        gate.set()
+        await blocker
+    job = await wait_job(running.store, source.parent.name, lambda j: j.status == "cancelled")
+    assert job.grid_path is None and Path(job.init_image) == source
+    forget = await fake.send_slash("forget", {"confirm": True}, user_id=fake.alice_id)
+    await forget.wait_final(timeout=30, predicate=lambda m: "Deleted" in (m.content or ""))
+    assert not source.parent.exists()
