@@ -98,6 +98,7 @@ def _row(name: str, samples: list[float], seconds: float) -> list[object]:
 
 async def run(args: argparse.Namespace) -> int:
     from bot.engine.executor import Engine
+    from bot.engine.local_backend import LocalBackend
     from bot.jobs import JobOutcome, JobRunner
     from bot.store import HistoryStore
 
@@ -119,7 +120,9 @@ async def run(args: argparse.Namespace) -> int:
     with temp_data_dir("loop-lag") as tmp:
         store = HistoryStore(Path(tmp) / "history.sqlite3")
         await store.open()
-        runner = JobRunner(store=store, engine=engine, images_dir=Path(tmp) / "generated_images")
+        runner = JobRunner(
+            store=store, backend=LocalBackend(engine), images_dir=Path(tmp) / "generated_images"
+        )
         progress_calls = [0]
 
         def on_progress(job_id: str, step: int, total: int, preview: object) -> None:

@@ -95,6 +95,7 @@ def _count_calls(target: Any, name: str) -> list[int]:
 
 async def run(args: argparse.Namespace) -> int:
     from bot.engine.executor import Engine
+    from bot.engine.local_backend import LocalBackend
     from bot.jobs import JobRunner
     from bot.store import HistoryStore
 
@@ -102,7 +103,9 @@ async def run(args: argparse.Namespace) -> int:
     with temp_data_dir("overhead") as tmp:
         store = HistoryStore(Path(tmp) / "history.sqlite3")
         await store.open()
-        runner = JobRunner(store=store, engine=engine, images_dir=Path(tmp) / "generated_images")
+        runner = JobRunner(
+            store=store, backend=LocalBackend(engine), images_dir=Path(tmp) / "generated_images"
+        )
         if not args.no_progress:
             # The Discord front always registers a progress handler; so does the bench by default.
             runner.set_handlers(on_progress=lambda job_id, step, total, preview: None)

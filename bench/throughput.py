@@ -99,6 +99,7 @@ class Tracer:
 
 async def run(args: argparse.Namespace) -> int:
     from bot.engine.executor import Engine, GpuStats
+    from bot.engine.local_backend import LocalBackend
     from bot.jobs import JobOutcome, JobRunner
     from bot.store import HistoryStore
 
@@ -111,7 +112,9 @@ async def run(args: argparse.Namespace) -> int:
         await store.open()
         for name in TRACED_STORE_METHODS:
             tracer.wrap_async(store, name)
-        runner = JobRunner(store=store, engine=engine, images_dir=Path(tmp) / "generated_images")
+        runner = JobRunner(
+            store=store, backend=LocalBackend(engine), images_dir=Path(tmp) / "generated_images"
+        )
         tracer.wrap_sync(runner, "_write_files", "write files (thread)")
         progress_calls = [0]
 

@@ -14,10 +14,9 @@ import discord
 import yarl
 
 from bot.bot import ImagineBot
-from bot.engine.executor import Engine
 from bot.settings import Settings
 from bot.store import HistoryStore
-from bot.wiring import build_runner, engine_config_from
+from bot.wiring import build_backend, build_runner
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,10 @@ async def run_bot(
         return 2
     apply_discord_endpoints(settings)
     async with HistoryStore(settings.db_path) as store:
-        engine = Engine(engine_config_from(settings))
-        runner = build_runner(settings, store, engine)
+        backend = build_backend(settings)
+        runner = build_runner(settings, store, backend)
         try:
-            async with ImagineBot(settings=settings, store=store, engine=engine, runner=runner) as bot:
+            async with ImagineBot(settings=settings, store=store, backend=backend, runner=runner) as bot:
                 if handle_signals:
                     _install_signal_handlers(bot)
                 if on_bot is not None:
@@ -86,7 +85,7 @@ async def run_bot(
             _print_unreachable(settings, exc)
             return 1
         finally:
-            await engine.close()
+            await backend.close()
     log.info("stopped")
     return 0
 
@@ -98,9 +97,9 @@ async def sync_commands_now(settings: Settings) -> int:
         return 2
     apply_discord_endpoints(settings)
     async with HistoryStore(settings.db_path) as store:
-        engine = Engine(engine_config_from(settings))
-        runner = build_runner(settings, store, engine)
-        bot = ImagineBot(settings=settings, store=store, engine=engine, runner=runner, run_worker=False)
+        backend = build_backend(settings)
+        runner = build_runner(settings, store, backend)
+        bot = ImagineBot(settings=settings, store=store, backend=backend, runner=runner, run_worker=False)
         try:
             async with bot:
                 await bot.login(token)
@@ -112,6 +111,6 @@ async def sync_commands_now(settings: Settings) -> int:
             _print_unreachable(settings, exc)
             return 1
         finally:
-            await engine.close()
+            await backend.close()
     print("slash commands synced")
     return 0

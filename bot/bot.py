@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import Deliverer
-from bot.engine.executor import Engine
+from bot.engine.backend import RenderBackend
 from bot.engine.types import EngineError
 from bot.health import write_heartbeat
 from bot.jobs import JobRunner
@@ -47,7 +47,7 @@ class ImagineBot(commands.Bot):
         *,
         settings: Settings,
         store: HistoryStore,
-        engine: Engine,
+        backend: RenderBackend,
         runner: JobRunner,
         run_worker: bool = True,
     ) -> None:
@@ -59,7 +59,7 @@ class ImagineBot(commands.Bot):
         )
         self.settings = settings
         self.store = store
-        self.engine = engine
+        self.backend = backend
         self.runner = runner
         self.run_worker = run_worker
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
@@ -79,19 +79,12 @@ class ImagineBot(commands.Bot):
             on_started=self.deliverer.on_started,
             on_finished=self.deliverer.on_finished,
         )
+        # Starts the backend too: the local one loads the models in the background (minutes on a real GPU
+        # box; jobs wait on the same thread), a remote one connects when it can.
         await self.runner.start(requeue_interrupted=True)
         self.deliverer.start()
-        # Loading takes minutes on a real GPU box: do it in the background; jobs wait on the same thread.
-        self._spawn(self._load_models())
         self._spawn(self._heartbeat_loop())
         await self.sync_commands(force=False)
-
-    async def _load_models(self) -> None:
-        try:
-            await self.engine.load()
-        except EngineError as exc:
-            # The engine has logged what failed and how to fix it; loading is retried by the next job.
-            log.warning("models not loaded at start-up (%s); the next job retries", type(exc).__name__)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -152,7 +145,14 @@ class ImagineBot(commands.Bot):
     def _write_heartbeat(self, connected: bool) -> None:
         try:
             latency = self.latency if self.latency == self.latency else None  # NaN before the first ACK
-            write_heartbeat(self.settings.heartbeat_path, connected=connected, latency=latency)
+            runner_ok, runner_reason = self.runner.health() if self.run_worker else (True, "no worker")
+            write_heartbeat(
+                self.settings.heartbeat_path,
+                connected=connected,
+                latency=latency,
+                runner_ok=runner_ok,
+                runner_reason=runner_reason,
+            )
         except OSError:
             log.warning("could not write the heartbeat file %s", self.settings.heartbeat_path)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -80,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     sub.add_parser("sync", help="sync slash commands to Discord now")
     sub.add_parser("health", help="exit 0 when the running bot is connected and the database opens")
+    workers = sub.add_parser(
+        "workers", help="deploy or update the GPU worker replicas on the Ray cluster at RAY_ADDRESS"
+    )
+    workers.add_argument(
+        "--replicas", type=int, help="worker replicas (default: one per GPU in the cluster, at least 1)"
+    )
+    workers.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all replicas")
     sub.add_parser("download-models", help="pre-fetch the configured models into the Hugging Face cache")
     return parser
 
@@ -134,11 +143,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(sync_commands_now(settings))
     if args.command == "download-models":
         return _download_models(settings)
+    if args.command == "workers":
+        return _deploy_workers(settings, replicas=args.replicas, timeout=args.timeout)
     return asyncio.run(_run_store_command(args, settings))
 
 
 async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
     async with HistoryStore(settings.db_path) as store:
+        # A CLI render killed outright (SIGKILL) left its row `running`: any command shows it interrupted.
+        await store.recover_dead_cli_jobs()
         if args.command == "history":
             jobs = await store.list_jobs(any_user=True, limit=args.limit)
             _print_jobs(jobs, as_json=args.json)
@@ -150,7 +163,6 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
         if args.command == "imagine":
             spec = _imagine_spec(args, settings)
         else:  # rerun
-            # Imported here: bot.jobs pulls in torch, which `health` (every 30 s) must not pay for.
             from bot.jobs import rerun_spec
 
             old = await _require_job(store, args.job_id)
@@ -172,35 +184,63 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
 
 
 async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:
-    from bot.engine.executor import Engine
     from bot.jobs import request_from_job
-    from bot.wiring import build_runner, engine_config_from
+    from bot.wiring import build_backend, build_runner
 
-    engine = Engine(engine_config_from(settings))
-    runner = build_runner(settings, store, engine)
-    await store.recover_interrupted(requeue=False, max_attempts=settings.max_attempts)
+    backend = build_backend(settings)
+    # What Ctrl-C or SIGTERM interrupts ends `interrupted` (nobody would collect a re-queued CLI job).
+    runner = build_runner(settings, store, backend, requeue_on_shutdown=False)
     try:
-        # Cheap checks first, so a bad argument never waits for a tokenizer; then the seed's CLIP length,
-        # which needs only the tokenizer (no weights): an over-long seed exits 2 and writes no row.
-        engine.validate(request_from_job(spec))
-        await asyncio.to_thread(engine.load_seed_tokenizer)
-        job = await runner.submit(spec)
-    except ModelLoadError:
-        raise
-    except EngineError as exc:
-        raise CliError(exc.user_message, EXIT_USAGE) from None
-    bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
-    if bar is not None:
-        runner.set_handlers(on_progress=bar)
-    if not as_json:
-        print(f"job {job.id}: rendering {spec.count} image(s)…", file=sys.stderr)
-    try:
-        outcome = await runner.run_now(job)
+        try:
+            # Cheap checks first, so a bad argument never waits for a tokenizer; then (local backend) the
+            # seed's CLIP length, which needs only the tokenizer: an over-long seed exits 2 and writes no row.
+            backend.validate(request_from_job(spec))
+            await backend.prepare_validation()
+            job = await runner.submit(spec)
+        except ModelLoadError:
+            raise
+        except EngineError as exc:
+            raise CliError(exc.user_message, EXIT_USAGE) from None
+        online, reason = await backend.available()
+        if not online:
+            await store.cancel_queued(job.id)
+            raise CliError(f"cannot render: {reason}")
+        bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
+        if bar is not None:
+            runner.set_handlers(on_progress=bar)
+        if not as_json:
+            print(f"job {job.id}: rendering {spec.count} image(s)…", file=sys.stderr)
+        stopped_by = _stop_on_signals(runner, quiet=as_json)
+        try:
+            outcome = await runner.run_now(job)
+        finally:
+            await store.set_delivery_none(job.id)
     finally:
-        await store.set_delivery_none(job.id)
-        await engine.close()
+        await backend.close()
     _print_job(outcome.job, as_json=as_json, full=True)
+    if stopped_by:
+        return 128 + stopped_by[0]
     return EXIT_OK if outcome.job.status == "done" else EXIT_FAILED
+
+
+def _stop_on_signals(runner: Any, *, quiet: bool) -> list[int]:
+    """Ctrl-C and SIGTERM stop the render at its next step; returns the list the signal number lands in."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+    stopping: list[asyncio.Task[None]] = []  # holds the task: the loop keeps only a weak reference
+
+    def stop(signum: int) -> None:
+        if received:
+            return
+        received.append(signum)
+        if not quiet:
+            print("stopping at the next step…", file=sys.stderr)
+        stopping.append(asyncio.ensure_future(runner.stop(grace=0)))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop, signum)
+    return received
 
 
 def _progress_bar(*, enabled: bool) -> Any:
@@ -370,4 +410,24 @@ def _download_models(settings: Settings) -> int:
             ) from None
         print(f"{name}={model_id}: cached at {path}")
     print("done: the bot can now run with HF_HUB_OFFLINE=1")
+    return EXIT_OK
+
+
+def _deploy_workers(settings: Settings, *, replicas: int | None, timeout: float) -> int:
+    from bot.engine.ray_backend import RayConnectError, deploy_workers
+    from bot.wiring import engine_config_from
+
+    if replicas is not None and replicas < 1:
+        raise CliError(f"`--replicas` must be >= 1, got {replicas}", EXIT_USAGE)
+    try:
+        deploy_workers(
+            engine_config_from(settings),
+            address=settings.ray_address,
+            replicas=replicas,
+            gpus_per_replica=settings.ray_gpus_per_replica,
+            timeout=timeout,
+            say=lambda line: print(line, flush=True),
+        )
+    except RayConnectError as exc:
+        raise CliError(str(exc)) from None
     return EXIT_OK

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
-from PIL import Image
 
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.jobs import JobOutcome, JobRunner
@@ -40,7 +39,6 @@ UPLOAD_MARGIN = 64 * 1024
 # Interaction tokens live 15 minutes; switch to the channel a little before that.
 TOKEN_SAFETY_MARGIN = 30.0
 DEAD_TOKEN_CODES = {10015, 10062, 50027}
-PREVIEW_SIDE = 256
 NONCE_TRUST_SECONDS = 120.0
 
 
@@ -95,6 +93,7 @@ class Tracker:
     last_edit: float = 0.0
     task: asyncio.Task[None] | None = None
     position: int | None = None
+    online: bool = True
     # The interaction response the job's progress and result are edited into (None when unknown).
     message_id: int | None = None
 
@@ -153,17 +152,14 @@ class Deliverer:
             tracker.text = text
             tracker.dirty.set()
 
-    def on_progress(self, job_id: str, step: int, total: int, preview: Image.Image | None) -> None:
-        """Called on the loop (via call_soon_threadsafe) for each denoising step."""
+    def on_progress(self, job_id: str, step: int, total: int, preview: bytes | None) -> None:
+        """Called on the loop for each denoising step; `preview` is a small PNG from the render backend."""
         tracker = self.trackers.get(job_id)
         if tracker is None:
             return
         tracker.text = progress_text(job_id, step, total)
         if preview is not None:
-            # Encoding a 256 px preview PNG is ~1 ms; fine on the loop.
-            buffer = io.BytesIO()
-            preview.resize((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.NEAREST).save(buffer, format="PNG")
-            tracker.preview = buffer.getvalue()
+            tracker.preview = preview
         tracker.dirty.set()
 
     async def on_started(self, job: JobRecord) -> None:
@@ -214,9 +210,18 @@ class Deliverer:
         queued = [job for job in order if job.status == "queued"]
         for position, job in enumerate(queued, start=1):
             tracker = self.trackers.get(job.id)
-            if tracker is not None and tracker.position != position:
+            if tracker is not None and (tracker.position, tracker.online) != (
+                position,
+                self.runner.backend_online,
+            ):
+                tracker.online = self.runner.backend_online
                 tracker.position = position
-                tracker.text = queued_text(job.id, position, self.runner.eta_seconds(position))
+                tracker.text = queued_text(
+                    job.id,
+                    position,
+                    self.runner.eta_seconds(position),
+                    workers_online=self.runner.backend_online,
+                )
                 tracker.dirty.set()
 
     # -- final results -------------------------------------------------------------------------------

@@ -18,9 +18,18 @@ DB_TIMEOUT_SECONDS = 5.0
 
 
 def write_heartbeat(
-    path: Path, *, connected: bool, latency: float | None = None, now: float | None = None
+    path: Path,
+    *,
+    connected: bool,
+    latency: float | None = None,
+    now: float | None = None,
+    runner_ok: bool = True,
+    runner_reason: str = "",
 ) -> None:
-    """Atomically write `{"ts", "connected", "latency", "pid"}` as JSON to `path`."""
+    """Atomically write `{"ts", "connected", "latency", "pid", "runner_ok", "runner"}` as JSON to `path`.
+
+    `runner_ok` is false when the job dispatcher died or the render backend (GPU workers) is unreachable.
+    """
     if latency is not None and not math.isfinite(latency):
         latency = None  # discord.py reports inf before the first heartbeat ACK; JSON has no inf.
     payload = {
@@ -28,6 +37,8 @@ def write_heartbeat(
         "connected": bool(connected),
         "latency": latency,
         "pid": os.getpid(),
+        "runner_ok": bool(runner_ok),
+        "runner": runner_reason,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -59,6 +70,8 @@ def _check_heartbeat(path: Path, *, max_age: float, now: float) -> tuple[bool, s
         return False, f"heartbeat timestamp is {-age:.0f}s in the future"
     if data.get("connected") is not True:
         return False, f"not connected to Discord (heartbeat {max(age, 0.0):.0f}s old)"
+    if data.get("runner_ok") is False:
+        return False, f"jobs cannot run: {data.get('runner') or 'job runner unhealthy'}"
     return True, f"connected (heartbeat {max(age, 0.0):.0f}s old)"
 
 

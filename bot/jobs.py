@@ -1,29 +1,44 @@
-"""The job queue: fair across users, persisted in SQLite, feeding the engine one job at a time."""
+"""The job runner: a durable SQLite queue, fair across members, feeding a render backend's N slots.
+
+One supervised dispatcher task fills free slots with the fair pick; each running job is its own task
+(render → save → finish). The runner knows the GPU(s) only through `RenderBackend` (bot/engine/backend.py):
+importing this module imports neither torch nor Ray.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
-import threading
+import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from bot.engine.executor import Engine
+from bot.engine.backend import BackendUnavailable, CancelToken, RenderBackend, RenderOutput, WorkerLost
 from bot.engine.images import compose_grid, png_bytes
 from bot.engine.safety import TileClassifier, screen_tiles
-from bot.engine.types import EngineError, GenerationRequest, GenerationResult, InvalidRequest, JobCancelled
+from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
 from bot.flags import chaos_temperature
-from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
+from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "something went wrong on our side; the job was not completed"
+SHUTDOWN = "shutdown"
+# The dispatcher's back-off after an unexpected error (a full disk, a locked database): doubles to the cap.
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+# After the grace period, how long a job interrupted at its next step may take to come back.
+INTERRUPT_WAIT_SECONDS = 30.0
+# Poll a row another process runs (the CLI whose job the bot picked up) this often.
+ELSEWHERE_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -34,9 +49,19 @@ class JobOutcome:
     grid_png: bytes | None = None
 
 
-ProgressHandler = Callable[[str, int, int, Image.Image | None], None]
+ProgressHandler = Callable[[str, int, int, bytes | None], None]
 FinishedHandler = Callable[[JobOutcome], Awaitable[None]]
 StartedHandler = Callable[[JobRecord], Awaitable[None]]
+
+
+@dataclass
+class _InFlight:
+    """A job this runner claimed: cancellable while `rendering`; after that only the save remains."""
+
+    job: JobRecord
+    cancel: CancelToken = field(default_factory=CancelToken)
+    rendering: bool = True
+    task: asyncio.Task[None] | None = None
 
 
 def request_from_job(
@@ -78,8 +103,9 @@ async def load_request(job: JobRecord) -> GenerationRequest:
         except OSError as exc:
             raise InvalidRequest(f"the {what} of this job is gone from disk") from exc
 
-    init_image = await asyncio.to_thread(read, job.init_image, "source image")
-    mask_image = await asyncio.to_thread(read, job.mask_image, "mask")
+    # No thread hop for a job without input images (most jobs): it would queue behind busy worker threads.
+    init_image = await asyncio.to_thread(read, job.init_image, "source image") if job.init_image else None
+    mask_image = await asyncio.to_thread(read, job.mask_image, "mask") if job.mask_image else None
     return request_from_job(job, init_image=init_image, mask_image=mask_image)
 
 
@@ -129,66 +155,101 @@ def fair_order(pending: list[JobRecord], last_served: dict[int | None, float]) -
     return order
 
 
+def next_fair_job(
+    queued: list[JobRecord], last_served: dict[int | None, float], busy_users: set[int | None]
+) -> JobRecord | None:
+    """The fair pick for a free slot; members in `busy_users` wait while anyone else's job waits."""
+    order = fair_order(queued, last_served)
+    for job in order:
+        if job.user_id is None or job.user_id not in busy_users:
+            return job
+    return order[0] if order else None  # only busy members wait: don't leave the slot idle
+
+
 class JobRunner:
-    """Owns the worker task; the bot and the CLI submit jobs and listen for their outcomes."""
+    """Owns the dispatcher; the bot and the CLI submit jobs and listen for their outcomes."""
 
     def __init__(
         self,
         *,
         store: HistoryStore,
-        engine: Engine,
+        backend: RenderBackend,
         images_dir: Path,
         max_pending_per_user: int | None = None,
         max_queue: int | None = None,
         cooldown_seconds: float = 0.0,
         max_attempts: int = 2,
+        one_running_per_member: bool = True,
+        requeue_on_shutdown: bool = True,
+        poll_seconds: float = 5.0,
         classifier: TileClassifier | None = None,
     ) -> None:
         self.store = store
+        self.backend = backend
         #: the image classifier for filtered (safe-mode) jobs; runs in the save stage, off the GPU thread
         self.classifier = classifier
-        self.engine = engine
         self.images_dir = images_dir
         self.max_pending_per_user = max_pending_per_user
         self.max_queue = max_queue
         self.cooldown_seconds = cooldown_seconds
         self.max_attempts = max_attempts
+        self.one_running_per_member = one_running_per_member
+        # The bot requeues what shutdown interrupts (its restart runs it); the CLI marks it interrupted.
+        self.requeue_on_shutdown = requeue_on_shutdown
+        self.poll_seconds = poll_seconds
         self.on_progress: ProgressHandler | None = None
         self.on_started: StartedHandler | None = None
         self.on_finished: FinishedHandler | None = None
         self._wake = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._post_tasks: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._inflight: dict[str, _InFlight] = {}
+        self._post_tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
-        self._cancels: dict[str, threading.Event] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._last_served: dict[int | None, float] = {}
         self._stopping = False
-        self.running_job_id: str | None = None
         self.recovered_at: float | None = None
-        self.recent_durations: list[float] = []
+        self.recent_durations: deque[float] = deque(maxlen=20)
+        self.backend_online = True
+        self.backend_reason = "not checked yet"
+        self.dispatcher_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, *, requeue_interrupted: bool = True) -> None:
-        """Recover rows a crash left `running`, then start the worker."""
+        """Recover rows a crash left `running`, start the backend, then the dispatcher."""
         await self.store.recover_interrupted(requeue=requeue_interrupted, max_attempts=self.max_attempts)
         # Jobs final before this instant (including those recovery just failed) belong to no live delivery.
         self.recovered_at = time.time()
-        self._worker = asyncio.create_task(self._work(), name="job-worker")
+        await self.backend.start()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="job-dispatcher")
+        self._dispatcher.add_done_callback(_log_task_death)
         self._wake.set()
 
     async def stop(self, *, grace: float = 90.0) -> None:
-        """No new jobs; let the running job finish within `grace` seconds (else mark it), then stop."""
+        """No new jobs; let running jobs finish within `grace` s, then interrupt them at their next step.
+
+        Interrupted rows go back to `queued` (the restart runs them) or, for the CLI, end `interrupted`.
+        Never raises: the bot must go on to close delivery and the gateway.
+        """
         self._stopping = True
         self._wake.set()
-        if self._worker is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), grace)
-            except TimeoutError:
-                self._worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._worker
+        tasks = [flight.task for flight in self._inflight.values() if flight.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(grace, 0.0))
+        for flight in list(self._inflight.values()):
+            flight.cancel.set(SHUTDOWN)
+        tasks = [flight.task for flight in self._inflight.values() if flight.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=INTERRUPT_WAIT_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.wait([self._dispatcher], timeout=5.0)
         if self._post_tasks:
-            await asyncio.wait(self._post_tasks, timeout=grace)
+            await asyncio.wait(self._post_tasks, timeout=max(grace, 1.0))
 
     def set_handlers(
         self,
@@ -201,6 +262,16 @@ class JobRunner:
         self.on_progress = on_progress
         self.on_started = on_started
         self.on_finished = on_finished
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the dispatcher is alive and the backend reachable, with a one-line reason."""
+        if self._dispatcher is None or self._dispatcher.done():
+            return False, "the job dispatcher is not running"
+        if self.dispatcher_error is not None:
+            return False, f"the job dispatcher keeps failing ({self.dispatcher_error})"
+        if not self.backend_online:
+            return False, f"render backend unreachable: {self.backend_reason}"
+        return True, f"dispatcher running, {self.backend.name} backend: {self.backend_reason}"
 
     # -- submitting ------------------------------------------------------------------------------------
     async def admission_refusal(self, spec: JobSpec) -> Exception | None:
@@ -215,7 +286,7 @@ class JobRunner:
         """Refuse while shutting down; validate the request (no model needed)."""
         if self._stopping:
             raise QueueRefused("the bot is shutting down; try again in a minute")
-        self.engine.validate(request_from_job(spec))
+        self.backend.validate(request_from_job(spec))
 
     def _limits_for(self, spec: JobSpec) -> dict[str, Any]:
         """Queue limits for `spec`: per-user ones apply only to Discord users (the CLI has none)."""
@@ -227,16 +298,20 @@ class JobRunner:
         }
 
     async def submit(self, spec: JobSpec) -> JobRecord:
-        """Validate, write the `queued` row (limits enforced atomically) and wake the worker."""
+        """Validate, write the `queued` row (limits enforced atomically) and wake the dispatcher."""
         self._check_acceptable(spec)
         job = await self.store.create_job(spec, **self._limits_for(spec))
         self._wake.set()
         return job
 
     async def run_now(self, job: JobRecord) -> JobOutcome:
-        """Run one job right away without the worker loop (the CLI) and wait for its outcome."""
+        """Run one queued job right away, outside the dispatcher (the CLI), and wait for its outcome.
+
+        If another process (a bot on the same data folder) claimed the row first, wait for its final state.
+        """
         future = self.wait_for(job.id)
-        await self._run(job)
+        if not await self._claim(job):
+            return await self._outcome_elsewhere(job.id, future)
         return await future
 
     def wait_for(self, job_id: str) -> asyncio.Future[JobOutcome]:
@@ -246,14 +321,18 @@ class JobRunner:
         return future
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job at once, or interrupt a running one at its next step."""
-        if job_id == self.running_job_id and job_id in self._cancels:
-            self._cancels[job_id].set()
+        """Cancel a queued job at once, or interrupt a rendering one at its next step.
+
+        False once its render has ended (the images are being saved), or when it is final.
+        """
+        flight = self._inflight.get(job_id)
+        if flight is not None:
+            if not flight.rendering:
+                return False
+            flight.cancel.set("cancelled")
             return True
-        if await self.store.mark_failed(job_id, "cancelled by its owner", status="cancelled"):
-            job = await self.store.get_job(job_id)
-            if job is not None:
-                await self._finish(JobOutcome(job))
+        if await self.store.cancel_queued(job_id):
+            await self._finish_from_store(job_id)
             return True
         return False
 
@@ -265,110 +344,228 @@ class JobRunner:
         return running + fair_order(queued, self._last_served)
 
     def eta_seconds(self, position: int) -> float | None:
-        """Rough wait for the job at 1-based `position` in the queue, from recent job durations."""
+        """Rough wait for the queued job at 1-based `position`, from recent durations and the slots."""
         if not self.recent_durations:
             return None
-        recent = self.recent_durations[-10:]
-        return position * sum(recent) / len(recent)
+        average = sum(self.recent_durations) / len(self.recent_durations)
+        return math.ceil(position / max(1, self.backend.capacity)) * average
 
-    # -- the worker --------------------------------------------------------------------------------------
-    async def _work(self) -> None:
+    # -- the dispatcher -------------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        """Fill free slots with the fair pick; never dies on an error (log, back off, carry on)."""
+        backoff = BACKOFF_FIRST_SECONDS
         while not self._stopping:
-            # Clear before looking, so a submit that lands during the query is not missed.
-            self._wake.clear()
-            job = await self._next_job()
-            if job is None:
-                await self._wake.wait()
+            self._wake.clear()  # before looking, so a submit during the query is not missed
+            try:
+                started = await self._fill_one_slot()
+            except Exception as exc:
+                log.exception("the job dispatcher failed; retrying in %.1f s", backoff)
+                self.dispatcher_error = f"{type(exc).__name__}: {exc}"[:200]
+                await self._wait_for_wake(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 continue
-            await self._run(job)
+            self.dispatcher_error = None
+            backoff = BACKOFF_FIRST_SECONDS
+            if not started:
+                # Also polls: rows queued by another process, a backend coming back.
+                await self._wait_for_wake(self.poll_seconds)
 
-    async def _next_job(self) -> JobRecord | None:
-        order = await self.queue_positions()
-        queued = [job for job in order if job.status == "queued"]
-        return queued[0] if queued else None
+    async def _wait_for_wake(self, seconds: float) -> None:
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([waiter], timeout=seconds)
+        finally:
+            waiter.cancel()
 
-    async def _run(self, job: JobRecord) -> None:
-        if not await self.store.mark_running(job.id):
-            return
+    async def _fill_one_slot(self) -> bool:
+        """Start the next fair job if a slot is free; True when one was started (look again at once)."""
+        online, reason = await self.backend.available()
+        if online != self.backend_online:
+            log.log(logging.INFO if online else logging.WARNING, "render backend: %s", reason)
+        self.backend_online, self.backend_reason = online, reason
+        if not online or self._stopping:
+            return False
+        rendering = [flight for flight in self._inflight.values() if flight.rendering]
+        if len(rendering) >= self.backend.capacity:
+            return False
+        pending = await self.store.pending_jobs()
+        queued = [job for job in pending if job.status == "queued"]
+        busy = {flight.job.user_id for flight in rendering} if self.one_running_per_member else set()
+        job = next_fair_job(queued, self._last_served, busy)
+        if job is None:
+            return False
+        await self._claim(job)
+        return True
+
+    async def _claim(self, job: JobRecord) -> bool:
+        """queued → running for this runner, and start its task. False if someone else has it."""
+        # Registered before the claim's await: a /cancel landing meanwhile finds the job and its token.
+        flight = _InFlight(job)
+        self._inflight[job.id] = flight
+        try:
+            claimed = await self.store.mark_running(job.id)
+        except BaseException:
+            self._inflight.pop(job.id, None)
+            raise
+        if not claimed:
+            self._inflight.pop(job.id, None)
+            return False
         self._last_served[job.user_id] = time.monotonic()
-        cancel = threading.Event()
-        self._cancels[job.id] = cancel
-        self.running_job_id = job.id
-        started = time.perf_counter()
+        flight.task = asyncio.create_task(self._run_job(flight), name=f"job-{job.id}")
+        return True
+
+    # -- one job ---------------------------------------------------------------------------------------
+    async def _run_job(self, flight: _InFlight) -> None:
+        """Render, save and finish one claimed job; whatever happens, the row ends final or requeued."""
+        job = flight.job
+        try:
+            await self._render_and_save(flight)
+        except asyncio.CancelledError:
+            # Shutdown gave up waiting: the row must not stay `running`.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._give_back(job, "interrupted", requeue=self.requeue_on_shutdown))
+            raise
+        except Exception:
+            log.exception("job %s failed", job.id)
+            await self._end(job.id, INTERNAL_ERROR)
+        finally:
+            self._inflight.pop(job.id, None)
+            self._wake.set()
+
+    async def _render_and_save(self, flight: _InFlight) -> None:
+        job = flight.job
         running = await self.store.get_job(job.id)
         if self.on_started is not None and running is not None:
             self._spawn(self.on_started(running))
-        progress = None
-        if self.on_progress is not None:
-            handler = self.on_progress
-
-            def progress(step: int, total: int, preview: Image.Image | None) -> None:
-                handler(job.id, step, total, preview)
-
+        started = time.perf_counter()
         try:
             request = await load_request(job)
-            result = await self.engine.generate(request, on_progress=progress, cancel=cancel)
-        except asyncio.CancelledError:
-            # Shutdown while running: the GPU thread finishes the batch; the row must not stay `running`.
-            await asyncio.shield(self.store.mark_failed(job.id, "interrupted"))
-            raise
+            output = await self.backend.render(
+                request,
+                on_progress=self._progress_for(job.id),
+                on_rendered=lambda: self._rendered(flight),
+                cancel=flight.cancel,
+            )
         except JobCancelled:
-            await self.store.mark_failed(job.id, "cancelled by its owner", status="cancelled")
-            self._spawn(self._finish_from_store(job.id))
+            if flight.cancel.reason == SHUTDOWN:
+                await self._give_back(job, "interrupted", requeue=self.requeue_on_shutdown)
+            else:
+                await self._end(job.id, "cancelled by its owner", status="cancelled")
+            return
+        except (WorkerLost, BackendUnavailable) as exc:
+            log.warning("job %s: %s; re-queueing within its attempts", job.id, exc.user_message)
+            await self._give_back(job, exc.user_message, requeue=True)
+            return
         except EngineError as exc:
-            await self.store.mark_failed(job.id, exc.user_message)
-            self._spawn(self._finish_from_store(job.id))
-        except Exception:
-            log.exception("job %s failed", job.id)
-            await self.store.mark_failed(job.id, INTERNAL_ERROR)
-            self._spawn(self._finish_from_store(job.id))
-        else:
-            self.recent_durations.append(time.perf_counter() - started)
-            # Saving files and the grid happens while the next job already runs on the GPU thread.
-            self._spawn(self._save_and_finish(job, result))
+            await self._end(job.id, exc.user_message)
+            return
         finally:
-            self._cancels.pop(job.id, None)
-            self.running_job_id = None
+            flight.rendering = False
+        self.recent_durations.append(time.perf_counter() - started)
+        await self._save_and_finish(job, output)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _rendered(self, flight: _InFlight) -> None:
+        """The model work is over: no longer cancellable, and its slot is free for the next job."""
+        flight.rendering = False
+        self._wake.set()
+
+    def _progress_for(self, job_id: str) -> Callable[[int, int, bytes | None], None] | None:
+        if self.on_progress is None:
+            return None
+        handler = self.on_progress
+
+        def progress(step: int, total: int, preview: bytes | None) -> None:
+            handler(job_id, step, total, preview)
+
+        return progress
+
+    async def _give_back(self, job: JobRecord, reason: str, *, requeue: bool) -> None:
+        """A claimed job this runner cannot finish: requeue within its attempts, else fail with `reason`."""
+        status = await self.store.release_running(
+            job.id, requeue=requeue, max_attempts=self.max_attempts, reason=reason
+        )
+        if status == "queued":
+            self._wake.set()
+        elif status == "failed":
+            self._spawn(self._finish_from_store(job.id))
+
+    async def _end(self, job_id: str, reason: str, *, status: str = "failed") -> None:
+        """Mark a claimed job final and finish it; a failing store is logged (recovery handles the row)."""
+        try:
+            await self.store.mark_failed(job_id, reason, status=status)
+        except Exception:
+            log.exception("could not record job %s as %s; restart recovery will", job_id, status)
+            return
+        self._spawn(self._finish_from_store(job_id))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._post_tasks.add(task)
         task.add_done_callback(self._post_tasks.discard)
+        task.add_done_callback(_log_task_death)
 
-    async def _save_and_finish(self, job: JobRecord, result: GenerationResult) -> None:
+    async def _save_and_finish(self, job: JobRecord, output: RenderOutput) -> None:
+        """Write files and the `done` row; a save cannot be overtaken by /cancel (the render has ended)."""
+        folder = self.images_dir / job.id
+        grid_png: bytes | None = None
         try:
-            tiles, grid_path, grid_png = await asyncio.to_thread(self._write_files, job, result)
-            await self.store.mark_done(
-                job.id, tiles=tiles, grid_path=str(grid_path), expander=result.expander, render=result.render
+            tiles, grid_path, grid_png = await asyncio.to_thread(self._write_files, job, output)
+            saved = await self.store.mark_done(
+                job.id, tiles=tiles, grid_path=str(grid_path), expander=output.expander, render=output.render
             )
         except Exception:
             log.exception("saving job %s failed", job.id)
-            await self.store.mark_failed(job.id, "the images could not be saved")
+            await asyncio.to_thread(_drop_outputs, folder)
+            await self._end(job.id, "the images could not be saved")
+            return
+        if not saved:
+            # Someone else ended the row meanwhile (another process's recovery): keep no orphan files.
+            log.warning("job %s was no longer running when its images were saved; dropping them", job.id)
+            await asyncio.to_thread(_drop_outputs, folder)
             grid_png = None
         done = await self.store.get_job(job.id)
         if done is not None:
             await self._finish(JobOutcome(done, grid_png if done.status == "done" else None))
 
-    def _write_files(self, job: JobRecord, result: GenerationResult) -> tuple[list[Tile], Path, bytes]:
+    def _write_files(self, job: JobRecord, output: RenderOutput) -> tuple[list[Tile], Path, bytes]:
         folder = self.images_dir / job.id
         # A retried job starts clean, but keeps its inputs (source image, mask) staged before it queued.
-        for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
-            old.unlink(missing_ok=True)
+        _drop_outputs(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        images, flags = screen_tiles(
-            self.classifier if job.safe_mode else None, result.images, result.nsfw_flags
-        )
         tiles: list[Tile] = []
-        for index, (image, prompt, seed, nsfw) in enumerate(
-            zip(images, result.prompts, result.image_seeds, flags, strict=True), start=1
+        decoded: list[Image.Image] = []
+        for data in output.tiles_png:
+            with Image.open(io.BytesIO(data)) as opened:
+                decoded.append(opened.convert("RGB"))
+        # The optional image classifier runs here: on this file-writing thread, while the next job renders.
+        images, flags = screen_tiles(self.classifier if job.safe_mode else None, decoded, output.nsfw_flags)
+        for index, (data, image, prompt, seed, nsfw) in enumerate(
+            zip(output.tiles_png, images, output.prompts, output.image_seeds, flags, strict=True), start=1
         ):
             path = folder / f"tile-{index}.png"
-            path.write_bytes(png_bytes(image))
+            # The worker's PNG as it came, unless the classifier replaced the tile with a blurred one.
+            path.write_bytes(data if image is decoded[index - 1] else png_bytes(image))
             tiles.append(Tile(index, prompt, seed, str(path), nsfw))
         grid_png = png_bytes(compose_grid(images))
         grid_path = folder / "grid.png"
         grid_path.write_bytes(grid_png)
         return tiles, grid_path, grid_png
+
+    async def _outcome_elsewhere(self, job_id: str, future: asyncio.Future[JobOutcome]) -> JobOutcome:
+        """Wait for a job another process runs: poll its row until it is final."""
+        while not future.done():
+            row = await self.store.get_job(job_id)
+            if row is None:
+                raise RuntimeError(f"job {job_id} vanished from the database")
+            if row.status in FINAL_STATES:
+                grid = None
+                if row.status == "done" and row.grid_path:
+                    with contextlib.suppress(OSError):
+                        grid = await asyncio.to_thread(Path(row.grid_path).read_bytes)
+                self._waiters.pop(job_id, None)
+                return JobOutcome(row, grid)
+            await asyncio.sleep(ELSEWHERE_POLL_SECONDS)
+        return future.result()
 
     async def _finish_from_store(self, job_id: str) -> None:
         job = await self.store.get_job(job_id)
@@ -376,6 +573,12 @@ class JobRunner:
             await self._finish(JobOutcome(job))
 
     async def _finish(self, outcome: JobOutcome) -> None:
+        """Resolve waiters and run the finished handler, once per job."""
+        if outcome.job.id in self._finished:
+            return
+        self._finished[outcome.job.id] = None
+        while len(self._finished) > 1000:
+            self._finished.popitem(last=False)
         for future in self._waiters.pop(outcome.job.id, []):
             if not future.done():
                 future.set_result(outcome)
@@ -384,3 +587,18 @@ class JobRunner:
                 await self.on_finished(outcome)
             except Exception:
                 log.exception("delivering job %s failed", outcome.job.id)
+
+
+def _drop_outputs(folder: Path) -> None:
+    """Remove a job's rendered files (tiles, grid), keeping the inputs staged in the same folder."""
+    for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
+        old.unlink(missing_ok=True)
+
+
+def _log_task_death(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:
+    """Done-callback of supervised tasks: an exception never vanishes silently."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("background task %s died", getattr(task, "get_name", lambda: "?")(), exc_info=exc)

@@ -162,13 +162,17 @@ def progress_text(job_id: str, step: int, total: int) -> str:
     return f"Rendering `{job_id}` — step {step}/{total} `{'█' * filled}{'░' * (10 - filled)}`"
 
 
-def queued_text(job_id: str, position: int | None, eta: float | None) -> str:
-    """Position in the queue (None: unknown right now) and a rough wait."""
+WORKERS_OFFLINE = "The GPU workers are offline right now: your job is saved and runs when they are back."
+
+
+def queued_text(job_id: str, position: int | None, eta: float | None, *, workers_online: bool = True) -> str:
+    """Position in the queue (None: unknown right now) and a rough wait (or that the GPU workers are offline)."""
     if position is None:
         return f"Queued `{job_id}` — it will run; its place in the queue is unknown right now."
     where = "next in line" if position <= 1 else f"position {position} in the queue"
-    wait = f" (about {eta:.0f} s)" if eta is not None else ""
-    return f"Queued `{job_id}` — {where}{wait}."
+    wait = f" (about {eta:.0f} s)" if eta is not None and workers_online else ""
+    offline = "" if workers_online else f"\n{WORKERS_OFFLINE}"
+    return f"Queued `{job_id}` — {where}{wait}.{offline}"
 
 
 def history_line(job: JobRecord) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -35,6 +36,18 @@ DEFAULT_BLOCKLIST: tuple[str, ...] = (
 
 DISCORD_DEFAULT_API_BASE = "https://discord.com/api/v10"
 DISCORD_DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
+
+
+def _json_or_split(value: object, split: Callable[[str], list[str]]) -> object:
+    """A list setting from a raw env string: a JSON list, or parts cut by `split` (stripped, blanks dropped)."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+    return [part.strip() for part in split(value) if part.strip()]
 
 
 class SettingsError(Exception):
@@ -114,10 +127,18 @@ class Settings(BaseSettings):
     # Off by default: the pending cap already stops floods, and a member whose job is done expects to go on.
     cooldown_seconds: float = Field(0.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
+    # While other members wait, a member holds at most one running job (matters with several workers).
+    one_running_per_member: bool = True
     progress_interval: float = Field(2.0, ge=0.2)
     preview_every: int = Field(5, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Render backend: `local` (the in-process GPU thread) or `ray` (Ray Serve workers at RAY_ADDRESS)
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
+    # GPUs per Ray replica: `auto` = 1 when the cluster has GPUs, 0 (one CPU each) when it has none.
+    ray_gpus_per_replica: Literal["auto"] | float = "auto"
 
     # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
     # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
@@ -136,7 +157,9 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
-    @field_validator("discord_token", "dev_guild", "discord_token_file", "inpaint_model", mode="before")
+    @field_validator(
+        "discord_token", "dev_guild", "discord_token_file", "inpaint_model", "ray_address", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`; an empty value means "not set", not an empty secret.
@@ -167,14 +190,7 @@ class Settings(BaseSettings):
         # Three documented forms: a JSON list, or regexes separated by newlines or `||` (easier in a
         # plain env var). `NoDecode` hands us the raw string, so pydantic-settings' JSON decoding
         # cannot reject the plain forms before this runs.
-        if not isinstance(value, str):
-            return value
-        if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
-        return [part.strip() for part in value.replace("||", "\n").splitlines() if part.strip()]
+        return _json_or_split(value, lambda text: text.replace("||", "\n").splitlines())
 
     @field_validator("blocklist")
     @classmethod
@@ -190,14 +206,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_classes(cls, value: object) -> object:
         # A comma-separated list (or a JSON list); `NoDecode` hands us the raw env string.
-        if not isinstance(value, str):
-            return value
-        if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
-        return [part.strip().upper() for part in value.split(",") if part.strip()]
+        parsed = _json_or_split(value, lambda text: text.split(","))
+        if isinstance(value, str) and isinstance(parsed, list):
+            return [str(part).upper() for part in parsed]
+        return parsed
 
     @field_validator("nudenet_classes")
     @classmethod

@@ -603,6 +603,57 @@ class HistoryStore:
             cursor = await db.execute(query, (status, reason[:500], time.time(), job_id))
             return cursor.rowcount == 1
 
+    async def release_running(
+        self, job_id: str, *, requeue: bool, max_attempts: int, reason: str = "interrupted"
+    ) -> str | None:
+        """A `running` job this process gives up (shutdown, a lost worker): back to `queued` while attempts
+        remain and `requeue`, else `failed` with `reason`. Returns the new status, None if not running."""
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET status = 'queued', owner_pid = NULL
+                WHERE id = ? AND status = 'running' AND attempts < ? AND ?
+            """
+            cursor = await db.execute(query, (job_id, max_attempts, int(requeue)))
+            if cursor.rowcount == 1:
+                return "queued"
+            query = """
+                UPDATE jobs SET status = 'failed', reason = ?, finished_at = ? WHERE id = ? AND status = 'running'
+            """
+            cursor = await db.execute(query, (reason[:500], time.time(), job_id))
+            return "failed" if cursor.rowcount == 1 else None
+
+    async def cancel_queued(self, job_id: str) -> bool:
+        """queued → cancelled; False when the job already runs somewhere or is final."""
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET status = 'cancelled', reason = 'cancelled by its owner', finished_at = ?
+                WHERE id = ? AND status = 'queued'
+            """
+            cursor = await db.execute(query, (time.time(), job_id))
+            return cursor.rowcount == 1
+
+    async def recover_dead_cli_jobs(self) -> list[str]:
+        """CLI jobs (no Discord user) left `running` by a CLI process that died (SIGKILL): `failed: interrupted`.
+
+        Any CLI command runs this first; Discord jobs are left to the bot's own recovery, which requeues them.
+        """
+        failed: list[str] = []
+        async with self._write() as db:
+            query = """
+                SELECT id, owner_pid FROM jobs WHERE status = 'running' AND user_id IS NULL AND channel_id IS NULL
+            """
+            for row in await db.execute_fetchall(query):
+                if _pid_alive(row["owner_pid"]) and row["owner_pid"] != os.getpid():
+                    continue
+                query = (
+                    "UPDATE jobs SET status = 'failed', reason = 'interrupted', finished_at = ? WHERE id = ?"
+                )
+                await db.execute(query, (time.time(), row["id"]))
+                failed.append(row["id"])
+        if failed:
+            log.warning("%d CLI job(s) of a process that died marked interrupted", len(failed))
+        return failed
+
     async def recover_interrupted(self, *, requeue: bool, max_attempts: int) -> tuple[list[str], list[str]]:
         """Rows left `running` by a dead process: requeue (bounded attempts) or fail as `interrupted`."""
         requeued: list[str] = []

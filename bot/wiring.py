@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
-from bot.engine.executor import Engine, EngineConfig
-from bot.engine.expander import SamplingSettings
+from bot.engine.backend import RenderBackend
 from bot.engine.safety import ClassifierUnavailable, TileClassifier, load_classifier
 from bot.engine.validation import Limits
 from bot.jobs import JobRunner
 from bot.settings import Settings, SettingsError
 from bot.store import HistoryStore
+
+if TYPE_CHECKING:  # torch comes with the engine: imported only where a backend is built
+    from bot.engine.executor import EngineConfig
 
 
 class _RedactSecrets(logging.Filter):
@@ -57,6 +60,9 @@ def limits_from(settings: Settings) -> Limits:
 
 def engine_config_from(settings: Settings) -> EngineConfig:
     """Everything the engine needs, copied out of the settings."""
+    from bot.engine.executor import EngineConfig
+    from bot.engine.expander import SamplingSettings
+
     return EngineConfig(
         sd_model=settings.sd_model,
         text_model=settings.text_model,
@@ -80,16 +86,34 @@ def engine_config_from(settings: Settings) -> EngineConfig:
     )
 
 
-def build_runner(settings: Settings, store: HistoryStore, engine: Engine) -> JobRunner:
+def build_backend(settings: Settings) -> RenderBackend:
+    """The render backend IMAGINE_BACKEND names: the local GPU thread, or Ray Serve workers."""
+    if settings.backend == "ray":
+        from bot.engine.ray_backend import RayBackend
+
+        return RayBackend(
+            settings.ray_address, limits=limits_from(settings), blocklist=tuple(settings.blocklist)
+        )
+    from bot.engine.executor import Engine
+    from bot.engine.local_backend import LocalBackend
+
+    return LocalBackend(Engine(engine_config_from(settings)))
+
+
+def build_runner(
+    settings: Settings, store: HistoryStore, backend: RenderBackend, *, requeue_on_shutdown: bool = True
+) -> JobRunner:
     """The job runner with the queue limits from the settings."""
     return JobRunner(
         store=store,
-        engine=engine,
+        backend=backend,
         images_dir=settings.images_dir,
         max_pending_per_user=settings.max_pending_per_user,
         max_queue=settings.max_queue,
         cooldown_seconds=settings.cooldown_seconds,
         max_attempts=settings.max_attempts,
+        one_running_per_member=settings.one_running_per_member,
+        requeue_on_shutdown=requeue_on_shutdown,
         classifier=classifier_from(settings),
     )
 

@@ -213,7 +213,8 @@ class ImagineCog(commands.Cog):
             await interaction.edit_original_response(content=f"Can't queue that: {message}.")
             return None
         # No await between submit and track: a fast job must find its tracker.
-        self.bot.deliverer.track(job, interaction, text=queued_text(job.id, 1, None), message_id=response_id)
+        text = queued_text(job.id, 1, None, workers_online=self.bot.runner.backend_online)
+        self.bot.deliverer.track(job, interaction, text=text, message_id=response_id)
         try:
             await self.bot.deliverer.update_positions()
         except Exception:
@@ -257,7 +258,7 @@ class ImagineCog(commands.Cog):
             verb = "will stop at the next step" if target.status == "running" else "was cancelled"
             await reply_ephemeral(interaction, f"Job `{target.id}` {verb}.")
         else:
-            await reply_ephemeral(interaction, f"Job `{target.id}` already finished.")
+            await reply_ephemeral(interaction, f"Job `{target.id}` already finished rendering.")
 
     # -- buttons ------------------------------------------------------------------------------------------
     async def on_job_button(

@@ -51,7 +51,14 @@ def test_write_heartbeat_fields_and_atomicity(settings: Settings) -> None:
     write_heartbeat(path, connected=True, latency=0.05, now=NOW)
     write_heartbeat(path, connected=False, latency=float("inf"), now=NOW + 15)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data == {"ts": NOW + 15, "connected": False, "latency": None, "pid": os.getpid()}
+    assert data == {
+        "ts": NOW + 15,
+        "connected": False,
+        "latency": None,
+        "pid": os.getpid(),
+        "runner_ok": True,
+        "runner": "",
+    }
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left behind
 
 
@@ -59,6 +66,19 @@ def test_write_heartbeat_creates_parent_dir(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "hb.json"
     write_heartbeat(path, connected=True)
     assert json.loads(path.read_text(encoding="utf-8"))["connected"] is True
+
+
+def test_unhealthy_when_the_job_runner_cannot_run_jobs(settings: Settings) -> None:
+    # The bot writes the runner's state into the heartbeat: a dead dispatcher or unreachable GPU workers.
+    reason_text = "render backend unreachable: cannot reach the Ray cluster at 127.0.0.1:1"
+    write_heartbeat(
+        settings.heartbeat_path, connected=True, now=NOW, runner_ok=False, runner_reason=reason_text
+    )
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(settings.db_path).close()
+    ok, reason = check_health(settings, now=NOW)
+    assert not ok
+    assert reason == f"unhealthy: jobs cannot run: {reason_text}"
 
 
 def test_healthy(healthy: Settings) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bot.engine.executor import Engine
 from bot.engine.images import GUTTER
+from bot.engine.local_backend import LocalBackend
 from bot.engine.types import InvalidRequest
 from bot.jobs import JobRunner, fair_order, request_from_job, rerun_spec
 from bot.settings import Settings
@@ -105,7 +106,7 @@ def test_fair_order_serves_the_least_recently_served_user_first() -> None:
 @pytest_asyncio.fixture
 async def runner(settings: Settings, engine: Engine) -> AsyncIterator[JobRunner]:
     async with HistoryStore(settings.db_path) as store:
-        built = build_runner(settings, store, engine)
+        built = build_runner(settings, store, LocalBackend(engine))
         yield built
         await built.stop(grace=30)
 

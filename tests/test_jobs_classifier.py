@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from bot.engine.executor import Engine
+from bot.engine.local_backend import LocalBackend
 from bot.engine.safety import Detection, TileVerdict
 from bot.jobs import JobRunner
 from bot.settings import Settings
@@ -58,7 +59,9 @@ async def test_classifier_runs_in_the_save_stage_while_the_next_job_renders(
 ) -> None:
     classifier = SlowFirstTileFlagger(1.5)
     async with HistoryStore(settings.db_path) as store:
-        runner = JobRunner(store=store, engine=engine, images_dir=settings.images_dir, classifier=classifier)
+        runner = JobRunner(
+            store=store, backend=LocalBackend(engine), images_dir=settings.images_dir, classifier=classifier
+        )
         jobs = [
             await runner.submit(_spec()),
             await runner.submit(_spec(job_seed=8)),

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -66,6 +67,8 @@ class EngineConfig:
     blocklist: tuple[str, ...] = ()
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     warmup_size: tuple[int, int] | None = None
+    # CPU only: torch threads for this engine (None: every core). Ray replicas sharing a box pin 1 each.
+    torch_threads: int | None = None
     # A dedicated inpainting checkpoint for Zoom Out/Pan; None = the base model's UNet.
     inpaint_model: str | None = None
 
@@ -77,7 +80,8 @@ class GpuStats:
     jobs: int = 0
     busy_seconds: float = 0.0
     last_end: float | None = None
-    idle_gaps: list[float] = field(default_factory=list)
+    # Bounded: a bot runs for months; the benchmarks read only the recent gaps.
+    idle_gaps: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class Engine:
@@ -110,13 +114,17 @@ class Engine:
         """Load both models on the GPU thread (once)."""
         await self._on_gpu(self._load_sync)
 
+    def load_sync(self) -> None:
+        """Load both models on the GPU thread from synchronous code (a Ray replica's constructor)."""
+        self.run_sync(self._load_sync)
+
     def _load_sync(self) -> None:
         """Load every model, or none: a failed load leaves the engine unloaded, and the next call retries."""
         if self.renderer is not None:
             return
         quiet_libraries()
         if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(self.config.torch_threads or os.cpu_count() or 1)
         started = time.perf_counter()
         try:
             renderer, expander, safety, model_info = self._load_models()

@@ -51,7 +51,7 @@ async def test_imagine_says_the_job_is_queued_when_the_position_lookup_fails(
     monkeypatch.setattr(store, "pending_jobs", pending_jobs_failing_once)
     gate = threading.Event()
     # Hold the GPU thread so the job has not finished while its message is checked.
-    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.engine.run_sync, gate.wait)
+    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.backend.engine.run_sync, gate.wait)
     try:
         interaction = await fake.send_slash(
             "imagine", {"seed": "a lighthouse", "count": 1}, user_id=fake.alice_id

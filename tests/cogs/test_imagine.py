@@ -135,7 +135,7 @@ async def test_queued_job_is_delivered_in_channel_after_token_expiry(fake: FakeD
     bot = await start_bot(fake, bot_settings())
     gate = threading.Event()
     # Hold the GPU thread so both jobs are still queued when their tokens die.
-    blocker = asyncio.get_running_loop().run_in_executor(None, bot.bot.engine.run_sync, gate.wait)
+    blocker = asyncio.get_running_loop().run_in_executor(None, bot.bot.backend.engine.run_sync, gate.wait)
     try:
         first = await fake.send_slash("imagine", {"seed": "first job"}, user_id=fake.alice_id)
         second = await fake.send_slash("imagine", {"seed": "second job"}, user_id=fake.bob_id)

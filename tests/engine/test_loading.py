@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bot.engine.executor import Engine, EngineConfig
+from bot.engine.local_backend import LocalBackend
 from bot.engine.types import GenerationRequest, ModelLoadError
 from bot.settings import Settings
 from bot.store import HistoryStore, JobSpec
@@ -90,7 +91,7 @@ async def test_a_job_on_an_unloadable_model_stores_a_plain_reason_and_logs_the_d
     engine = Engine(engine_config_from(settings))
     try:
         async with HistoryStore(settings.db_path) as store:
-            runner = build_runner(settings, store, engine)
+            runner = build_runner(settings, store, LocalBackend(engine))
             spec = JobSpec(
                 seed_text="a lighthouse", count=1, steps=2, guidance=7.5, width=64, height=64, job_seed=3
             )

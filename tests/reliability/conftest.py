@@ -96,8 +96,10 @@ class PipelineProxy:
 
 async def loaded_renderer(bot: ImagineBot, fake_server: FakeDiscord) -> Any:
     """The engine's renderer once the background model load finished."""
-    await fake_server.wait_until(lambda: bot.engine.renderer is not None, timeout=120, what="models loaded")
-    return bot.engine.renderer
+    await fake_server.wait_until(
+        lambda: bot.backend.engine.renderer is not None, timeout=120, what="models loaded"
+    )
+    return bot.backend.engine.renderer
 
 
 @pytest.fixture

@@ -207,7 +207,7 @@ async def test_cooldown_and_pending_cap_survive_a_restart(fake: FakeDiscord, bot
 
     def hold_gpu(bot: ImagineBot) -> None:
         holder["bot"] = bot
-        bot.engine._executor.submit(gate.wait, 60)
+        bot.backend.engine._executor.submit(gate.wait, 60)
 
     task = asyncio.create_task(run_bot(capped, on_bot=hold_gpu, handle_signals=False))
     await fake.wait_until(

@@ -160,7 +160,7 @@ async def test_modals_refuse_values_outside_the_bound_above_and_the_server_cap_a
 
     # The server's cap of 1 pending job per member applies (the bot's own is 5).
     gate = threading.Event()
-    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.engine.run_sync, gate.wait)
+    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.backend.engine.run_sync, gate.wait)
     try:
         first = await fake.send_slash("imagine", {"seed": "one", "count": 1}, user_id=fake.alice_id)
         await first.wait_deferred()
@@ -212,7 +212,7 @@ async def test_private_results_reach_the_member_alone(fake: FakeDiscord, running
     # When the interaction token is gone, a DM, never the channel.
     before = len(fake.channel_messages())
     gate = threading.Event()
-    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.engine.run_sync, gate.wait)
+    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.backend.engine.run_sync, gate.wait)
     try:
         late = await fake.send_slash("imagine", {"seed": "late", "count": 1}, user_id=fake.alice_id)
         await late.wait_deferred()
