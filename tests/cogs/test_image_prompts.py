@@ -156,7 +156,7 @@ async def test_forget_removes_the_upload_of_a_job_that_never_rendered(
 ) -> None:
     gate = threading.Event()
     # Hold the GPU thread so the job is still queued when it is cancelled: it never gets a grid.
-    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.engine.run_sync, gate.wait)
+    blocker = asyncio.get_running_loop().run_in_executor(None, running.bot.backend.engine.run_sync, gate.wait)
     try:
         upload = ("photo.png", encoded(striped(80, 80), "PNG"))
         interaction = await fake.send_slash(
