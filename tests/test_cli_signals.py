@@ -83,7 +83,7 @@ def test_a_signal_stops_the_render_at_its_next_step_and_marks_the_row_interrupte
     code, stderr = cli.finish(timeout=60)
     took = time.monotonic() - sent
     assert code == 128 + signum, stderr
-    # The whole batch takes well over a minute here (50 steps of 4 images at 192 px); one step takes seconds.
+    # On the old code the whole batch ran on (over a minute here: 50 steps of 4 images at 128 px); a step is seconds.
     assert took < 25, f"exit took {took:.1f} s"
     assert "Traceback" not in stderr
     [(_, status, reason)] = _rows(tmp_path / "data")
