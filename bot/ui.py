@@ -128,17 +128,23 @@ class HistorySelect(
         )
 
 
+_ROW_WIDTH = 5
+
+
 def result_view(job: JobRecord) -> discord.ui.View:
     """U1…Un, V1…Vn, 🔄 ✨ 🗑 under a finished grid."""
     view = discord.ui.View(timeout=None)
-    for tile in job.tiles:
-        view.add_item(JobButton("u", job.id, tile.index, label=f"U{tile.index}", row=0))
-    for tile in job.tiles:
-        view.add_item(JobButton("v", job.id, tile.index, label=f"V{tile.index}", row=1))
-    view.add_item(JobButton("rr", job.id, emoji="🔄", style=discord.ButtonStyle.primary, row=2))
-    view.add_item(JobButton("rx", job.id, emoji="✨", style=discord.ButtonStyle.primary, row=2))
-    view.add_item(JobButton("rmx", job.id, label="Remix", emoji="✏️", row=2))
-    view.add_item(JobButton("del", job.id, emoji="🗑", style=discord.ButtonStyle.danger, row=2))
+    row = 0
+    # Discord allows 5 buttons a row and 5 rows: up to 9 images wrap U and V over two rows each.
+    for code, prefix in (("u", "U"), ("v", "V")):
+        for start in range(0, len(job.tiles), _ROW_WIDTH):
+            for tile in job.tiles[start : start + _ROW_WIDTH]:
+                view.add_item(JobButton(code, job.id, tile.index, label=f"{prefix}{tile.index}", row=row))
+            row += 1
+    view.add_item(JobButton("rr", job.id, emoji="🔄", style=discord.ButtonStyle.primary, row=row))
+    view.add_item(JobButton("rx", job.id, emoji="✨", style=discord.ButtonStyle.primary, row=row))
+    view.add_item(JobButton("rmx", job.id, label="Remix", emoji="✏️", row=row))
+    view.add_item(JobButton("del", job.id, emoji="🗑", style=discord.ButtonStyle.danger, row=row))
     return view
 
 

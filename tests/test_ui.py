@@ -45,3 +45,23 @@ def test_limit_holds_and_never_ends_on_half_an_escape() -> None:
         out = shown("*" * 100, limit)
         assert len(out) <= limit and out.endswith("…")
         assert re.fullmatch(r"(\\\*)*", out.removesuffix("…")), out
+
+
+@pytest.mark.parametrize("count", [1, 4, 5, 6, 9])
+def test_result_view_fits_every_allowed_count_in_discords_rows(count: int) -> None:
+    # IMAGINE_MAX_COUNT allows up to 9 images: U and V buttons wrap at Discord's 5 per row, 5 rows in all.
+    from collections import Counter
+    from dataclasses import replace
+
+    from bot.store import Tile
+    from bot.ui import result_view
+    from tests.test_jobs import _queued
+
+    tiles = tuple(Tile(index, f"prompt {index}", index, None) for index in range(1, count + 1))
+    job = replace(_queued("abcdef0123", 1, 0.0), status="done", count=count, tiles=tiles)
+    view = result_view(job)
+    rows = Counter(item.row for item in view.children)
+    assert max(rows.values()) <= 5 and max(rows) <= 4
+    labels = [item.item.label for item in view.children]  # type: ignore[attr-defined]  # DynamicItem
+    assert [f"U{i}" for i in range(1, count + 1)] == [label for label in labels if label and label[0] == "U"]
+    assert [f"V{i}" for i in range(1, count + 1)] == [label for label in labels if label and label[0] == "V"]
