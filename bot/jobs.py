@@ -132,6 +132,8 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         mask_image=old.mask_image,
         chaos=old.chaos,
         render_action=old.render_action or old.action,
+        # A private job's children are private too (member /settings: delivered to the presser alone).
+        private=old.private,
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,

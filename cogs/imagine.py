@@ -327,8 +327,6 @@ class ImagineCog(commands.Cog):
             self._child_spec(interaction, job, action, tile),
             safe_mode=filtered_here,
             channel_id=interaction.channel_id,
-            # A private job's children are private too (member /settings: delivered to the presser alone).
-            private=job.private,
         )
         await self.start_job(interaction, spec)
 

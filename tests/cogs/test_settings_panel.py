@@ -251,3 +251,18 @@ async def test_forget_and_leaving_a_server_remove_settings(fake: FakeDiscord, ru
         assert asyncio.get_running_loop().time() < deadline, "guild settings were not removed"
         await asyncio.sleep(0.05)
     assert await prefs.member(fake.guild_id, fake.bob_id) == MemberSettings()
+
+
+async def test_jobs_from_the_image_buttons_of_a_private_result_stay_private(
+    fake: FakeDiscord, running: RunningBot
+) -> None:
+    from tests.cogs.test_actions import job_id_of, press, tile_message
+
+    _, panel = await _panel(fake, fake.alice_id)
+    await _select(fake, panel, "ib:ss:m:private:", ["on"], fake.alice_id)
+    _, grid = await imagine(fake, fake.alice_id, count=1)
+    single = await tile_message(fake, grid, 1, fake.alice_id)
+    varied = await press(fake, single, "Vary (Subtle)", fake.alice_id)
+    assert varied.ephemeral
+    child = await running.store.get_job(job_id_of(varied))
+    assert child is not None and child.action == "vary-subtle" and child.private
