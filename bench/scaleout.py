@@ -172,7 +172,14 @@ async def _main(args: argparse.Namespace) -> int:
 
     config = engine_config(args, preview_every=0)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=3, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    # "local": always a new cluster, never one a `ray start` left on this machine (/tmp/ray/ray_current_cluster).
+    ray.init(
+        address="local",
+        num_cpus=3,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     address = ray.get_runtime_context().gcs_address
     print(
         f"local Ray {ray.__version__} cluster at {address}; {os.cpu_count()} CPU(s); {args.width}x{args.height}, "

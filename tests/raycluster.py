@@ -65,7 +65,14 @@ def ray_cluster(tiny_models: tuple[Path, Path]) -> Iterator[RayCluster]:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=3, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    # "local": always a new cluster, never one a `ray start` left on this machine (/tmp/ray/ray_current_cluster).
+    ray.init(
+        address="local",
+        num_cpus=3,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     try:
         address = ray.get_runtime_context().gcs_address
         env = worker_env(address, tiny_models)
