@@ -103,7 +103,7 @@ def load_sd_pipeline(
     model_id: str, *, device: torch.device, dtype: torch.dtype, low_vram: bool, compile_mode: str
 ) -> tuple[Any, dict[str, Any]]:
     """StableDiffusionPipeline with DPM-Solver++ from the model's own scheduler config."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -118,10 +118,7 @@ def load_sd_pipeline(
             f"IMAGINE_SD_MODEL={model_id!r} loaded as {loaded_dtype}, not the requested {dtype}: "
             "upgrade diffusers (>= 0.40)"
         )
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    _use_dpm_solver(pipe)
     if low_vram and device.type == "cuda":
         pipe.enable_attention_slicing()
         pipe.enable_model_cpu_offload()
@@ -146,7 +143,7 @@ def load_inpaint_pipeline(model_id: str, *, base: Any, device: torch.device, dty
 
     Only loaded when IMAGINE_INPAINT_MODEL is set; without it outpainting uses the base UNet.
     """
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+    from diffusers import StableDiffusionInpaintPipeline
 
     try:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
@@ -161,12 +158,19 @@ def load_inpaint_pipeline(model_id: str, *, base: Any, device: torch.device, dty
         )
     except Exception as exc:
         raise _load_error(model_id, "IMAGINE_INPAINT_MODEL", exc) from exc
+    _use_dpm_solver(pipe)
+    pipe.unet.to(device)
+    return pipe
+
+
+def _use_dpm_solver(pipe: Any) -> None:
+    """DPM-Solver++ from the model's own scheduler config (~20-25 steps); no tqdm bars in a bot's log."""
+    from diffusers import DPMSolverMultistepScheduler
+
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
         pipe.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=False
     )
     pipe.set_progress_bar_config(disable=True)
-    pipe.unet.to(device)
-    return pipe
 
 
 def _compile(pipe: Any, mode: str) -> None:
