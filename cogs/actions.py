@@ -26,7 +26,7 @@ from bot.engine.types import InvalidRequest
 from bot.jobs import rerun_spec
 from bot.store import JobRecord, JobSpec
 from bot.ui import TILE_ACTIONS
-from cogs.imagine import safe_mode_for
+from cogs.settings import channel_filtered
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -193,7 +193,7 @@ class ActionsCog(commands.Cog):
         if job.user_id != interaction.user.id:
             await reply_ephemeral(interaction, "Only the person who asked for these images can remix them.")
             return
-        safe_mode = safe_mode_for(interaction, self.settings.allow_nsfw)
+        safe_mode = await channel_filtered(self.bot, interaction)
         if tile is not None:
             if safe_mode and not job.safe_mode:
                 await reply_ephemeral(

@@ -28,7 +28,7 @@ from bot.messages import SPOILER_PREFIX, queued_text, result_embed, result_filen
 from bot.store import JobRecord, JobSpec, QueueRefused
 from bot.ui import ACTION_BUTTONS, clip, result_view, shown, tile_view
 from bot.uploads import check_declared, discard_inputs, fit_upload, stage_inputs
-from cogs.settings import imagine_settings
+from cogs.settings import channel_filtered, imagine_settings
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -60,13 +60,6 @@ def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tu
 def is_manager(interaction: discord.Interaction[Any], permission: str) -> bool:
     """True when the member has `permission` (from the interaction payload) in this channel."""
     return bool(getattr(interaction.permissions, permission, False))
-
-
-def safe_mode_for(interaction: discord.Interaction[Any], allow_nsfw: bool) -> bool:
-    """The content filter is on everywhere except NSFW channels of servers that allow it."""
-    channel = interaction.channel
-    nsfw_channel = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
-    return not (allow_nsfw and nsfw_channel)
 
 
 class ImagineCog(commands.Cog):
@@ -294,9 +287,7 @@ class ImagineCog(commands.Cog):
             await reply_ephemeral(interaction, f"Job `{job.id}` has no image {tile}.")
             return
         # The channel where the post or the new job lands decides the filter, never the old row.
-        filtered_here = safe_mode_for(interaction, self.settings.allow_nsfw)
-        if not filtered_here:  # the server's /settings may still say "always filtered"
-            filtered_here = (await self.bot.preferences.guild(interaction.guild_id or 0)).policy == "filtered"
+        filtered_here = await channel_filtered(self.bot, interaction)
         handlers = {
             "u": self._post_tile,
             "post": self._repost_grid,

@@ -48,6 +48,18 @@ class ImagineSettings:
     refusal: str | None = None
 
 
+def _filtered(guild: GuildSettings, interaction: discord.Interaction[Any], allow_nsfw: bool) -> bool:
+    channel = interaction.channel
+    nsfw_channel = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    return safe_mode_for_policy(guild.policy, nsfw_channel=nsfw_channel, allow_nsfw=allow_nsfw)
+
+
+async def channel_filtered(bot: ImagineBot, interaction: discord.Interaction[Any]) -> bool:
+    """Whether a job or post landing in this channel is filtered (server policy, age flag, IMAGINE_ALLOW_NSFW)."""
+    guild = await bot.preferences.guild(interaction.guild_id or 0)
+    return _filtered(guild, interaction, bot.settings.allow_nsfw)
+
+
 async def imagine_settings(
     bot: ImagineBot, interaction: discord.Interaction[Any], options: dict[str, Any]
 ) -> ImagineSettings:
@@ -57,9 +69,7 @@ async def imagine_settings(
     guild = await bot.preferences.guild(guild_id)
     member = await bot.preferences.member(guild_id, interaction.user.id)
     parameters = effective_parameters(settings, guild, member, options)
-    channel = interaction.channel
-    nsfw_channel = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
-    safe_mode = safe_mode_for_policy(guild.policy, nsfw_channel=nsfw_channel, allow_nsfw=settings.allow_nsfw)
+    safe_mode = _filtered(guild, interaction, settings.allow_nsfw)
     result = ImagineSettings(parameters, safe_mode)
     if guild.channels and interaction.channel_id not in guild.channels:
         where = ", ".join(f"<#{c}>" for c in guild.channels)

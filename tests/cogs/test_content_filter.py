@@ -77,3 +77,31 @@ async def test_reproduce_and_post_here_take_the_filter_of_the_channel_they_land_
         assert child.safe_mode and child.channel_id == fake.channel_id
     finally:
         await bot.stop()
+
+
+async def test_remix_follows_the_servers_always_filtered_policy(fake: FakeDiscord, bot_settings) -> None:
+    # An unfiltered job from an age-restricted channel; then the server switches to "always filtered".
+    from tests.cogs.test_actions import button, tile_message
+
+    bot = await start_bot(fake, bot_settings(allow_nsfw=True))
+    try:
+        interaction = await fake.send_slash(
+            "imagine",
+            {"seed": "a garden", "count": 1},
+            user_id=fake.alice_id,
+            channel_id=fake.nsfw_channel_id,
+        )
+        grid = await interaction.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        (job,) = await bot.store.list_jobs(user_id=fake.alice_id, limit=5)
+        assert not job.safe_mode
+        single = await tile_message(fake, grid, 1, fake.alice_id)
+        click = await fake.click_button(single, button(single, "Remix"), user_id=fake.alice_id)
+        await click.wait_modal()
+        # The policy changes while the member has the Remix form open: the submit decides, not the press.
+        await bot.bot.preferences.change_guild(fake.guild_id, fake.mod_id, "policy", "filtered")
+        submit = await fake.submit_modal(click, {"p1": "a garden at night"})
+        reply = await submit.wait_final(timeout=30)
+        assert reply.ephemeral and "without the content filter" in reply.content
+        assert len(await bot.store.list_jobs(user_id=fake.alice_id, limit=5)) == 1
+    finally:
+        await bot.stop()
