@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import discord
@@ -19,10 +19,12 @@ from bot.delivery import Deliverer
 from bot.engine.backend import RenderBackend
 from bot.engine.types import EngineError
 from bot.health import write_heartbeat
+from bot.intake import Admitted, Intake, NotQueued, Requester
 from bot.jobs import JobRunner
+from bot.messages import queued_text
 from bot.preferences import PreferenceStore
 from bot.settings import Settings
-from bot.store import HistoryStore, QueueRefused
+from bot.store import HistoryStore, JobRecord, QueueRefused
 from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings")
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
+# A persistent job button's handler: (interaction, button code, job id, image number).
+JobButtonHandler = Callable[[discord.Interaction[Any], str, str, "int | None"], Awaitable[None]]
+# Produces (source image, mask) bytes for a new job once the interaction is deferred.
+InputSource = Callable[[], Awaitable[tuple[bytes | None, bytes | None]]]
 
 
 def minimal_intents() -> discord.Intents:
@@ -64,6 +70,8 @@ class ImagineBot(commands.Bot):
         self.run_worker = run_worker
         self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
         self.preferences = PreferenceStore(store)
+        self.intake = Intake(settings, store, preferences=self.preferences, runner=runner)
+        self._job_buttons: dict[str, JobButtonHandler] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._leftovers_delivered = False
 
@@ -165,10 +173,60 @@ class ImagineBot(commands.Bot):
     # -- component entry points (from bot.ui) ------------------------------------------------------------
     # discord.py only logs an exception from a DynamicItem callback (View.on_error is never called for
     # them), so each entry point routes its errors to the one handler itself.
+    def register_job_buttons(self, codes: Iterable[str], handler: JobButtonHandler) -> None:
+        """A cog claims the job-button codes it answers (in its cog_load)."""
+        for code in codes:
+            self._job_buttons[code] = handler
+
+    def unregister_job_buttons(self, codes: Iterable[str]) -> None:
+        for code in codes:
+            self._job_buttons.pop(code, None)
+
     async def handle_job_button(
         self, interaction: discord.Interaction[Any], action: str, job_id: str, tile: int | None
     ) -> None:
-        await self._routed(interaction, self._imagine_cog().on_job_button(interaction, action, job_id, tile))
+        handler = self._job_buttons.get(action)
+        if handler is None:
+            await reply_ephemeral(interaction, "That button doesn't work any more.")
+            return
+        await self._routed(interaction, handler(interaction, action, job_id, tile))
+
+    async def start_job(
+        self, interaction: discord.Interaction[Any], admitted: Admitted, *, inputs: InputSource | None = None
+    ) -> JobRecord | None:
+        """Defer, fetch and stage the input images, queue through the intake, and follow the job.
+
+        The intake has already checked everything knowable up front (its refusals are ephemeral and
+        never "thinking…"); what can still fail here (a download, a lost race for the last queue place)
+        is said after the defer.
+        """
+        spec = admitted.spec
+        response_id = None
+        if not interaction.response.is_done():
+            # A private job (member /settings) is answered ephemerally: delivered to its owner alone.
+            deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
+            response_id = deferred.message_id if deferred is not None else None
+        try:
+            init_image, mask_image = await inputs() if inputs is not None else (None, None)
+            job = await self.intake.submit(admitted, init_image=init_image, mask_image=mask_image)
+        except EngineError as exc:
+            await refuse_after_defer(interaction, f"Can't start that: {exc.user_message}.")
+            return None
+        except NotQueued as exc:
+            await refuse_after_defer(interaction, str(exc))
+            return None
+        # No await between submit and track: a fast job must find its tracker.
+        text = queued_text(job.id, 1, None, workers_online=self.runner.backend_online)
+        self.deliverer.track(job, interaction, text=text, message_id=response_id)
+        for notice in admitted.notices:
+            await reply_ephemeral(interaction, notice)
+        try:
+            await self.deliverer.update_positions()
+        except Exception:
+            # The row is queued and the worker will run it: say that, not "nothing was changed".
+            log.exception("queue position of job %s unknown; it is queued", job.id)
+            self.deliverer.retext(job.id, queued_text(job.id, None, None))
+        return job
 
     async def handle_history_page(
         self, interaction: discord.Interaction[Any], viewer: int, target: int, page: int
@@ -185,9 +243,6 @@ class ImagineBot(commands.Bot):
             await callback
         except Exception as exc:
             await self.on_interaction_error(interaction, exc)
-
-    def _imagine_cog(self) -> Any:
-        return self.get_cog("ImagineCog")
 
     def _history_cog(self) -> Any:
         return self.get_cog("HistoryCog")
@@ -238,3 +293,27 @@ async def reply_ephemeral(interaction: discord.Interaction[Any], message: str) -
             )
     except discord.HTTPException as exc:
         log.info("could not send an error reply: %s %s", exc.status, exc.code)
+
+
+async def refuse_after_defer(interaction: discord.Interaction[Any], text: str) -> None:
+    """An ephemeral refusal once the "thinking" message exists: remove it, then say why privately."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException as exc:
+        log.info("could not remove the thinking message: %s", exc.status)
+    await reply_ephemeral(interaction, text)
+
+
+def requester_of(interaction: discord.Interaction[Any]) -> Requester:
+    """The intake's plain data for who asks and where: ids, the channel's age flag, the member's rights."""
+    channel = interaction.channel
+    age_restricted = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    permissions = interaction.permissions
+    return Requester(
+        user_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        age_restricted=age_restricted,
+        manages_server=bool(getattr(permissions, "manage_guild", False)),
+        manages_messages=bool(getattr(permissions, "manage_messages", False)),
+    )

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
+from PIL import Image
 
+from bot import policy
 from bot.engine.images import EncodedImage, encode_png_within_budget
+from bot.engine.safety import TileClassifier
 from bot.jobs import JobOutcome, JobRunner
 from bot.messages import (
     all_flagged_text,
@@ -96,6 +99,13 @@ class Tracker:
     online: bool = True
     # The interaction response the job's progress and result are edited into (None when unknown).
     message_id: int | None = None
+    #: the job renders with the content filter: its previews are screened before they are shown
+    safe_mode: bool = True
+    #: the response is ephemeral (a private job): only the owner sees it, and only its token reaches it
+    private: bool = False
+    #: a preview image is on the response now (to be cleared when the result lands)
+    preview_shown: bool = False
+    _screened: tuple[bytes, bool] | None = None
 
     def token_usable(self) -> bool:
         if self.interaction is None:
@@ -140,7 +150,14 @@ class Deliverer:
         message_id: int | None = None,
     ) -> None:
         """Follow a job through `interaction`'s original response (already deferred)."""
-        tracker = Tracker(job.id, interaction, text=text, message_id=message_id)
+        tracker = Tracker(
+            job.id,
+            interaction,
+            text=text,
+            message_id=message_id,
+            safe_mode=job.safe_mode,
+            private=job.private,
+        )
         tracker.last_edit = time.monotonic()
         tracker.task = asyncio.create_task(self._edit_loop(tracker), name=f"progress-{job.id}")
         self.trackers[job.id] = tracker
@@ -180,19 +197,34 @@ class Deliverer:
             if not tracker.token_usable():
                 return
             assert tracker.interaction is not None
-            attachments = (
-                [discord.File(io.BytesIO(tracker.preview), "preview.png")] if tracker.preview else []
-            )
+            preview = await self._shown_preview(tracker)
+            attachments = [discord.File(io.BytesIO(preview), "preview.png")] if preview else []
             try:
                 await tracker.interaction.edit_original_response(
                     content=tracker.text, attachments=attachments
                 )
+                tracker.preview_shown = preview is not None
             except discord.HTTPException as exc:
                 if is_dead_token(exc):
                     tracker.interaction = None
                     return
                 log.info("progress edit for %s failed: %s", tracker.job_id, exc.status)
             tracker.last_edit = time.monotonic()
+
+    async def _shown_preview(self, tracker: Tracker) -> bytes | None:
+        """The latest preview if it may be shown (bot.policy): a filtered job's only after the classifier
+        passed it; without a classifier a filtered job shows its progress as text alone."""
+        preview = tracker.preview
+        if preview is None or not tracker.safe_mode:
+            return preview
+        classifier = self.runner.classifier
+        if classifier is None:
+            return None
+        if tracker._screened is None or tracker._screened[0] is not preview:
+            clean = await asyncio.to_thread(_preview_clean, classifier, preview)
+            tracker._screened = (preview, clean)
+        clean = tracker._screened[1]
+        return preview if policy.preview_allowed(safe_mode=True, screened_clean=clean) else None
 
     async def _queue_position_loop(self) -> None:
         while True:
@@ -236,6 +268,8 @@ class Deliverer:
         if job.channel_id is None or job.delivery != "pending":
             return
         interaction = tracker.interaction if tracker is not None and tracker.token_usable() else None
+        # The filter is checked again now: the server's policy or the channel's flag may have changed.
+        withheld = policy.withheld_text(job, filtered_now=await self._filtered_now(job))
         # The response the result will be edited into is recorded first: after a crash, a restart looks at
         # that one message instead of scanning the channel.
         response_id = tracker.message_id if tracker is not None and interaction is not None else None
@@ -243,7 +277,7 @@ class Deliverer:
             return
         limit = interaction.filesize_limit if interaction is not None else self._channel_upload_limit(job)
         encoded = None
-        if job.status == "done" and not all_tiles_flagged(job):
+        if withheld is None and job.status == "done" and not all_tiles_flagged(job):
             try:
                 encoded = await self._encoded_grid(job, outcome.grid_png, limit)
             except (OSError, ValueError):
@@ -251,13 +285,16 @@ class Deliverer:
                 log.exception("could not encode the grid of job %s; delivering without it", job.id)
         message = None
         if interaction is not None:
-            message = await self._edit_response(interaction, job, encoded)
+            message = await self._edit_response(interaction, job, encoded, withheld=withheld)
+        if message is None and tracker is not None:
+            # The response could not take the result: its last preview must not stay behind.
+            await self._clear_preview(tracker)
         if message is None:
             # A private job (member /settings) never falls back to the channel: a DM instead.
             send = self._send_privately if job.private else self._send_to_channel
             where = "the DM to its owner" if job.private else f"the post in <#{job.channel_id}>"
             try:
-                message = await send(job, encoded)
+                message = await send(job, encoded, withheld=withheld)
             except discord.HTTPException as exc:
                 # Neither way in: say so in the row (and /history) rather than "sent" with no message.
                 log.warning(
@@ -271,7 +308,56 @@ class Deliverer:
                 reason = f"Discord refused {where} ({answer})"
                 await self.store.mark_undelivered(job.id, reason)
                 return
+        if withheld is not None:
+            # Said where the result would have been; the row says why it is not there (/history).
+            await self.store.mark_undelivered(job.id, policy.WITHHELD_REASON)
+            return
         await self.store.mark_delivered(job.id, message_id=message.id)
+
+    async def _filtered_now(self, job: JobRecord) -> bool:
+        """Whether the job's channel is filtered now (only asked for a job made without the filter)."""
+        if job.safe_mode or job.channel_id is None:
+            return True
+        try:
+            guild = await self.bot.preferences.guild(job.guild_id or 0)
+        except Exception:
+            log.exception(
+                "could not read the settings of guild %s; treating job %s as filtered", job.guild_id, job.id
+            )
+            return True
+        age_restricted = await self._age_restricted(job.channel_id)
+        return policy.filtered(
+            guild.policy, age_restricted=age_restricted, allow_nsfw=self.settings.allow_nsfw
+        )
+
+    async def _age_restricted(self, channel_id: int) -> bool:
+        """The channel's age-restricted flag as Discord has it now (the cache follows CHANNEL_UPDATE);
+        unknown counts as not age-restricted, the filtered side."""
+        channel: Any = self.bot.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(channel_id)
+            except (discord.HTTPException, discord.InvalidData) as exc:
+                log.info("could not read channel %s (%s); treating it as filtered", channel_id, exc)
+                return False
+        return bool(getattr(channel, "is_nsfw", lambda: False)())
+
+    async def _clear_preview(self, tracker: Tracker) -> None:
+        """Remove a preview left on a response whose token can no longer edit it (the channel endpoint
+        still can: the response is the bot's own message). An ephemeral one is the owner's alone."""
+        if not tracker.preview_shown or tracker.message_id is None or tracker.private:
+            return
+        job = await self.store.get_job(tracker.job_id)
+        if job is None or job.channel_id is None:
+            return
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        message = channel.get_partial_message(tracker.message_id)
+        try:
+            await message.edit(content=f"Job `{job.id}`: the result is posted below.", attachments=[])
+        except discord.HTTPException as exc:
+            log.info("could not clear the preview of job %s (%s); deleting it", job.id, exc.status)
+            with contextlib.suppress(discord.HTTPException):
+                await message.delete()
 
     def _channel_upload_limit(self, job: JobRecord) -> int:
         """The guild's upload limit (boost tier) from the cache; Discord's default when unknown."""
@@ -287,7 +373,16 @@ class Deliverer:
 
         return await asyncio.to_thread(encode)
 
-    def _payload(self, job: JobRecord, encoded: EncodedImage | None) -> dict[str, Any]:
+    def _payload(
+        self,
+        job: JobRecord,
+        encoded: EncodedImage | None,
+        *,
+        withheld: str | None = None,
+        buttons: bool = True,
+    ) -> dict[str, Any]:
+        if withheld is not None:
+            return {"content": withheld}
         if job.status == "done" and all_tiles_flagged(job):
             return {"content": all_flagged_text(job)}
         if job.status != "done" or encoded is None:
@@ -299,13 +394,18 @@ class Deliverer:
             "content": None,
             "embed": result_embed(job, filename=filename),
             "file": discord.File(io.BytesIO(encoded.data), filename),
-            "view": result_view(job),
+            **({"view": result_view(job)} if buttons else {}),
         }
 
     async def _edit_response(
-        self, interaction: discord.Interaction[Any], job: JobRecord, encoded: EncodedImage | None
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRecord,
+        encoded: EncodedImage | None,
+        *,
+        withheld: str | None = None,
     ) -> discord.Message | None:
-        payload = self._payload(job, encoded)
+        payload = self._payload(job, encoded, withheld=withheld)
         file = payload.pop("file", None)
         try:
             return await interaction.edit_original_response(
@@ -321,7 +421,9 @@ class Deliverer:
                 )
             return None
 
-    async def _send_to_channel(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message:
+    async def _send_to_channel(
+        self, job: JobRecord, encoded: EncodedImage | None, *, withheld: str | None = None
+    ) -> discord.Message:
         """Post the result in the job's channel (raises HTTPException when Discord refuses).
 
         The post carries the job's nonce with `enforce_nonce`: a repeat within Discord's window (a
@@ -329,9 +431,10 @@ class Deliverer:
         """
         assert job.channel_id is not None
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        payload = self._payload(job, encoded)
+        payload = self._payload(job, encoded, withheld=withheld)
         mention = f"<@{job.user_id}> " if job.user_id else ""
-        lead = "your images are ready" if job.status == "done" else (payload.get("content") or "")
+        ready = job.status == "done" and withheld is None
+        lead = "your images are ready" if ready else (payload.get("content") or "")
         payload["content"] = f"{mention}{lead}".strip()
         allowed = (
             discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
@@ -340,11 +443,17 @@ class Deliverer:
         )
         return await channel.send(allowed_mentions=allowed, nonce=delivery_nonce(job.id), **payload)
 
-    async def _send_privately(self, job: JobRecord, encoded: EncodedImage | None) -> discord.Message:
+    async def _send_privately(
+        self, job: JobRecord, encoded: EncodedImage | None, *, withheld: str | None = None
+    ) -> discord.Message:
         """A private job whose interaction is gone goes to the owner's DMs (raises HTTPException when refused,
-        e.g. 403 50007 with DMs closed: the result then stays in /history, never in the channel)."""
+        e.g. 403 50007 with DMs closed: the result then stays in /history, never in the channel).
+
+        No buttons in a DM (bot.policy): they act on the server the job belongs to, and cannot there.
+        """
         assert job.user_id is not None
-        payload = self._payload(job, encoded)
+        buttons = policy.buttons_allowed(direct_message=True)
+        payload = self._payload(job, encoded, withheld=withheld, buttons=buttons)
         if job.status == "done" and payload.get("content") is None:
             payload["content"] = "Your images are ready (you asked for them privately in /settings)."
         channel = await self.bot.create_dm(discord.Object(job.user_id))
@@ -409,3 +518,15 @@ class Deliverer:
             log.warning("cannot read channel %s to check job %s: %s", job.channel_id, job.id, exc.status)
             return False, None
         return True, None
+
+
+def _preview_clean(classifier: TileClassifier, preview: bytes) -> bool:
+    """Whether the classifier passes one preview PNG (runs in a thread); a failing classifier passes none."""
+    try:
+        with Image.open(io.BytesIO(preview)) as opened:
+            image = opened.convert("RGB")
+        (verdict,) = classifier.classify([image])
+    except Exception:
+        log.exception("the image classifier failed on a preview; not showing it")
+        return False
+    return not verdict.flagged

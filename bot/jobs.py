@@ -299,10 +299,21 @@ class JobRunner:
             "cooldown_seconds": self.cooldown_seconds if per_user else 0.0,
         }
 
-    async def submit(self, spec: JobSpec) -> JobRecord:
-        """Validate, write the `queued` row (limits enforced atomically) and wake the dispatcher."""
+    async def submit(
+        self, spec: JobSpec, *, max_pending_per_user: int | None = None, cooldown_seconds: float | None = None
+    ) -> JobRecord:
+        """Validate, write the `queued` row (limits enforced atomically) and wake the dispatcher.
+
+        A server's own pending cap and cooldown (the intake passes them) only ever tighten the bot's.
+        """
         self._check_acceptable(spec)
-        job = await self.store.create_job(spec, **self._limits_for(spec))
+        limits = self._limits_for(spec)
+        if spec.user_id is not None and max_pending_per_user is not None:
+            bot_cap = limits["max_pending_per_user"]
+            limits["max_pending_per_user"] = min(max_pending_per_user, bot_cap or max_pending_per_user)
+        if spec.user_id is not None and cooldown_seconds is not None:
+            limits["cooldown_seconds"] = max(cooldown_seconds, limits["cooldown_seconds"])
+        job = await self.store.create_job(spec, **limits)
         self._wake.set()
         return job
 

@@ -289,6 +289,19 @@ class PreferenceStore:
             cursor = await db.execute(query, (guild_id, user_id))
             return cursor.rowcount > 0
 
+    async def forget_member(self, guild_id: int, user_id: int) -> tuple[bool, int]:
+        """/forget: the member's settings here and their rows in the server's change log.
+
+        Returns (had settings, change-log rows removed).
+        """
+        async with self.store._write() as db:
+            query = "DELETE FROM member_settings WHERE guild_id = ? AND user_id = ?"
+            cursor = await db.execute(query, (guild_id, user_id))
+            had_settings = cursor.rowcount > 0
+            query = "DELETE FROM guild_settings_log WHERE guild_id = ? AND actor_id = ?"
+            cursor = await db.execute(query, (guild_id, user_id))
+            return had_settings, cursor.rowcount
+
     # -- servers ---------------------------------------------------------------------------------------
     async def guild(self, guild_id: int) -> GuildSettings:
         query = "SELECT settings_json FROM guild_settings WHERE guild_id = ?"

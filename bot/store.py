@@ -806,6 +806,27 @@ class HistoryStore:
             await db.executemany(query, [(job.id,) for job in jobs])
         return jobs
 
+    async def jobs_derived_from(self, job_ids: Sequence[str], *, other_than: int) -> list[JobRecord]:
+        """Jobs of users other than `other_than` descended (through parent_id, at any depth) from `job_ids`
+        that carry input images: copies of those jobs' pictures (a moderator's Reproduce of an upload)."""
+        query = """
+            WITH RECURSIVE derived(id) AS (
+                SELECT id FROM jobs WHERE parent_id IN (SELECT value FROM json_each(?))
+                UNION SELECT jobs.id FROM jobs JOIN derived ON jobs.parent_id = derived.id
+            )
+            SELECT * FROM jobs WHERE id IN (SELECT id FROM derived) AND user_id IS NOT ?
+                AND (init_image IS NOT NULL OR mask_image IS NOT NULL)
+        """
+        async with self._lock:
+            rows = await self._fetch_locked(query, (json.dumps(list(job_ids)), other_than))
+            return [await self._with_tiles(row) for row in rows]
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        """Delete these rows (and their tiles)."""
+        async with self._write() as db:
+            query = "DELETE FROM jobs WHERE id = ?"
+            await db.executemany(query, [(job_id,) for job_id in job_ids])
+
     # -- meta ----------------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         query = "SELECT value FROM meta WHERE key = ?"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +13,12 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from bot.bot import reply_ephemeral
+from bot import policy
+from bot.bot import reply_ephemeral, requester_of
+from bot.forgetting import forget_member
 from bot.messages import history_page_embed, job_detail_embed
 from bot.store import JobRecord
 from bot.ui import history_job_view, history_page_view
-from cogs.imagine import is_manager
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -65,7 +65,7 @@ class HistoryCog(commands.Cog):
             await self._send_job(interaction, job.strip())
             return
         target = user.id if user is not None else interaction.user.id
-        if target != interaction.user.id and not is_manager(interaction, "manage_guild"):
+        if target != interaction.user.id and not requester_of(interaction).manages_server:
             await interaction.followup.send(
                 "Only members with Manage Server can see someone else's history.", ephemeral=True
             )
@@ -92,7 +92,7 @@ class HistoryCog(commands.Cog):
         job = await self.bot.store.get_job(job_id)
         if job is None or job.guild_id != interaction.guild_id:
             return None
-        if job.user_id != interaction.user.id and not is_manager(interaction, "manage_guild"):
+        if job.user_id != interaction.user.id and not requester_of(interaction).manages_server:
             return None
         return job
 
@@ -101,7 +101,10 @@ class HistoryCog(commands.Cog):
         if job is None:
             await interaction.followup.send(NOT_FOUND.format(job_id=job_id[:40]), ephemeral=True)
             return
-        thumbnail = await asyncio.to_thread(_thumbnail, job.grid_path)
+        filtered_here = await self.bot.intake.filtered_for(requester_of(interaction))
+        thumbnail = None
+        if policy.thumbnail_allowed(job, filtered_here=filtered_here):
+            thumbnail = await asyncio.to_thread(_thumbnail, job.grid_path)
         kwargs: dict[str, Any] = {}
         filename = None
         if thumbnail is not None:
@@ -121,7 +124,7 @@ class HistoryCog(commands.Cog):
         if interaction.user.id != viewer:
             await reply_ephemeral(interaction, "That isn't your history page.")
             return
-        if target != viewer and not is_manager(interaction, "manage_guild"):
+        if target != viewer and not requester_of(interaction).manages_server:
             await reply_ephemeral(
                 interaction, "Only members with Manage Server can see someone else's history."
             )
@@ -153,24 +156,25 @@ class HistoryCog(commands.Cog):
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        jobs = await self.bot.store.delete_user_jobs(interaction.user.id, interaction.guild_id)
-        # A job's folder holds its grid and tiles and, for image jobs, its source image and mask (even
-        # when it failed and has no grid). Only a folder named after the job itself: older variation rows
-        # point at their parent's tile.
-        folders = [
-            Path(path).parent
-            for job in jobs
-            for path in {job.grid_path, job.init_image, job.mask_image}
-            if path and Path(path).parent.name == job.id
-        ]
-        await asyncio.to_thread(_remove_folders, folders, self.bot.settings.images_dir)
-        had_settings = await self.bot.preferences.delete_member(
-            interaction.guild_id or 0, interaction.user.id
+        forgotten = await forget_member(
+            runner=self.bot.runner,
+            store=self.bot.store,
+            preferences=self.bot.preferences,
+            images_dir=self.bot.settings.images_dir,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id or 0,
         )
-        settings_note = " and your /settings here" if had_settings else ""
-        await interaction.followup.send(
-            f"Deleted {len(jobs)} job(s) and their images{settings_note}.", ephemeral=True
-        )
+        parts = [f"Deleted {forgotten.jobs} job(s) and their images"]
+        if forgotten.cancelled:
+            parts.append(f"after cancelling {forgotten.cancelled} waiting or running job(s)")
+        text = " ".join(parts)
+        if forgotten.copies:
+            text += f", {forgotten.copies} copy(ies) others made of your pictures"
+        if forgotten.had_settings:
+            text += " and your /settings here"
+        if forgotten.log_rows:
+            text += f"; your {forgotten.log_rows} change(s) in the server's settings log are gone too"
+        await interaction.followup.send(text + ".", ephemeral=True)
 
 
 def _thumbnail(grid_path: str | None) -> bytes | None:
@@ -182,14 +186,6 @@ def _thumbnail(grid_path: str | None) -> bytes | None:
     buffer = io.BytesIO()
     thumbnail.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
-
-
-def _remove_folders(folders: list[Path], root: Path) -> None:
-    resolved_root = root.resolve()
-    for folder in folders:
-        resolved = folder.resolve()
-        if resolved_root in resolved.parents:  # never delete outside the images dir
-            shutil.rmtree(resolved, ignore_errors=True)
 
 
 async def setup(bot: ImagineBot) -> None:

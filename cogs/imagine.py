@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import math
-import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,17 +14,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot import reply_ephemeral
+from bot import policy
+from bot.bot import reply_ephemeral, requester_of
 from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import EncodedImage, encode_png_within_budget
-from bot.engine.types import EngineError, InvalidRequest
-from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
-from bot.jobs import rerun_spec
-from bot.messages import SPOILER_PREFIX, queued_text, result_embed, result_filename
-from bot.store import JobRecord, JobSpec, QueueRefused
-from bot.ui import ACTION_BUTTONS, clip, result_view, shown, tile_view
-from bot.uploads import check_declared, discard_inputs, fit_upload, stage_inputs
-from cogs.settings import channel_filtered, imagine_settings
+from bot.engine.types import InvalidRequest
+from bot.flags import merge_flags, parse_inline_flags
+from bot.intake import ActionRequest, ImagineRequest, Refusal
+from bot.messages import SPOILER_PREFIX, result_embed, result_filename
+from bot.store import JobRecord
+from bot.ui import result_view, shown, tile_view
+from bot.uploads import check_declared, fit_upload
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -39,27 +35,10 @@ Aspect = Literal["square", "portrait", "landscape"]
 MAX_SEED = 2**32 - 1
 # How /imagine's options are named in error messages about a clashing inline flag.
 OPTION_LABELS = {"seed": "seed_number", "expand": "expand", "negative": "negative", "aspect": "aspect"}
-# Produces (source image, mask) bytes for a new job once the interaction is deferred.
-InputSource = Callable[[], Awaitable[tuple[bytes | None, bytes | None]]]
-
-
-def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """Map an aspect choice to a size with about the default's pixel count, multiples of 8, within the limit."""
-    if aspect not in ("square", "portrait", "landscape"):
-        # Discord offers only the choices, but a forged interaction can carry any string.
-        raise InvalidRequest(f"`aspect` must be square, portrait or landscape, got {clip(str(aspect), 40)!r}")
-    if aspect == "square":
-        return width, height
-    area = min(width * height, max_pixels)
-    ratio = 3 / 4 if aspect == "portrait" else 4 / 3
-    w = max(64, int(math.sqrt(area * ratio)) // 8 * 8)
-    h = max(64, int(math.sqrt(area / ratio)) // 8 * 8)
-    return w, h
-
-
-def is_manager(interaction: discord.Interaction[Any], permission: str) -> bool:
-    """True when the member has `permission` (from the interaction payload) in this channel."""
-    return bool(getattr(interaction.permissions, permission, False))
+# The buttons this cog answers: post an image or the grid, delete, and the jobs that repeat a grid.
+BUTTON_ACTIONS = {"v": "variation", "rr": "rerender", "rx": "reexpand", "repro": "reproduce"}
+POST_BUTTONS = {"u": "post-tile", "post": "post"}
+BUTTON_CODES = ("del", *POST_BUTTONS, *BUTTON_ACTIONS)
 
 
 class ImagineCog(commands.Cog):
@@ -110,50 +89,33 @@ class ImagineCog(commands.Cog):
         strength
             With an image: how far to move away from it, 0.05 (barely) to 1 (ignore it).
         """
-        s = self.settings
         # Inline `--flags` in the seed; a bad one or a clash with an option is an InvalidRequest (ephemeral).
         flags = parse_inline_flags(seed)
         given = {"negative": negative, "seed": seed_number, "steps": steps, "count": count}
         merged = merge_flags(flags, {**given, "expand": expand, "aspect": aspect}, OPTION_LABELS)
-        # The member's and the server's /settings fill what the command and its flags leave open.
-        wanted = {key: merged[key] for key in ("count", "steps", "negative", "aspect", "expand")}
-        if merged["ratio"] is not None:
-            wanted["aspect"] = "square"  # `--ar` decides the shape: no aspect default applies
-        resolved = await imagine_settings(self.bot, interaction, {**wanted, "guidance": guidance})
-        if resolved.refusal is not None:
-            await reply_ephemeral(interaction, resolved.refusal)
-            return
-        p = resolved.parameters
-        if merged["ratio"] is not None:
-            width, height = size_for_ratio(merged["ratio"], s.width, s.height, s.max_pixels)
-        else:
-            width, height = size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
-        if strength is not None and image is None:
-            raise InvalidRequest("`strength` only applies together with `image`")
         if image is not None:
             check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
-        spec = JobSpec(
+        request = ImagineRequest(
             seed_text=flags.text,
-            count=p.count,
-            steps=p.steps,
-            guidance=p.guidance,
-            width=width,
-            height=height,
-            job_seed=_pick(merged["seed"], secrets.randbelow(MAX_SEED + 1)),
-            negative=p.negative,
-            expand=p.expand,
-            safe_mode=resolved.safe_mode,
-            action="imagine" if image is None else "image",
-            strength=None if image is None else _pick(strength, s.image_strength),
+            count=merged["count"],
+            steps=merged["steps"],
+            guidance=guidance,
+            negative=merged["negative"],
+            aspect=merged["aspect"],
+            ratio=merged["ratio"],
+            job_seed=merged["seed"],
+            expand=merged["expand"],
             chaos=flags.chaos,
-            user_id=interaction.user.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
-            private=p.private,
-            from_defaults=p.from_member,
+            with_image=image is not None,
+            strength=strength,
         )
-        inputs = None if image is None else partial(self._uploaded_image, image, width, height)
-        await self.start_job(interaction, spec, inputs=inputs)
+        admitted = await self.bot.intake.imagine(requester_of(interaction), request)
+        if isinstance(admitted, Refusal):
+            await reply_ephemeral(interaction, admitted.message)
+            return
+        spec = admitted.spec
+        inputs = None if image is None else partial(self._uploaded_image, image, spec.width, spec.height)
+        await self.bot.start_job(interaction, admitted, inputs=inputs)
 
     async def _uploaded_image(
         self, attachment: discord.Attachment, width: int, height: int
@@ -169,52 +131,6 @@ class ImagineCog(commands.Cog):
             fit_upload, data, width=width, height=height, max_side=self.settings.max_image_side
         )
         return fitted, None
-
-    async def start_job(
-        self, interaction: discord.Interaction[Any], spec: JobSpec, *, inputs: InputSource | None = None
-    ) -> JobRecord | None:
-        """Check (ephemeral refusal), defer, fetch and stage input images, queue, and follow the job.
-
-        `inputs` produces (source image, mask) bytes after the defer (a download, a canvas); inputs the
-        spec already points at (a rerun's, a variation's tile) are copied into the new job's folder.
-        """
-        refusal = await self.bot.runner.admission_refusal(spec)
-        if refusal is not None:
-            message = getattr(refusal, "user_message", None) or str(refusal)
-            await reply_ephemeral(interaction, f"Can't start that: {message}.")
-            return None
-        response_id = None
-        if not interaction.response.is_done():
-            # A private job (member /settings) is answered ephemerally: delivered to its owner alone.
-            deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
-            response_id = deferred.message_id if deferred is not None else None
-        images_dir = self.settings.images_dir
-        try:
-            init_image, mask_image = await inputs() if inputs is not None else (None, None)
-            spec = await asyncio.to_thread(
-                stage_inputs, images_dir, spec, init_image=init_image, mask_image=mask_image
-            )
-        except EngineError as exc:
-            await _refuse_after_defer(interaction, f"Can't start that: {exc.user_message}.")
-            return None
-        try:
-            job = await self.bot.runner.submit(spec)
-        except (QueueRefused, EngineError) as exc:
-            await asyncio.to_thread(discard_inputs, images_dir, spec)
-            # Lost a race with another request after the pre-check: say so in the (public) thinking message.
-            message = getattr(exc, "user_message", None) or str(exc)
-            await interaction.edit_original_response(content=f"Can't queue that: {message}.")
-            return None
-        # No await between submit and track: a fast job must find its tracker.
-        text = queued_text(job.id, 1, None, workers_online=self.bot.runner.backend_online)
-        self.bot.deliverer.track(job, interaction, text=text, message_id=response_id)
-        try:
-            await self.bot.deliverer.update_positions()
-        except Exception:
-            # The row is queued and the worker will run it: say that, not "nothing was changed".
-            log.exception("queue position of job %s unknown; it is queued", job.id)
-            self.bot.deliverer.retext(job.id, queued_text(job.id, None, None))
-        return job
 
     @app_commands.command(name="queue")
     @app_commands.guild_only()
@@ -254,102 +170,56 @@ class ImagineCog(commands.Cog):
             await reply_ephemeral(interaction, f"Job `{target.id}` already finished rendering.")
 
     # -- buttons ------------------------------------------------------------------------------------------
+    async def cog_load(self) -> None:
+        self.bot.register_job_buttons(BUTTON_CODES, self.on_job_button)
+
+    async def cog_unload(self) -> None:
+        self.bot.unregister_job_buttons(BUTTON_CODES)
+
     async def on_job_button(
-        self, interaction: discord.Interaction[Any], action: str, job_id: str, tile: int | None
+        self, interaction: discord.Interaction[Any], code: str, job_id: str, tile: int | None
     ) -> None:
-        """Dispatch a persistent button, checking that the job exists here and the presser may use it."""
+        """A persistent button under a grid, an image or a /history job; the intake and the policy decide."""
+        who = requester_of(interaction)
+        if code == "del":
+            await self._delete(interaction, job_id)
+            return
+        if code in POST_BUTTONS:
+            job = await self.bot.intake.find(who, job_id, POST_BUTTONS[code], tile)
+            if isinstance(job, Refusal):
+                await reply_ephemeral(interaction, job.message)
+                return
+            filtered_here = await self.bot.intake.filtered_for(who)
+            refusal = policy.repost_refusal(job, presser_id=interaction.user.id, filtered_here=filtered_here)
+            if refusal is not None:
+                await reply_ephemeral(interaction, refusal)
+                return
+            if code == "u":
+                await self._post_tile(interaction, job, tile)
+            else:
+                await self._repost_grid(interaction, job, tile)
+            return
+        admitted = await self.bot.intake.action(who, ActionRequest(job_id, BUTTON_ACTIONS[code], tile))
+        if isinstance(admitted, Refusal):
+            await reply_ephemeral(interaction, admitted.message)
+            return
+        await self.bot.start_job(interaction, admitted)
+
+    async def _delete(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         job = await self.bot.store.get_job(job_id)
         if job is None or job.guild_id != interaction.guild_id:
             await reply_ephemeral(interaction, "That job doesn't exist (any more).")
             return
-        owner = job.user_id == interaction.user.id
-        if action == "del":
-            if not (owner or is_manager(interaction, "manage_messages")):
-                await reply_ephemeral(
-                    interaction, "Only the person who asked for it (or a moderator) can delete it."
-                )
-                return
-            await interaction.response.defer()
-            try:
-                await interaction.delete_original_response()
-            except discord.HTTPException as exc:
-                log.info("delete of job %s message failed: %s", job.id, exc.status)
-            return
-        if not (owner or (action in ("post", "repro") and is_manager(interaction, "manage_guild"))):
+        if not (job.user_id == interaction.user.id or requester_of(interaction).manages_messages):
             await reply_ephemeral(
-                interaction, "Only the person who asked for these images can use their buttons."
+                interaction, "Only the person who asked for it (or a moderator) can delete it."
             )
             return
-        if job.status != "done":
-            await reply_ephemeral(interaction, f"Job `{job.id}` has no images ({job.status}).")
-            return
-        if tile is not None and not 1 <= tile <= len(job.tiles):
-            await reply_ephemeral(interaction, f"Job `{job.id}` has no image {tile}.")
-            return
-        # The channel where the post or the new job lands decides the filter, never the old row.
-        filtered_here = await channel_filtered(self.bot, interaction)
-        handlers = {
-            "u": self._post_tile,
-            "post": self._repost_grid,
-        }
-        if action in handlers:
-            if filtered_here and not job.safe_mode:
-                await reply_ephemeral(
-                    interaction,
-                    f"Job `{job.id}` was made without the content filter (in an age-restricted channel); "
-                    "its images can't be posted in this channel.",
-                )
-                return
-            await handlers[action](interaction, job, tile)
-            return
-        if action in ACTION_BUTTONS:
-            if filtered_here and not job.safe_mode and action != "rmx":
-                # The new images start from this job's pictures: the same rule as posting them here.
-                await reply_ephemeral(
-                    interaction,
-                    f"Job `{job.id}` was made without the content filter (in an age-restricted channel); "
-                    "its images can't be used in this channel.",
-                )
-                return
-            actions = self.bot.get_cog("ActionsCog")
-            await actions.on_action(interaction, action, job, tile, safe_mode=filtered_here)  # type: ignore[union-attr]
-            return
-        spec = replace(
-            self._child_spec(interaction, job, action, tile),
-            safe_mode=filtered_here,
-            channel_id=interaction.channel_id,
-        )
-        await self.start_job(interaction, spec)
-
-    def _child_spec(
-        self, interaction: discord.Interaction[Any], job: JobRecord, action: str, tile: int | None
-    ) -> JobSpec:
-        """The new job a button press asks for, linked to its parent."""
-        if action == "repro":
-            return rerun_spec(job, user_id=interaction.user.id, action="reproduce")
-        # Same seed text and parameters, new image seeds, owned by the presser, linked to the parent.
-        base = replace(
-            rerun_spec(job, user_id=interaction.user.id, action="rerender"),
-            job_seed=secrets.randbelow(MAX_SEED + 1),
-            given_seeds=None,
-        )
-        if action == "rr":
-            return base
-        if action == "rx":
-            return replace(base, action="reexpand", given_prompts=None)
-        assert action == "v" and tile is not None
-        source = job.tiles[tile - 1]
-        return replace(
-            base,
-            action="variation",
-            source_tile=tile,
-            strength=self.settings.variation_strength,
-            given_prompts=(source.prompt,) * job.count,
-            init_image=source.path,
-            # img2img from the tile: not the parent's outpaint mask or upscale rendering.
-            mask_image=None,
-            render_action=None,
-        )
+        await interaction.response.defer()
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException as exc:
+            log.info("delete of job %s message failed: %s", job.id, exc.status)
 
     async def _post_tile(
         self, interaction: discord.Interaction[Any], job: JobRecord, tile: int | None
@@ -399,19 +269,6 @@ class ImagineCog(commands.Cog):
             view=result_view(job),
         )
         await interaction.followup.send("Posted.", ephemeral=True)
-
-
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-async def _refuse_after_defer(interaction: discord.Interaction[Any], text: str) -> None:
-    """An ephemeral refusal once the public "thinking" message exists: remove it, then say why privately."""
-    try:
-        await interaction.delete_original_response()
-    except discord.HTTPException as exc:
-        log.info("could not remove the thinking message: %s", exc.status)
-    await reply_ephemeral(interaction, text)
 
 
 async def _encode_saved(path: str | None, upload_limit: int) -> EncodedImage:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -12,10 +12,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import reply_ephemeral
+from bot.intake import BOT_ACTOR
 from bot.preferences import (
     ASPECTS,
     POLICY_LABELS,
-    EffectiveParameters,
     GuildSettings,
     MemberSettings,
     SettingRefused,
@@ -23,7 +23,6 @@ from bot.preferences import (
     check_job_value,
     describe,
     effective_parameters,
-    safe_mode_for_policy,
 )
 from bot.settings import Settings
 
@@ -37,53 +36,6 @@ UNSET = "unset"
 NOT_MANAGER = "Only members with the Manage Server permission can change this server's settings."
 MEMBER_SELECTS = ("count", "aspect", "expand", "private")
 SERVER_SELECTS = ("policy", "default_count", "default_aspect", "default_expand")
-
-
-@dataclass(frozen=True)
-class ImagineSettings:
-    """What the stored settings decide for one /imagine: its parameters and filter, or why it is refused."""
-
-    parameters: EffectiveParameters
-    safe_mode: bool
-    refusal: str | None = None
-
-
-def _filtered(guild: GuildSettings, interaction: discord.Interaction[Any], allow_nsfw: bool) -> bool:
-    channel = interaction.channel
-    nsfw_channel = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
-    return safe_mode_for_policy(guild.policy, nsfw_channel=nsfw_channel, allow_nsfw=allow_nsfw)
-
-
-async def channel_filtered(bot: ImagineBot, interaction: discord.Interaction[Any]) -> bool:
-    """Whether a job or post landing in this channel is filtered (server policy, age flag, IMAGINE_ALLOW_NSFW)."""
-    guild = await bot.preferences.guild(interaction.guild_id or 0)
-    return _filtered(guild, interaction, bot.settings.allow_nsfw)
-
-
-async def imagine_settings(
-    bot: ImagineBot, interaction: discord.Interaction[Any], options: dict[str, Any]
-) -> ImagineSettings:
-    """Resolve one /imagine against the server's and the member's settings (see README → /settings)."""
-    settings = bot.settings
-    guild_id = interaction.guild_id or 0
-    guild = await bot.preferences.guild(guild_id)
-    member = await bot.preferences.member(guild_id, interaction.user.id)
-    parameters = effective_parameters(settings, guild, member, options)
-    safe_mode = _filtered(guild, interaction, settings.allow_nsfw)
-    result = ImagineSettings(parameters, safe_mode)
-    if guild.channels and interaction.channel_id not in guild.channels:
-        where = ", ".join(f"<#{c}>" for c in guild.channels)
-        return replace(result, refusal=f"On this server `/imagine` runs only in {where}.")
-    if guild.max_pending is not None or guild.cooldown is not None:
-        refused = await bot.store.admission_refusal(
-            interaction.user.id,
-            max_pending_per_user=guild.max_pending,
-            max_queue=None,
-            cooldown_seconds=guild.cooldown or 0.0,
-        )
-        if refused is not None:
-            return replace(result, refusal=f"Can't start that: {refused} (this server's limit).")
-    return result
 
 
 # -- panels ------------------------------------------------------------------------------------------------
@@ -165,7 +117,7 @@ def server_panel(
             f"{key}: {describe(value) if value != '' else 'none'}" + ("" if mine is not None else " (bot)")
         )
     embed.add_field(name="Defaults for members", value="\n".join(defaults), inline=False)
-    log_lines = [f"<t:{int(c.at)}:R> <@{c.actor_id}> {c.key}: {c.old} → {c.new}" for c in changes] or [
+    log_lines = [f"<t:{int(c.at)}:R> {_actor(c.actor_id)} {c.key}: {c.old} → {c.new}" for c in changes] or [
         "no changes yet"
     ]
     embed.add_field(name="Recent changes", value="\n".join(log_lines)[:1024], inline=False)
@@ -196,6 +148,11 @@ def server_panel(
         )
     )
     return embed, view
+
+
+def _actor(actor_id: int) -> str:
+    """Who changed a setting: a member, or the bot itself (a stale default clamped to a lowered limit)."""
+    return "the bot (a lowered limit)" if actor_id == BOT_ACTOR else f"<@{actor_id}>"
 
 
 # -- components ----------------------------------------------------------------------------------------------

@@ -1,0 +1,546 @@
+"""The one door every job comes in through: /imagine, every button, Remix, Reproduce and the CLI.
+
+The intake takes plain data — who asks and where (`Requester`), and what (`ImagineRequest` or
+`ActionRequest`) — never a Discord interaction or the bot. It applies, in this order: the server's channel
+allow-list, the server's pending cap and cooldown, the member's and the server's stored defaults (a stored
+value the operator's limits no longer allow is clamped and saved, and the member told once), the filter
+decision for the channel the job lands in, the one "made without the filter" rule for actions that start
+from a job's pictures (bot.policy), and the operator's limits (the runner's validation and queue caps).
+It answers `Admitted` (the JobSpec, where its input images come from, notices for the member) or a
+`Refusal` with the sentence to show. `submit` stages the input images and queues the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from bot import policy
+from bot.engine.images import png_bytes
+from bot.engine.outpaint import build_canvas, fit_within, outpaint_geometry, upscale_size
+from bot.engine.types import EngineError, InvalidRequest
+from bot.flags import size_for_ratio
+from bot.jobs import rerun_spec
+from bot.preferences import (
+    ASPECTS,
+    EffectiveParameters,
+    GuildSettings,
+    JobDefaults,
+    MemberSettings,
+    PreferenceStore,
+    SettingRefused,
+    check_job_value,
+    effective_parameters,
+)
+from bot.settings import Settings
+from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused
+from bot.uploads import discard_inputs, stage_inputs
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+# The actions on a past job, by the name its record carries (the button codes live in bot.ui).
+REPEAT_ACTIONS = ("rerender", "reexpand", "reproduce")
+TILE_ACTIONS = (
+    "variation",
+    "upscale-subtle",
+    "upscale-creative",
+    "vary-subtle",
+    "vary-strong",
+    "zoom-1.5",
+    "zoom-2",
+    "pan-left",
+    "pan-right",
+    "pan-up",
+    "pan-down",
+)
+ACTIONS = (*REPEAT_ACTIONS, "remix", *TILE_ACTIONS)
+# The actor recorded in a server's change log when the bot itself clamps a stale default.
+BOT_ACTOR = 0
+NOT_OWNER = "Only the person who asked for these images can use their buttons."
+GONE = "That job doesn't exist (any more)."
+Geometry = tuple[tuple[int, int], tuple[int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks and where. `user_id` None is the operator at the command line (no server, no limits)."""
+
+    user_id: int | None
+    guild_id: int | None = None
+    channel_id: int | None = None
+    #: the channel's age-restricted (NSFW) flag, as the entry point sees it now
+    age_restricted: bool = False
+    #: Manage Server / Manage Messages in this channel
+    manages_server: bool = False
+    manages_messages: bool = False
+
+
+@dataclass(frozen=True)
+class ImagineRequest:
+    """A new job from text (and an optional picture). None = the member's, server's or bot's default."""
+
+    seed_text: str
+    count: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    negative: str | None = None
+    aspect: str | None = None
+    ratio: tuple[int, int] | None = None
+    #: an exact size (the CLI's --width/--height); else the aspect or ratio decide
+    width: int | None = None
+    height: int | None = None
+    job_seed: int | None = None
+    expand: bool | None = None
+    chaos: int | None = None
+    with_image: bool = False
+    strength: float | None = None
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """An action on a past job: one of `ACTIONS`, on image `tile` where it needs one.
+
+    Remix of a grid takes `prompts` (image number → new prompt, empty = keep) and `negative`; Remix of
+    one image takes `prompt`.
+    """
+
+    job_id: str
+    action: str
+    tile: int | None = None
+    prompt: str | None = None
+    prompts: dict[int, str] = field(default_factory=dict)
+    negative: str | None = None
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """Where a child job's input images come from: the parent's tile, as is or on an outpaint canvas."""
+
+    path: str | None
+    geometry: Geometry | None = None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A job the intake let in: the row to write, its source, and what to tell the member."""
+
+    spec: JobSpec
+    source: TileSource | None = None
+    notices: tuple[str, ...] = ()
+    #: the server's own (tighter) caps, enforced again atomically when the row is written
+    max_pending: int | None = None
+    cooldown: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a job cannot start, as the sentence to show; `usage` marks a bad argument (CLI exit 2)."""
+
+    message: str
+    usage: bool = False
+
+
+class NotQueued(Exception):
+    """Staging or queueing failed after the checks passed (a lost race, a vanished file): the sentence."""
+
+
+class Runner(Protocol):
+    """What the intake needs of the job runner."""
+
+    async def admission_refusal(self, spec: JobSpec) -> Exception | None: ...
+
+    async def submit(
+        self, spec: JobSpec, *, max_pending_per_user: int | None = None, cooldown_seconds: float | None = None
+    ) -> JobRecord: ...
+
+
+def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Map an aspect choice to a size with about the default's pixel count, multiples of 8, within the limit."""
+    if aspect not in ASPECTS:
+        # Discord offers only the choices, but a forged interaction can carry any string.
+        raise InvalidRequest(f"`aspect` must be square, portrait or landscape, got {str(aspect)[:40]!r}")
+    if aspect == "square":
+        return width, height
+    area = min(width * height, max_pixels)
+    ratio = 3 / 4 if aspect == "portrait" else 4 / 3
+    w = max(64, int(math.sqrt(area * ratio)) // 8 * 8)
+    h = max(64, int(math.sqrt(area / ratio)) // 8 * 8)
+    return w, h
+
+
+def tile_inputs(source: TileSource) -> tuple[bytes | None, bytes | None]:
+    """The tile's PNG as the source image, or its outpaint canvas and mask (runs in a thread)."""
+    if not source.path:
+        raise InvalidRequest("the image file of that job is gone from disk")
+    try:
+        data = Path(source.path).read_bytes()
+    except OSError as exc:
+        raise InvalidRequest("the image file of that job is gone from disk") from exc
+    if source.geometry is None:
+        return data, None
+    with Image.open(io.BytesIO(data)) as opened:
+        picture = opened.convert("RGB")
+    canvas = build_canvas(picture, *source.geometry)
+    return png_bytes(canvas.image), png_bytes(canvas.mask)
+
+
+class Intake:
+    """Decides what every new job runs with, or why it cannot run (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: HistoryStore,
+        *,
+        preferences: PreferenceStore | None = None,
+        runner: Runner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.preferences = preferences if preferences is not None else PreferenceStore(store)
+        #: None at the command line before a backend exists: the CLI validates when it renders
+        self.runner = runner
+
+    # -- the doors -------------------------------------------------------------------------------------
+    async def imagine(self, who: Requester, request: ImagineRequest) -> Admitted | Refusal:
+        """A new job from text: /imagine, the CLI's `imagine`."""
+        s = self.settings
+        guild, member = await self._stored(who)
+        refusal = await self._server_rules(who, guild)
+        if refusal is not None:
+            return refusal
+        if request.strength is not None and not request.with_image:
+            option = "`strength`" if who.user_id is not None else "`--strength`"
+            image = "`image`" if who.user_id is not None else "`--image`"
+            return Refusal(f"{option} only applies together with {image}", usage=True)
+        guild, member, notices = await self._clamp_stale(who, guild, member)
+        wanted = {
+            "count": request.count,
+            "steps": request.steps,
+            "guidance": request.guidance,
+            "negative": request.negative,
+            "aspect": "square" if request.ratio is not None else request.aspect,
+            "expand": request.expand,
+        }
+        p = effective_parameters(s, guild, member, wanted)
+        try:
+            width, height = self._size(request, p)
+        except InvalidRequest as exc:
+            return Refusal(exc.user_message, usage=True)
+        spec = JobSpec(
+            seed_text=request.seed_text,
+            count=p.count,
+            steps=p.steps,
+            guidance=p.guidance,
+            width=width,
+            height=height,
+            job_seed=request.job_seed if request.job_seed is not None else secrets.randbelow(MAX_SEED + 1),
+            negative=p.negative,
+            expand=p.expand,
+            safe_mode=self._filtered(who, guild),
+            action="image" if request.with_image else "imagine",
+            strength=(request.strength if request.strength is not None else s.image_strength)
+            if request.with_image
+            else None,
+            chaos=request.chaos,
+            user_id=who.user_id,
+            guild_id=who.guild_id,
+            channel_id=who.channel_id,
+            private=p.private,
+            from_defaults=p.from_member,
+        )
+        return await self._admit(Admitted(spec, notices=notices, **self._caps(guild)))
+
+    async def action(self, who: Requester, request: ActionRequest) -> Admitted | Refusal:
+        """A new job from a past one: 🔄, ✨, V, Reproduce, Remix, Upscale, Vary, Zoom, Pan; and the CLI's."""
+        if request.action not in ACTIONS:
+            return Refusal(f"unknown action {request.action[:40]!r}", usage=True)
+        job = await self.find(who, request.job_id, request.action, request.tile)
+        if isinstance(job, Refusal):
+            return job
+        guild, _ = await self._stored(who)
+        refusal = await self._server_rules(who, guild)
+        if refusal is not None:
+            return refusal
+        # The place where the new job lands decides the filter, never the old row.
+        safe_mode = self._filtered(who, guild) if who.user_id is not None else job.safe_mode
+        try:
+            spec, source = self._child(who, job, request)
+        except InvalidRequest as exc:
+            # E.g. an upscale over IMAGINE_MAX_OUTPUT_PIXELS: nothing is queued, the member is told why.
+            return Refusal(f"Can't start that: {exc.user_message}.")
+        if source is not None or spec.init_image is not None:
+            refused = policy.source_refusal(job, filtered_here=safe_mode)
+            if refused is not None:
+                return Refusal(refused)
+        spec = replace(spec, safe_mode=safe_mode)
+        if who.user_id is not None:
+            spec = replace(spec, channel_id=who.channel_id)
+        return await self._admit(Admitted(spec, source=source, **self._caps(guild)))
+
+    async def find(
+        self, who: Requester, job_id: str, action: str, tile: int | None = None
+    ) -> JobRecord | Refusal:
+        """The done job an action (or a post: `post`, `post-tile`) uses, if `who` may use it here."""
+        job = await self.store.get_job(job_id.strip())
+        if job is None or (who.user_id is not None and job.guild_id != who.guild_id):
+            return Refusal(GONE)
+        if not self._may_act(who, job, action):
+            return Refusal(NOT_OWNER)
+        if job.status != "done":
+            return Refusal(f"Job `{job.id}` has no images ({job.status}).")
+        if tile is None and (action in TILE_ACTIONS or action == "post-tile"):
+            return Refusal("That button has no image number.", usage=True)
+        if tile is not None and not 1 <= tile <= len(job.tiles):
+            return Refusal(f"Job `{job.id}` has no image {tile}.", usage=True)
+        return job
+
+    async def submit(
+        self, admitted: Admitted, *, init_image: bytes | None = None, mask_image: bytes | None = None
+    ) -> JobRecord:
+        """Stage the input images in the job's own folder and write the `queued` row (NotQueued: why not)."""
+        images_dir = self.settings.images_dir
+        try:
+            if admitted.source is not None and init_image is None:
+                init_image, mask_image = await asyncio.to_thread(tile_inputs, admitted.source)
+            spec = await asyncio.to_thread(
+                stage_inputs, images_dir, admitted.spec, init_image=init_image, mask_image=mask_image
+            )
+        except EngineError as exc:
+            raise NotQueued(f"Can't start that: {exc.user_message}.") from exc
+        assert self.runner is not None, "submit needs the runner"
+        try:
+            return await self.runner.submit(
+                spec, max_pending_per_user=admitted.max_pending, cooldown_seconds=admitted.cooldown
+            )
+        except (QueueRefused, EngineError) as exc:
+            await asyncio.to_thread(discard_inputs, images_dir, spec)
+            message = getattr(exc, "user_message", None) or str(exc)
+            raise NotQueued(f"Can't queue that: {message}.") from exc
+
+    async def filtered_for(self, who: Requester) -> bool:
+        """Whether what lands where `who` is (a post, a new job) is filtered now."""
+        guild, _ = await self._stored(who)
+        return self._filtered(who, guild)
+
+    # -- rules -------------------------------------------------------------------------------------------
+    async def _stored(self, who: Requester) -> tuple[GuildSettings, MemberSettings]:
+        if who.user_id is None or who.guild_id is None:
+            return GuildSettings(), MemberSettings()
+        guild = await self.preferences.guild(who.guild_id)
+        member = await self.preferences.member(who.guild_id, who.user_id)
+        return guild, member
+
+    def _filtered(self, who: Requester, guild: GuildSettings) -> bool:
+        if who.user_id is None:
+            return True  # the command line renders filtered, as it always has
+        return policy.filtered(
+            guild.policy, age_restricted=who.age_restricted, allow_nsfw=self.settings.allow_nsfw
+        )
+
+    @staticmethod
+    def _may_act(who: Requester, job: JobRecord, action: str) -> bool:
+        """The owner may use every action; a server manager may also Reproduce and Post here (/history).
+
+        Whether a post may land in the channel is bot.policy's answer (a private result: the owner only).
+        """
+        if who.user_id is None or job.user_id == who.user_id:
+            return True
+        return action in ("reproduce", "post") and who.manages_server
+
+    async def _server_rules(self, who: Requester, guild: GuildSettings) -> Refusal | None:
+        """The server's channel allow-list, pending cap and cooldown: for every job, every entry point."""
+        if who.user_id is None:
+            return None
+        if guild.channels and who.channel_id not in guild.channels:
+            where = ", ".join(f"<#{c}>" for c in guild.channels)
+            return Refusal(f"On this server `/imagine` runs only in {where} (its buttons too).")
+        if guild.max_pending is not None or guild.cooldown is not None:
+            refused = await self.store.admission_refusal(
+                who.user_id,
+                max_pending_per_user=guild.max_pending,
+                max_queue=None,
+                cooldown_seconds=guild.cooldown or 0.0,
+            )
+            if refused is not None:
+                return Refusal(f"Can't start that: {refused} (this server's limit).")
+        return None
+
+    @staticmethod
+    def _caps(guild: GuildSettings) -> dict[str, Any]:
+        return {"max_pending": guild.max_pending, "cooldown": guild.cooldown}
+
+    async def _admit(self, admitted: Admitted) -> Admitted | Refusal:
+        """The operator's limits: the request's validation and the queue caps (nothing written)."""
+        if self.runner is None:
+            return admitted
+        refusal = await self.runner.admission_refusal(admitted.spec)
+        if refusal is not None:
+            message = getattr(refusal, "user_message", None) or str(refusal)
+            return Refusal(f"Can't start that: {message}.", usage=isinstance(refusal, InvalidRequest))
+        return admitted
+
+    async def _clamp_stale(
+        self, who: Requester, guild: GuildSettings, member: MemberSettings
+    ) -> tuple[GuildSettings, MemberSettings, tuple[str, ...]]:
+        """Item 6: stored defaults are checked when used, not only when saved. A value the operator's limits
+        no longer allow is clamped to the limit (or dropped when it cannot be), saved that way, and the
+        member is told once — the next job finds the saved value in bounds."""
+        if who.user_id is None or who.guild_id is None:
+            return guild, member, ()
+        notices: list[str] = []
+        fixed_member = self._clamped_values(member, "Your /settings default", notices)
+        if fixed_member:
+            member = replace(member, **fixed_member)
+            await self.preferences.set_member(who.guild_id, who.user_id, member)
+        fixed_guild = self._clamped_values(guild.defaults, "This server's default", notices)
+        for key, value in fixed_guild.items():
+            await self.preferences.change_guild(who.guild_id, BOT_ACTOR, f"default_{key}", value)
+        if fixed_guild:
+            guild = replace(guild, defaults=replace(guild.defaults, **fixed_guild))
+        return guild, member, tuple(notices)
+
+    def _clamped_values(self, stored: JobDefaults, whose: str, notices: list[str]) -> dict[str, Any]:
+        s = self.settings
+        limits: dict[str, tuple[Any, str]] = {
+            "count": (s.max_count, "IMAGINE_MAX_COUNT"),
+            "steps": (s.max_steps, "IMAGINE_MAX_STEPS"),
+            "guidance": (s.max_guidance, "IMAGINE_MAX_GUIDANCE"),
+        }
+        fixed: dict[str, Any] = {}
+        for f in fields(JobDefaults):
+            value = getattr(stored, f.name)
+            if value is None:
+                continue
+            try:
+                check_job_value(s, f.name, value)
+                continue
+            except SettingRefused:
+                pass
+            if f.name in limits and isinstance(value, int | float) and not isinstance(value, bool):
+                limit, setting = limits[f.name]
+                if value > limit:
+                    fixed[f.name] = limit
+                    notices.append(
+                        f"{whose} {f.name} ({value:g}) is above the bot's limit now ({setting}={limit:g}): "
+                        f"it is {limit:g} from now on; change it with `/settings`."
+                    )
+                    continue
+            fixed[f.name] = None
+            notices.append(
+                f"{whose} {f.name} is no longer allowed by the bot's limits: it was removed; "
+                "set it again with `/settings`."
+            )
+        return fixed
+
+    def _size(self, request: ImagineRequest, p: EffectiveParameters) -> tuple[int, int]:
+        s = self.settings
+        if request.ratio is not None:
+            if request.width is not None or request.height is not None:
+                raise InvalidRequest("`--ar` in SEED and the --width/--height options disagree: use one")
+            return size_for_ratio(request.ratio, s.width, s.height, s.max_pixels)
+        if request.width is not None or request.height is not None:
+            return (
+                request.width if request.width is not None else s.width,
+                request.height if request.height is not None else s.height,
+            )
+        return size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
+
+    # -- the child jobs --------------------------------------------------------------------------------
+    def _child(
+        self, who: Requester, job: JobRecord, request: ActionRequest
+    ) -> tuple[JobSpec, TileSource | None]:
+        """The new job an action asks for, linked to its parent, and where its input images come from."""
+        owner = who.user_id
+        action, tile = request.action, request.tile
+        if action == "reproduce":
+            return self._owned(rerun_spec(job, user_id=owner, action="reproduce"), who), None
+        if action == "remix" and tile is None:
+            # Same image seeds, the edited prompts (empty = keep the old one).
+            edited = tuple(request.prompts.get(t.index) or t.prompt for t in job.tiles)
+            spec = replace(
+                rerun_spec(job, user_id=owner, action="remix"),
+                given_prompts=edited,
+                negative=request.negative if request.negative is not None else job.negative,
+            )
+            return self._owned(spec, who), None
+        # Same seed text and parameters, new image seeds, owned by the presser, linked to the parent.
+        base = replace(
+            rerun_spec(job, user_id=owner, action="rerender"),
+            job_seed=secrets.randbelow(MAX_SEED + 1),
+            given_seeds=None,
+        )
+        if action == "rerender":
+            return self._owned(base, who), None
+        if action == "reexpand":
+            return self._owned(replace(base, action="reexpand", given_prompts=None), who), None
+        assert tile is not None
+        source = job.tiles[tile - 1]
+        if action == "variation":
+            spec = replace(
+                base,
+                action="variation",
+                source_tile=tile,
+                strength=self.settings.variation_strength,
+                given_prompts=(source.prompt,) * job.count,
+                # img2img from the tile: not the parent's outpaint mask or upscale rendering.
+                init_image=None,
+                mask_image=None,
+                render_action=None,
+            )
+            return self._owned(spec, who), TileSource(source.path)
+        return self._tile_action(who, job, tile, "vary-strong" if action == "remix" else action, request)
+
+    def _tile_action(
+        self, who: Requester, job: JobRecord, tile: int, action: str, request: ActionRequest
+    ) -> tuple[JobSpec, TileSource]:
+        """Upscale, Vary, Zoom Out, Pan and Remix of one image."""
+        s = self.settings
+        source = job.tiles[tile - 1]
+        count = s.count
+        width, height = fit_within(job.width, job.height, s.max_pixels)
+        strength: float | None = None
+        geometry: Geometry | None = None
+        if action.startswith("upscale-"):
+            count = 1
+            width, height = upscale_size(job.width, job.height, s.max_output_pixels)
+            strength = (
+                s.upscale_subtle_strength if action == "upscale-subtle" else s.upscale_creative_strength
+            )
+        elif action.startswith("vary-"):
+            strength = s.vary_subtle_strength if action == "vary-subtle" else s.vary_strong_strength
+        else:  # zoom-*, pan-*
+            (width, height), box = outpaint_geometry(action, job.width, job.height, s.max_output_pixels)
+            geometry = ((width, height), box)
+        text = request.prompt or source.prompt
+        spec = replace(
+            rerun_spec(job, user_id=who.user_id, action="remix" if request.action == "remix" else action),
+            count=count,
+            width=width,
+            height=height,
+            job_seed=secrets.randbelow(MAX_SEED + 1),
+            given_prompts=(text,) * count,
+            given_seeds=None,
+            source_tile=tile,
+            strength=strength,
+            init_image=None,
+            mask_image=None,
+            render_action=None,
+        )
+        return self._owned(spec, who), TileSource(source.path, geometry)
+
+    @staticmethod
+    def _owned(spec: JobSpec, who: Requester) -> JobSpec:
+        """A job from the command line belongs to no member, server or channel (nothing is posted)."""
+        if who.user_id is not None:
+            return spec
+        return replace(spec, user_id=None, guild_id=None, channel_id=None)
