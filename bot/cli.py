@@ -1,4 +1,5 @@
-"""The command line: imagine, history, show, rerun, tiny-models, run, sync, health, download-models."""
+"""The command line: imagine, history, show, rerun, upscale, vary, zoom, pan, remix, tiny-models, run, sync,
+health, workers, download-models."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import signal
 import sqlite3
 import sys
@@ -17,7 +17,7 @@ from typing import Any
 
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
-from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
+from bot.flags import merge_flags, parse_inline_flags
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
 
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--seed", type=int, dest="job_seed", help="job seed (random if omitted)")
     imagine.add_argument("--negative", default="", help="negative prompt")
     imagine.add_argument("--no-expand", action="store_true", help="use the seed text as every prompt")
+    imagine.add_argument("--image", type=Path, help="a PNG, JPEG or WebP picture to start every image from")
+    imagine.add_argument(
+        "--strength", type=float, help="with --image: how far to move away from it, 0.05 (barely) to 1"
+    )
     imagine.add_argument("--json", action="store_true", help="print one JSON object")
 
     history = sub.add_parser("history", help="list past jobs, newest first")
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerun = sub.add_parser("rerun", help="re-render a past job exactly, as a new job")
     rerun.add_argument("job_id")
     rerun.add_argument("--json", action="store_true")
+
+    _add_action_parsers(sub)
 
     tiny = sub.add_parser("tiny-models", help="build tiny random-weight models for offline tests")
     tiny.add_argument("directory", type=Path)
@@ -91,6 +97,48 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all replicas")
     sub.add_parser("download-models", help="pre-fetch the configured models into the Hugging Face cache")
     return parser
+
+
+def _add_action_parsers(sub: Any) -> None:
+    """The actions on one image of a past job, as the buttons under a posted image do them in Discord."""
+    helps = {
+        "upscale": "twice the width and height, img2img from image TILE of a past job",
+        "vary": "a grid of variations of image TILE of a past job",
+        "zoom": "image TILE of a past job shrunk into a canvas of its size, the border painted new",
+        "pan": "the canvas of image TILE of a past job grows by half on one side, the new part painted",
+        "remix": "Vary (Strong) of image TILE of a past job with a new prompt",
+    }
+    for name, text in helps.items():
+        action = sub.add_parser(name, help=text)
+        action.add_argument("job_id")
+        action.add_argument("tile", type=_positive_int, metavar="TILE", help="the image number, 1..count")
+        if name == "upscale":
+            action.add_argument("--creative", action="store_true", help="Upscale (Creative): more new detail")
+        elif name == "vary":
+            action.add_argument("--strong", action="store_true", help="Vary (Strong): further from the image")
+        elif name == "zoom":
+            action.add_argument("--factor", choices=("1.5", "2"), default="2", help="zoom out 1.5x or 2x")
+        elif name == "pan":
+            action.add_argument("direction", choices=("left", "right", "up", "down"))
+        elif name == "remix":
+            action.add_argument("prompt", help="the new prompt (empty keeps the image's own)")
+        action.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _action_name(args: argparse.Namespace) -> str:
+    """The action a CLI command records (the same names as the Discord buttons' jobs)."""
+    if args.command == "upscale":
+        return "upscale-creative" if args.creative else "upscale-subtle"
+    if args.command == "vary":
+        return "vary-strong" if args.strong else "vary-subtle"
+    if args.command == "zoom":
+        return f"zoom-{args.factor}"
+    if args.command == "pan":
+        return f"pan-{args.direction}"
+    return "remix"
+
+
+CLI_ACTIONS = ("upscale", "vary", "zoom", "pan", "remix")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,7 +209,9 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
             _print_job(job, as_json=args.json, full=True)
             return EXIT_OK
         if args.command == "imagine":
-            spec = _imagine_spec(args, settings)
+            spec = await _imagine_spec(args, settings, store)
+        elif args.command in CLI_ACTIONS:
+            spec = await _action_spec(args, settings, store)
         else:  # rerun
             from bot.jobs import rerun_spec
 
@@ -180,7 +230,15 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
                 )
             except InvalidRequest as exc:
                 raise CliError(exc.user_message) from None
-        return await _generate(settings, store, spec, as_json=args.json)
+        try:
+            return await _generate(settings, store, spec, as_json=args.json)
+        except BaseException:
+            # Refused before its row was written (a bad argument, no backend): no staged inputs stay behind.
+            if spec.id is not None and await store.get_job(spec.id) is None:
+                from bot.uploads import discard_inputs
+
+                await asyncio.to_thread(discard_inputs, settings.images_dir, spec)
+            raise
 
 
 async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:
@@ -261,8 +319,12 @@ def _progress_bar(*, enabled: bool) -> Any:
     return update
 
 
-def _imagine_spec(args: argparse.Namespace, settings: Settings) -> JobSpec:
-    """The job `imagine` asks for: options, plus the same inline `--flags` in SEED as /imagine takes."""
+async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> JobSpec:
+    """The job `imagine` asks for, through the intake: options, plus the same inline `--flags` in SEED as
+    /imagine takes, and an optional picture to start from (`--image`, `--strength`)."""
+    from bot.intake import ImagineRequest, Intake, Refusal, Requester
+    from bot.uploads import fit_upload, stage_inputs
+
     try:
         flags = parse_inline_flags(args.seed_text)
         options = {
@@ -275,24 +337,64 @@ def _imagine_spec(args: argparse.Namespace, settings: Settings) -> JobSpec:
         merged = merge_flags(flags, options, CLI_OPTION_LABELS)
     except InvalidRequest as exc:
         raise CliError(exc.user_message, EXIT_USAGE) from None
-    width, height = _pick(args.width, settings.width), _pick(args.height, settings.height)
-    if merged["ratio"] is not None:
-        if args.width is not None or args.height is not None:
-            raise CliError("`--ar` in SEED and the --width/--height options disagree: use one", EXIT_USAGE)
-        width, height = size_for_ratio(merged["ratio"], width, height, settings.max_pixels)
-    return JobSpec(
+    request = ImagineRequest(
         seed_text=flags.text,
-        count=_pick(merged["count"], settings.count),
-        steps=_pick(merged["steps"], settings.steps),
-        guidance=_pick(args.guidance, settings.guidance),
-        width=width,
-        height=height,
-        job_seed=_pick(merged["seed"], secrets.randbelow(2**32)),
-        negative=merged["negative"] or "",
-        expand=_pick(merged["expand"], True),
+        count=merged["count"],
+        steps=merged["steps"],
+        guidance=args.guidance,
+        negative=merged["negative"],
+        ratio=merged["ratio"],
+        width=args.width,
+        height=args.height,
+        job_seed=merged["seed"],
+        expand=merged["expand"],
         chaos=flags.chaos,
-        action="imagine",
+        with_image=args.image is not None,
+        strength=args.strength,
     )
+    admitted = await Intake(settings, store).imagine(Requester(user_id=None), request)
+    if isinstance(admitted, Refusal):
+        raise CliError(admitted.message, EXIT_USAGE if admitted.usage else EXIT_FAILED)
+    if args.image is None:
+        return admitted.spec
+    spec = admitted.spec
+    try:
+        data = await asyncio.to_thread(args.image.read_bytes)
+    except OSError as exc:
+        raise CliError(f"cannot read --image {args.image}: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        fitted = await asyncio.to_thread(
+            fit_upload, data, width=spec.width, height=spec.height, max_side=settings.max_image_side
+        )
+        # Its own copy of the picture in its own folder: `rerun` stays exact if the file goes.
+        return await asyncio.to_thread(
+            stage_inputs, settings.images_dir, spec, init_image=fitted, mask_image=None
+        )
+    except InvalidRequest as exc:
+        raise CliError(exc.user_message.replace("`image`", "`--image`"), EXIT_USAGE) from None
+
+
+async def _action_spec(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> JobSpec:
+    """The job an action on one image of a past job asks for, through the intake (the checks and records
+    of the Discord buttons); its source image (and mask) are staged in its own folder, so `rerun` is exact."""
+    from bot.intake import ActionRequest, Intake, Refusal, Requester, tile_inputs
+    from bot.uploads import stage_inputs
+
+    old = await _require_job(store, args.job_id)
+    prompt = args.prompt.strip() or None if args.command == "remix" else None
+    request = ActionRequest(old.id, _action_name(args), args.tile, prompt=prompt)
+    admitted = await Intake(settings, store).action(Requester(user_id=None), request)
+    if isinstance(admitted, Refusal):
+        raise CliError(admitted.message, EXIT_USAGE if admitted.usage else EXIT_FAILED)
+    try:
+        init_image, mask_image = (None, None)
+        if admitted.source is not None:
+            init_image, mask_image = await asyncio.to_thread(tile_inputs, admitted.source)
+        return await asyncio.to_thread(
+            stage_inputs, settings.images_dir, admitted.spec, init_image=init_image, mask_image=mask_image
+        )
+    except InvalidRequest as exc:
+        raise CliError(exc.user_message) from None
 
 
 def _pick(value: Any, default: Any) -> Any:

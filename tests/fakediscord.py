@@ -957,6 +957,12 @@ class FakeDiscord:
         self.channels[channel_id] = channel
         return channel
 
+    async def set_channel_nsfw(self, channel_id: int, nsfw: bool) -> None:
+        """A moderator switches a channel's age-restricted flag: CHANNEL_UPDATE goes out on the gateway."""
+        channel = self.channels[channel_id]
+        channel.nsfw = nsfw
+        await self.dispatch("CHANNEL_UPDATE", channel.payload())
+
     def dm_channel(self, user_id: int) -> FakeChannel:
         """The DM channel between the bot and ``user_id`` (created on first use)."""
         for ch in self.channels.values():
