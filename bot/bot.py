@@ -218,8 +218,12 @@ class ImagineBot(commands.Bot):
         # No await between submit and track: a fast job must find its tracker.
         text = queued_text(job.id, 1, None, workers_online=self.runner.backend_online)
         self.deliverer.track(job, interaction, text=text, message_id=response_id)
-        for notice in admitted.notices:
-            await reply_ephemeral(interaction, notice)
+        if admitted.notices:
+            # The first followup after a "thinking" defer would replace it: fill the response first.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content=text)
+            for notice in admitted.notices:
+                await reply_ephemeral(interaction, notice)
         try:
             await self.deliverer.update_positions()
         except Exception:

@@ -58,13 +58,14 @@ async def forget_member(
         job for job in await runner.queue_positions() if job.user_id == user_id and job.guild_id == guild_id
     ]
     cancelled = await _cancel_and_wait(runner, store, pending)
-    jobs = await store.delete_user_jobs(user_id, guild_id)
     # Copies others made of the member's pictures (a moderator's Reproduce of an upload) go too; they may be
-    # pending themselves.
-    copies = await store.jobs_derived_from([job.id for job in jobs], other_than=user_id)
+    # pending themselves. Found before the member's rows go: deleting a parent clears its children's link.
+    mine = await store.list_jobs(user_id=user_id, guild_id=guild_id, limit=1_000_000)
+    copies = await store.jobs_derived_from([job.id for job in mine], other_than=user_id)
     pending_ids = {job.id for job in await runner.queue_positions()}
     await _cancel_and_wait(runner, store, [job for job in copies if job.id in pending_ids])
     await store.delete_jobs([job.id for job in copies])
+    jobs = await store.delete_user_jobs(user_id, guild_id)
     # A job's folder holds its grid and tiles and, for image jobs, its source image and mask (even when it
     # failed and has no grid). Only a folder named after the job itself: older variation rows point at
     # their parent's tile.
