@@ -85,11 +85,11 @@ async def test_429_on_progress_and_final_edits(
         original_edit = deliverer._edit_response
         final_edit_started: list[float] = []
 
-        async def edit_behind_429(interaction, job, encoded):
+        async def edit_behind_429(interaction, job, encoded, **options):
             # Rate-limit exactly the final edit: the next two PATCHes on this token get 429 + Via + retry_after.
             fake.rate_limit_next("PATCH", rf"/{re.escape(interaction.token)}/messages/@original$", 2, 0.3)
             final_edit_started.append(time.monotonic())
-            return await original_edit(interaction, job, encoded)
+            return await original_edit(interaction, job, encoded, **options)
 
         monkeypatch.setattr(deliverer, "_edit_response", edit_behind_429)
         interaction = await fake.send_slash("imagine", {"seed": "rate limited"}, user_id=fake.alice_id)
