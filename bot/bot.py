@@ -68,8 +68,10 @@ class ImagineBot(commands.Bot):
         self.backend = backend
         self.runner = runner
         self.run_worker = run_worker
-        self.deliverer = Deliverer(self, settings=settings, store=store, runner=runner)
         self.preferences = PreferenceStore(store)
+        self.deliverer = Deliverer(
+            self, settings=settings, store=store, runner=runner, preferences=self.preferences
+        )
         self.intake = Intake(settings, store, preferences=self.preferences, runner=runner)
         self._job_buttons: dict[str, JobButtonHandler] = {}
         self._background: set[asyncio.Task[Any]] = set()

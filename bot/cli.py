@@ -127,6 +127,8 @@ def _add_action_parsers(sub: Any) -> None:
 
 def _action_name(args: argparse.Namespace) -> str:
     """The action a CLI command records (the same names as the Discord buttons' jobs)."""
+    if args.command == "rerun":
+        return "rerun"
     if args.command == "upscale":
         return "upscale-creative" if args.creative else "upscale-subtle"
     if args.command == "vary":
@@ -213,23 +215,13 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
         elif args.command in CLI_ACTIONS:
             spec = await _action_spec(args, settings, store)
         else:  # rerun
-            from bot.jobs import rerun_spec
-
             old = await _require_job(store, args.job_id)
             if old.status != "done":
                 raise CliError(
                     f"job {old.id} {_status_phrase(old.status)}; only a job that finished with images "
                     "can be re-rendered"
                 )
-            from bot.uploads import stage_inputs
-
-            try:
-                # Its own copies of the source image and mask: the rerun stays exact if the old job goes.
-                spec = await asyncio.to_thread(
-                    stage_inputs, settings.images_dir, rerun_spec(old), init_image=None, mask_image=None
-                )
-            except InvalidRequest as exc:
-                raise CliError(exc.user_message) from None
+            spec = await _action_spec(args, settings, store)
         try:
             return await _generate(settings, store, spec, as_json=args.json)
         except BaseException:
@@ -375,14 +367,15 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
 
 
 async def _action_spec(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> JobSpec:
-    """The job an action on one image of a past job asks for, through the intake (the checks and records
-    of the Discord buttons); its source image (and mask) are staged in its own folder, so `rerun` is exact."""
+    """The job `rerun` or an action on one image of a past job asks for, through the intake (the checks and
+    records of the Discord buttons); its source image and mask are staged in its own folder (copies, for a
+    rerun), so a rerun stays exact even when the old job goes."""
     from bot.intake import ActionRequest, Intake, Refusal, Requester, tile_inputs
     from bot.uploads import stage_inputs
 
     old = await _require_job(store, args.job_id)
     prompt = args.prompt.strip() or None if args.command == "remix" else None
-    request = ActionRequest(old.id, _action_name(args), args.tile, prompt=prompt)
+    request = ActionRequest(old.id, _action_name(args), getattr(args, "tile", None), prompt=prompt)
     admitted = await Intake(settings, store).action(Requester(user_id=None), request)
     if isinstance(admitted, Refusal):
         raise CliError(admitted.message, EXIT_USAGE if admitted.usage else EXIT_FAILED)

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 from PIL import Image
@@ -27,12 +27,10 @@ from bot.messages import (
     result_embed,
     result_filename,
 )
+from bot.preferences import PreferenceStore
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord
 from bot.ui import result_view
-
-if TYPE_CHECKING:
-    from bot.bot import ImagineBot
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +82,28 @@ def is_dead_token(exc: discord.HTTPException) -> bool:
     return exc.code in DEAD_TOKEN_CODES or exc.status == 401
 
 
+class DeliveryClient(Protocol):
+    """What delivery needs of the Discord client (the bot): channels, DMs, the guild cache, who it is.
+
+    Delivery takes this instead of the bot class, so nothing here imports back up into bot.bot.
+    """
+
+    @property
+    def user(self) -> discord.ClientUser | None: ...
+
+    def get_guild(self, id: int, /) -> discord.Guild | None: ...
+
+    def get_channel(self, id: int, /) -> Any: ...
+
+    async def fetch_channel(self, channel_id: int, /) -> Any: ...
+
+    def get_partial_messageable(
+        self, id: int, *, guild_id: int | None = None, type: discord.ChannelType | None = None
+    ) -> discord.PartialMessageable: ...
+
+    async def create_dm(self, user: discord.abc.Snowflake) -> discord.DMChannel: ...
+
+
 @dataclass
 class Tracker:
     """One job a Discord user is watching through an interaction response."""
@@ -118,12 +138,19 @@ class Deliverer:
     """Owns every message the bot edits or sends for a job."""
 
     def __init__(
-        self, bot: ImagineBot, *, settings: Settings, store: HistoryStore, runner: JobRunner
+        self,
+        bot: DeliveryClient,
+        *,
+        settings: Settings,
+        store: HistoryStore,
+        runner: JobRunner,
+        preferences: PreferenceStore,
     ) -> None:
         self.bot = bot
         self.settings = settings
         self.store = store
         self.runner = runner
+        self.preferences = preferences
         self.trackers: dict[str, Tracker] = {}
         self._queue_task: asyncio.Task[None] | None = None
 
@@ -319,7 +346,7 @@ class Deliverer:
         if job.safe_mode or job.channel_id is None:
             return True
         try:
-            guild = await self.bot.preferences.guild(job.guild_id or 0)
+            guild = await self.preferences.guild(job.guild_id or 0)
         except Exception:
             log.exception(
                 "could not read the settings of guild %s; treating job %s as filtered", job.guild_id, job.id

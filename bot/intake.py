@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
 # The actions on a past job, by the name its record carries (the button codes live in bot.ui).
-REPEAT_ACTIONS = ("rerender", "reexpand", "reproduce")
+REPEAT_ACTIONS = ("rerender", "reexpand", "reproduce", "rerun")
 TILE_ACTIONS = (
     "variation",
     "upscale-subtle",
@@ -462,8 +462,8 @@ class Intake:
         """The new job an action asks for, linked to its parent, and where its input images come from."""
         owner = who.user_id
         action, tile = request.action, request.tile
-        if action == "reproduce":
-            return self._owned(rerun_spec(job, user_id=owner, action="reproduce"), who), None
+        if action in ("reproduce", "rerun"):  # exact: the same prompts, image seeds and inputs
+            return self._owned(rerun_spec(job, user_id=owner, action=action), who), None
         if action == "remix" and tile is None:
             # Same image seeds, the edited prompts (empty = keep the old one).
             edited = tuple(request.prompts.get(t.index) or t.prompt for t in job.tiles)

@@ -82,6 +82,16 @@ def thumbnail_allowed(job: JobRecord, *, filtered_here: bool) -> bool:
     return not unfiltered_here(job, filtered_here=filtered_here)
 
 
+def may_delete(job: JobRecord, *, presser_id: int, manages_messages: bool) -> bool:
+    """🗑 on a result: its owner, or a moderator (Manage Messages)."""
+    return job.user_id == presser_id or manages_messages
+
+
+def may_view(job: JobRecord, *, viewer_id: int, manages_server: bool) -> bool:
+    """/history of one job: its owner, or a server manager (Manage Server)."""
+    return job.user_id == viewer_id or manages_server
+
+
 def buttons_allowed(*, direct_message: bool) -> bool:
     """Item 8: a result delivered by DM carries no buttons (they need the server the job belongs to)."""
     return not direct_message

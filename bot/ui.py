@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
 import discord
 
 from bot.store import JobRecord
 
-if TYPE_CHECKING:
-    from bot.bot import ImagineBot
+
+class ComponentRouter(Protocol):
+    """Where the persistent components send their presses (the bot): ui takes this, not the bot class,
+    so nothing here imports back up into bot.bot."""
+
+    async def handle_job_button(
+        self, interaction: discord.Interaction[Any], action: str, job_id: str, tile: int | None
+    ) -> None: ...
+
+    async def handle_history_page(
+        self, interaction: discord.Interaction[Any], viewer: int, target: int, page: int
+    ) -> None: ...
+
+    async def handle_history_select(
+        self, interaction: discord.Interaction[Any], viewer: int, job_id: str
+    ) -> None: ...
+
+
+def _router(interaction: discord.Interaction[Any]) -> ComponentRouter:
+    return cast(ComponentRouter, interaction.client)
+
 
 # Actions: u = post tile alone, v = variations of a tile, rr = re-render (new image seeds),
 # rx = re-expand (new prompts), del = delete the message, post = re-post a saved grid, repro = exact re-render,
@@ -64,8 +83,8 @@ class JobButton(
         tile = match["tile"]
         return cls(match["action"], match["job"], int(tile) if tile else None)
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        await interaction.client.handle_job_button(interaction, self.action, self.job_id, self.tile)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
+        await _router(interaction).handle_job_button(interaction, self.action, self.job_id, self.tile)
 
 
 class HistoryPageButton(
@@ -92,8 +111,8 @@ class HistoryPageButton(
     ) -> HistoryPageButton:
         return cls(int(match["viewer"]), int(match["target"]), int(match["page"]))
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        await interaction.client.handle_history_page(interaction, self.viewer, self.target, self.page)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
+        await _router(interaction).handle_history_page(interaction, self.viewer, self.target, self.page)
 
 
 class HistorySelect(
@@ -120,10 +139,10 @@ class HistorySelect(
     ) -> HistorySelect:
         return cls(int(match["viewer"]))
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
         data: dict[str, Any] = dict(interaction.data or {})
         values = list(data.get("values") or [])
-        await interaction.client.handle_history_select(
+        await _router(interaction).handle_history_select(
             interaction, self.viewer, str(values[0]) if values else ""
         )
 

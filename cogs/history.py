@@ -92,7 +92,8 @@ class HistoryCog(commands.Cog):
         job = await self.bot.store.get_job(job_id)
         if job is None or job.guild_id != interaction.guild_id:
             return None
-        if job.user_id != interaction.user.id and not requester_of(interaction).manages_server:
+        manages_server = requester_of(interaction).manages_server
+        if not policy.may_view(job, viewer_id=interaction.user.id, manages_server=manages_server):
             return None
         return job
 

@@ -210,7 +210,8 @@ class ImagineCog(commands.Cog):
         if job is None or job.guild_id != interaction.guild_id:
             await reply_ephemeral(interaction, "That job doesn't exist (any more).")
             return
-        if not (job.user_id == interaction.user.id or requester_of(interaction).manages_messages):
+        who = requester_of(interaction)
+        if not policy.may_delete(job, presser_id=interaction.user.id, manages_messages=who.manages_messages):
             await reply_ephemeral(
                 interaction, "Only the person who asked for it (or a moderator) can delete it."
             )
