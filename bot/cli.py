@@ -370,7 +370,8 @@ async def _action_spec(args: argparse.Namespace, settings: Settings, store: Hist
     """The job `rerun` or an action on one image of a past job asks for, through the intake (the checks and
     records of the Discord buttons); its source image and mask are staged in its own folder (copies, for a
     rerun), so a rerun stays exact even when the old job goes."""
-    from bot.intake import ActionRequest, Intake, Refusal, Requester, tile_inputs
+    from bot.child_jobs import tile_inputs
+    from bot.intake import ActionRequest, Intake, Refusal, Requester
     from bot.uploads import stage_inputs
 
     old = await _require_job(store, args.job_id)

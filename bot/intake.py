@@ -13,22 +13,16 @@ It answers `Admitted` (the JobSpec, where its input images come from, notices fo
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import secrets
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
-
 from bot import policy
-from bot.engine.images import png_bytes
-from bot.engine.outpaint import build_canvas, fit_within, outpaint_geometry, upscale_size
+from bot.child_jobs import TileSource, child_spec, tile_inputs
 from bot.engine.types import EngineError, InvalidRequest
 from bot.flags import size_for_ratio
-from bot.jobs import rerun_spec
 from bot.preferences import (
     ASPECTS,
     EffectiveParameters,
@@ -67,7 +61,6 @@ ACTIONS = (*REPEAT_ACTIONS, "remix", *TILE_ACTIONS)
 BOT_ACTOR = 0
 NOT_OWNER = "Only the person who asked for these images can use their buttons."
 GONE = "That job doesn't exist (any more)."
-Geometry = tuple[tuple[int, int], tuple[int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -122,14 +115,6 @@ class ActionRequest:
 
 
 @dataclass(frozen=True)
-class TileSource:
-    """Where a child job's input images come from: the parent's tile, as is or on an outpaint canvas."""
-
-    path: str | None
-    geometry: Geometry | None = None
-
-
-@dataclass(frozen=True)
 class Admitted:
     """A job the intake let in: the row to write, its source, and what to tell the member."""
 
@@ -175,22 +160,6 @@ def size_for_aspect(aspect: str, width: int, height: int, max_pixels: int) -> tu
     w = max(64, int(math.sqrt(area * ratio)) // 8 * 8)
     h = max(64, int(math.sqrt(area / ratio)) // 8 * 8)
     return w, h
-
-
-def tile_inputs(source: TileSource) -> tuple[bytes | None, bytes | None]:
-    """The tile's PNG as the source image, or its outpaint canvas and mask (runs in a thread)."""
-    if not source.path:
-        raise InvalidRequest("the image file of that job is gone from disk")
-    try:
-        data = Path(source.path).read_bytes()
-    except OSError as exc:
-        raise InvalidRequest("the image file of that job is gone from disk") from exc
-    if source.geometry is None:
-        return data, None
-    with Image.open(io.BytesIO(data)) as opened:
-        picture = opened.convert("RGB")
-    canvas = build_canvas(picture, *source.geometry)
-    return png_bytes(canvas.image), png_bytes(canvas.mask)
 
 
 class Intake:
@@ -274,7 +243,17 @@ class Intake:
         # The place where the new job lands decides the filter, never the old row.
         safe_mode = self._filtered(who, guild) if who.user_id is not None else job.safe_mode
         try:
-            spec, source = self._child(who, job, request)
+            spec, source = child_spec(
+                self.settings,
+                job,
+                request.action,
+                request.tile,
+                owner=who.user_id,
+                prompt=request.prompt,
+                prompts=request.prompts,
+                negative=request.negative,
+            )
+            spec = self._owned(spec, who)
         except InvalidRequest as exc:
             # E.g. an upscale over IMAGINE_MAX_OUTPUT_PIXELS: nothing is queued, the member is told why.
             return Refusal(f"Can't start that: {exc.user_message}.")
@@ -454,89 +433,6 @@ class Intake:
                 request.height if request.height is not None else s.height,
             )
         return size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
-
-    # -- the child jobs --------------------------------------------------------------------------------
-    def _child(
-        self, who: Requester, job: JobRecord, request: ActionRequest
-    ) -> tuple[JobSpec, TileSource | None]:
-        """The new job an action asks for, linked to its parent, and where its input images come from."""
-        owner = who.user_id
-        action, tile = request.action, request.tile
-        if action in ("reproduce", "rerun"):  # exact: the same prompts, image seeds and inputs
-            return self._owned(rerun_spec(job, user_id=owner, action=action), who), None
-        if action == "remix" and tile is None:
-            # Same image seeds, the edited prompts (empty = keep the old one).
-            edited = tuple(request.prompts.get(t.index) or t.prompt for t in job.tiles)
-            spec = replace(
-                rerun_spec(job, user_id=owner, action="remix"),
-                given_prompts=edited,
-                negative=request.negative if request.negative is not None else job.negative,
-            )
-            return self._owned(spec, who), None
-        # Same seed text and parameters, new image seeds, owned by the presser, linked to the parent.
-        base = replace(
-            rerun_spec(job, user_id=owner, action="rerender"),
-            job_seed=secrets.randbelow(MAX_SEED + 1),
-            given_seeds=None,
-        )
-        if action == "rerender":
-            return self._owned(base, who), None
-        if action == "reexpand":
-            return self._owned(replace(base, action="reexpand", given_prompts=None), who), None
-        assert tile is not None
-        source = job.tiles[tile - 1]
-        if action == "variation":
-            spec = replace(
-                base,
-                action="variation",
-                source_tile=tile,
-                strength=self.settings.variation_strength,
-                given_prompts=(source.prompt,) * job.count,
-                # img2img from the tile: not the parent's outpaint mask or upscale rendering.
-                init_image=None,
-                mask_image=None,
-                render_action=None,
-            )
-            return self._owned(spec, who), TileSource(source.path)
-        return self._tile_action(who, job, tile, "vary-strong" if action == "remix" else action, request)
-
-    def _tile_action(
-        self, who: Requester, job: JobRecord, tile: int, action: str, request: ActionRequest
-    ) -> tuple[JobSpec, TileSource]:
-        """Upscale, Vary, Zoom Out, Pan and Remix of one image."""
-        s = self.settings
-        source = job.tiles[tile - 1]
-        count = s.count
-        width, height = fit_within(job.width, job.height, s.max_pixels)
-        strength: float | None = None
-        geometry: Geometry | None = None
-        if action.startswith("upscale-"):
-            count = 1
-            width, height = upscale_size(job.width, job.height, s.max_output_pixels)
-            strength = (
-                s.upscale_subtle_strength if action == "upscale-subtle" else s.upscale_creative_strength
-            )
-        elif action.startswith("vary-"):
-            strength = s.vary_subtle_strength if action == "vary-subtle" else s.vary_strong_strength
-        else:  # zoom-*, pan-*
-            (width, height), box = outpaint_geometry(action, job.width, job.height, s.max_output_pixels)
-            geometry = ((width, height), box)
-        text = request.prompt or source.prompt
-        spec = replace(
-            rerun_spec(job, user_id=who.user_id, action="remix" if request.action == "remix" else action),
-            count=count,
-            width=width,
-            height=height,
-            job_seed=secrets.randbelow(MAX_SEED + 1),
-            given_prompts=(text,) * count,
-            given_seeds=None,
-            source_tile=tile,
-            strength=strength,
-            init_image=None,
-            mask_image=None,
-            render_action=None,
-        )
-        return self._owned(spec, who), TileSource(source.path, geometry)
 
     @staticmethod
     def _owned(spec: JobSpec, who: Requester) -> JobSpec:
