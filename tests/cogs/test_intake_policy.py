@@ -216,6 +216,7 @@ async def test_v_and_reproduce_follow_the_made_without_the_filter_rule(
         assert reply.ephemeral and "can't be used in this channel" in reply.content, reply.content
         # Before: Reproduce started from a copy of the unfiltered job's source image.
         card = await history_card(fake, job_id, fake.alice_id)
+        assert not card.attachments  # no unfiltered thumbnail where the filter applies (bot.policy)
         reply = await press_reply(fake, card, "Reproduce", fake.alice_id)
         assert reply.ephemeral and "can't be used in this channel" in reply.content, reply.content
         assert len(await bot.store.list_jobs(user_id=fake.alice_id, limit=10)) == 1
