@@ -13,13 +13,16 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
+
+if TYPE_CHECKING:
+    from bot.engine.backend import RenderBackend
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +187,19 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
         return await _generate(settings, store, spec, as_json=args.json)
 
 
-async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:
+async def _generate(
+    settings: Settings,
+    store: HistoryStore,
+    spec: JobSpec,
+    *,
+    as_json: bool,
+    backend: RenderBackend | None = None,
+) -> int:
+    """Render `spec` here and print the job; `backend` (tests) replaces the one IMAGINE_BACKEND names."""
     from bot.jobs import StoppedWaiting, request_from_job
     from bot.wiring import build_backend, build_runner
 
-    backend = build_backend(settings)
+    backend = backend if backend is not None else build_backend(settings)
     # Nothing is re-queued: there is no dispatcher here to run it. What Ctrl-C or SIGTERM interrupts ends
     # `interrupted`; a job whose worker died runs again here, within IMAGINE_MAX_ATTEMPTS.
     runner = build_runner(settings, store, backend, requeue_on_shutdown=False, retry_inline=True)
