@@ -1,19 +1,16 @@
 """The CLI never requeues: a job whose worker dies runs again in place, within IMAGINE_MAX_ATTEMPTS.
 
-The worker is a real process (`python -c …`) behind the render-backend seam: it holds the job, then
-writes PNG tiles to stdout. The test kills it with SIGKILL mid-job, the way a replica or a GPU box dies;
-the backend reports that as `WorkerLost`, exactly as the remote backends do. Also: Ctrl-C on a job a
+The worker is a real process behind the render-backend seam (tests/workerprocess.py), killed with
+SIGKILL mid-job the way a replica or a GPU box dies. Also: Ctrl-C on a job a
 bot picked up ends the CLI's wait instead of polling forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,88 +18,10 @@ from typing import Any
 import pytest
 
 from bot.cli import _generate
-from bot.engine.backend import CancelToken, ProgressEvents, RenderOutput, WorkerLost
-from bot.engine.types import GenerationRequest, JobCancelled
 from bot.settings import Settings
 from bot.store import HistoryStore, JobSpec
 from bot.wiring import build_runner
-
-WORKER = """
-import base64, io, sys, time
-from PIL import Image
-count, size, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-print("started", flush=True)
-time.sleep(hold)
-for index in range(count):
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), (40 * index, 90, 160)).save(buffer, "PNG")
-    print(base64.b64encode(buffer.getvalue()).decode(), flush=True)
-"""
-
-
-class ProcessBackend:
-    """Renders each job in a fresh worker process; a worker that dies mid-job raises WorkerLost."""
-
-    name = "process"
-    capacity = 1
-
-    def __init__(self, holds: list[float]) -> None:
-        self.holds = holds  # seconds each successive worker holds its job before answering
-        self.workers: list[int] = []
-        self.started = asyncio.Event()
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def validate(self, request: GenerationRequest) -> None:
-        return None
-
-    async def prepare_validation(self) -> None:
-        return None
-
-    async def available(self) -> tuple[bool, str]:
-        return True, "worker processes"
-
-    async def render(
-        self,
-        request: GenerationRequest,
-        *,
-        on_progress: ProgressEvents | None,
-        on_rendered: Callable[[], None],
-        cancel: CancelToken,
-    ) -> RenderOutput:
-        hold = self.holds.pop(0) if self.holds else 0.0
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            WORKER,
-            str(request.count),
-            str(request.width),
-            str(hold),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        self.workers.append(worker.pid)
-        cancel.on_set(worker.kill)
-        assert worker.stdout is not None
-        await worker.stdout.readline()
-        self.started.set()
-        output, _ = await worker.communicate()
-        if cancel.is_set():
-            raise JobCancelled(cancel.reason or "cancelled")
-        if worker.returncode != 0:
-            raise WorkerLost()  # as the remote backends report a replica that died
-        on_rendered()
-        tiles = tuple(base64.b64decode(line) for line in output.decode().split())
-        return RenderOutput(
-            prompts=(request.seed_text,) * request.count,
-            image_seeds=tuple(range(request.job_seed, request.job_seed + request.count)),
-            tiles_png=tiles,
-            expander={},
-            render={"worker": {"backend": self.name, "pid": worker.pid}},
-        )
+from tests.workerprocess import ProcessBackend
 
 
 def _spec(**overrides: Any) -> JobSpec:
