@@ -154,16 +154,18 @@ class HistoryCog(commands.Cog):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         jobs = await self.bot.store.delete_user_jobs(interaction.user.id, interaction.guild_id)
-        # A job's folder holds its grid and tiles and, for image jobs, its source image and mask (even
-        # when it failed and has no grid). Only a folder named after the job itself: older variation rows
-        # point at their parent's tile.
-        folders = [
-            Path(path).parent
+        # A job's folder holds its grid and tiles (one level down, in the attempt's own folder) and, for
+        # image jobs, its source image and mask (even when it failed and has no grid). Only a folder named
+        # after the job itself: older variation rows point at their parent's tile.
+        folders = {
+            folder
             for job in jobs
             for path in {job.grid_path, job.init_image, job.mask_image}
-            if path and Path(path).parent.name == job.id
-        ]
-        await asyncio.to_thread(_remove_folders, folders, self.bot.settings.images_dir)
+            if path
+            for folder in Path(path).parents[:2]
+            if folder.name == job.id
+        }
+        await asyncio.to_thread(_remove_folders, list(folders), self.bot.settings.images_dir)
         had_settings = await self.bot.preferences.delete_member(
             interaction.guild_id or 0, interaction.user.id
         )
