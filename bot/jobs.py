@@ -361,6 +361,13 @@ class JobRunner:
         `stop()` ends that wait with StoppedWaiting.
         """
         future = self.wait_for(job.id)
+        try:
+            return await self._run_here_or_wait(job, future)
+        finally:
+            if self._dispatcher is None and not self._inflight and self._lease_keeper is not None:
+                self._lease_keeper.cancel()  # nothing left to renew: the CLI closes its store next
+
+    async def _run_here_or_wait(self, job: JobRecord, future: asyncio.Future[JobOutcome]) -> JobOutcome:
         while True:
             if await self._claim(job):
                 flight = self._inflight.get(job.id)
