@@ -708,7 +708,11 @@ class JobRunner:
         return tiles, attempt_dir / "grid.png", grid_png
 
     async def _outcome_elsewhere(self, job_id: str, future: asyncio.Future[JobOutcome]) -> JobOutcome | None:
-        """Wait for a job another process runs: poll its row until it is final (None: it is queued again)."""
+        """Wait for a job another process runs: poll its row until it is final (None: it is queued again).
+
+        Should that process die (its lease runs out), the job is taken over here rather than waited on forever.
+        """
+        next_look = time.monotonic() + self.store.lease_seconds / 3
         while not future.done():
             row = await self.store.get_job(job_id)
             if row is None:
@@ -723,8 +727,12 @@ class JobRunner:
             if self._stopping:
                 self._waiters.pop(job_id, None)
                 raise StoppedWaiting(job_id)
-            if row.status == "queued" and not self._stopping:
+            if row.status == "queued":
                 return None  # given back (that process stopped): ours to claim again
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + self.store.lease_seconds / 3
+                if await self.store.take_over_expired(job_id, max_attempts=self.max_attempts) is not None:
+                    continue  # queued for us to claim, or failed: the next look says which
             await asyncio.sleep(ELSEWHERE_POLL_SECONDS)
         return future.result()
 

@@ -728,8 +728,14 @@ class HistoryStore:
             log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
         return requeued, failed
 
+    async def take_over_expired(self, job_id: str, *, max_attempts: int) -> str | None:
+        """One job whose owner's lease expired (the bot running a CLI's job died): back to `queued` within
+        its attempts, else `failed: interrupted`. Returns the new status; None while its owner is alive."""
+        requeued, failed = await self._recover_expired(requeue=True, max_attempts=max_attempts, job_id=job_id)
+        return "queued" if requeued else "failed" if failed else None
+
     async def _recover_expired(
-        self, *, requeue: bool, max_attempts: int, cli_only: bool = False
+        self, *, requeue: bool, max_attempts: int, cli_only: bool = False, job_id: str | None = None
     ) -> tuple[list[str], list[str]]:
         requeued: list[str] = []
         failed: list[str] = []
@@ -741,9 +747,13 @@ class HistoryStore:
                 WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < ?)
                     AND owner_instance IS NOT ?
             """
+            params: tuple[Any, ...] = (now, self.instance_id)
             if cli_only:
                 query += " AND user_id IS NULL AND channel_id IS NULL"
-            for row in await db.execute_fetchall(query, (now, self.instance_id)):
+            if job_id is not None:
+                query += " AND id = ?"
+                params = (*params, job_id)
+            for row in await db.execute_fetchall(query, params):
                 if requeue and row["attempts"] < max_attempts:
                     query = """
                         UPDATE jobs SET status = 'queued', owner_pid = NULL, owner_instance = NULL,
@@ -751,7 +761,7 @@ class HistoryStore:
                         WHERE id = ? AND status = 'running' AND owner_instance IS ?
                     """
                     target = requeued
-                    params: tuple[Any, ...] = (row["id"], row["owner_instance"])
+                    params = (row["id"], row["owner_instance"])
                 else:
                     query = """
                         UPDATE jobs SET status = 'failed', reason = 'interrupted', finished_at = ?

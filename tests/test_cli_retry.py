@@ -104,3 +104,23 @@ async def test_stopping_the_cli_while_a_bot_renders_its_job_ends_the_wait(
             assert row is not None and row.status == "running"  # the bot's render goes on, untouched
         finally:
             await bot_runner.stop(grace=0)
+
+
+async def test_a_cli_waiting_on_a_job_whose_bot_died_takes_it_over_and_finishes_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    async with HistoryStore(settings.db_path, lease_seconds=1.5) as store:
+        runner = build_runner(
+            settings, store, ProcessBackend(holds=[0.1]), requeue_on_shutdown=False, retry_inline=True
+        )
+        job = await runner.submit(_spec())
+        # A bot claimed the job and was then killed outright: nobody renews its lease, which runs out soon.
+        query = """
+            UPDATE jobs SET status = 'running', attempts = 1, owner_instance = 'a-killed-bot',
+                lease_expires_at = ? WHERE id = ?
+        """
+        await store.db.execute(query, (time.time() + 1.5, job.id))
+        # Before: the CLI polled the row, `running` for ever, until that bot was restarted.
+        outcome = await asyncio.wait_for(runner.run_now(job), 30)
+    assert (outcome.job.status, outcome.job.attempts) == ("done", 2)
