@@ -554,9 +554,11 @@ class JobRunner:
     async def _render_attempts(self, flight: _InFlight) -> RenderOutput | None:
         """Render the job; None when it ended (or left this runner) without images."""
         job = flight.job
-        request = await load_request(job)
+        request: GenerationRequest | None = None
         while True:
             try:
+                if request is None:
+                    request = await load_request(job)  # a source image gone from disk: InvalidRequest
                 return await self.backend.render(
                     request,
                     on_progress=self._progress_for(job.id),
