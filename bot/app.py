@@ -62,7 +62,7 @@ async def run_bot(
     if token is None:
         return 2
     apply_discord_endpoints(settings)
-    async with HistoryStore(settings.db_path) as store:
+    async with HistoryStore(settings.db_path, lease_seconds=settings.lease_seconds) as store:
         backend = build_backend(settings)
         runner = build_runner(settings, store, backend)
         try:
@@ -96,7 +96,7 @@ async def sync_commands_now(settings: Settings) -> int:
     if token is None:
         return 2
     apply_discord_endpoints(settings)
-    async with HistoryStore(settings.db_path) as store:
+    async with HistoryStore(settings.db_path, lease_seconds=settings.lease_seconds) as store:
         backend = build_backend(settings)
         runner = build_runner(settings, store, backend)
         bot = ImagineBot(settings=settings, store=store, backend=backend, runner=runner, run_worker=False)

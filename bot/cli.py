@@ -13,13 +13,16 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
+
+if TYPE_CHECKING:
+    from bot.engine.backend import RenderBackend
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +202,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
-    async with HistoryStore(settings.db_path) as store:
-        # A CLI render killed outright (SIGKILL) left its row `running`: any command shows it interrupted.
+    async with HistoryStore(settings.db_path, lease_seconds=settings.lease_seconds) as store:
+        # A CLI render killed outright (SIGKILL) stops renewing its lease: once that expired, any command
+        # shows it interrupted. A render another container runs renews its lease and is left alone.
         await store.recover_dead_cli_jobs()
         if args.command == "history":
             jobs = await store.list_jobs(any_user=True, limit=args.limit)
@@ -233,13 +237,22 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
             raise
 
 
-async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, as_json: bool) -> int:
-    from bot.jobs import request_from_job
+async def _generate(
+    settings: Settings,
+    store: HistoryStore,
+    spec: JobSpec,
+    *,
+    as_json: bool,
+    backend: RenderBackend | None = None,
+) -> int:
+    """Render `spec` here and print the job; `backend` (tests) replaces the one IMAGINE_BACKEND names."""
+    from bot.jobs import StoppedWaiting, request_from_job
     from bot.wiring import build_backend, build_runner
 
-    backend = build_backend(settings)
-    # What Ctrl-C or SIGTERM interrupts ends `interrupted` (nobody would collect a re-queued CLI job).
-    runner = build_runner(settings, store, backend, requeue_on_shutdown=False)
+    backend = backend if backend is not None else build_backend(settings)
+    # Nothing is re-queued: there is no dispatcher here to run it. What Ctrl-C or SIGTERM interrupts ends
+    # `interrupted`; a job whose worker died runs again here, within IMAGINE_MAX_ATTEMPTS.
+    runner = build_runner(settings, store, backend, requeue_on_shutdown=False, retry_inline=True)
     try:
         try:
             # Cheap checks first, so a bad argument never waits for a tokenizer; then (local backend) the
@@ -263,6 +276,14 @@ async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, a
         stopped_by = _stop_on_signals(runner, quiet=as_json)
         try:
             outcome = await runner.run_now(job)
+        except StoppedWaiting:
+            # A bot on this data folder picked the job up: it renders it on; this process only waited.
+            print(
+                f"stopped waiting: job {job.id} is being rendered by another process (a bot on this data "
+                f"folder) and goes on there; see `imagine-bot show {job.id}`",
+                file=sys.stderr,
+            )
+            return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
         finally:
             await store.set_delivery_none(job.id)
     finally:

@@ -66,15 +66,19 @@ async def forget_member(
     await _cancel_and_wait(runner, store, [job for job in copies if job.id in pending_ids])
     await store.delete_jobs([job.id for job in copies])
     jobs = await store.delete_user_jobs(user_id, guild_id)
-    # A job's folder holds its grid and tiles and, for image jobs, its source image and mask (even when it
-    # failed and has no grid). Only a folder named after the job itself: older variation rows point at
-    # their parent's tile.
-    folders = [
-        Path(path).parent
-        for job in (*jobs, *copies)
-        for path in {job.grid_path, job.init_image, job.mask_image}
-        if path and Path(path).parent.name == job.id
-    ]
+    # A job's folder holds its grid and tiles (one level down, in the attempt's own folder) and, for image
+    # jobs, its source image and mask (even when it failed and has no grid). Only a folder named after the
+    # job itself: older variation rows point at their parent's tile.
+    folders = sorted(
+        {
+            folder
+            for job in jobs
+            for path in {job.grid_path, job.init_image, job.mask_image}
+            if path
+            for folder in Path(path).parents[:2]
+            if folder.name == job.id
+        }
+    )
     await asyncio.to_thread(_remove_folders, folders, images_dir)
     had_settings, log_rows = await preferences.forget_member(guild_id, user_id)
     return Forgotten(len(jobs), cancelled, len(copies), had_settings, log_rows)

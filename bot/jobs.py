@@ -12,6 +12,9 @@ import contextlib
 import io
 import logging
 import math
+import os
+import secrets
+import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -32,13 +35,37 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "something went wrong on our side; the job was not completed"
 SHUTDOWN = "shutdown"
+# The cancel reason when another process took the job over (this one's lease had expired): hands off the row.
+LEASE_LOST = "lease lost"
 # The dispatcher's back-off after an unexpected error (a full disk, a locked database): doubles to the cap.
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
-# After the grace period, how long a job interrupted at its next step may take to come back.
-INTERRUPT_WAIT_SECONDS = 30.0
+# The shutdown budget. `docker stop` / compose send SIGTERM, then SIGKILL after the stop grace
+# (compose.yaml: stop_grace_period 2m = 120 s). JobRunner.stop waits at most STOP_BUDGET_SECONDS in all:
+#   STOP_GRACE_SECONDS      60 s  running jobs may finish
+#   INTERRUPT_WAIT_SECONDS  20 s  the rest stop at their next step and go back to `queued`, no attempt spent
+#   CANCEL_WAIT_SECONDS      5 s  a job still not back is cancelled outright (its row is given back too)
+#   DELIVERY_WAIT_SECONDS   10 s  results that finished meanwhile are delivered
+#                           95 s  (the dispatcher stops at once, within the first phase)
+# which leaves 25 s of the 120 for the bot to close delivery, the gateway and the database. Each phase also
+# ends at the budget's deadline, so a caller's larger `grace` never stretches the total.
+STOP_GRACE_SECONDS = 60.0
+INTERRUPT_WAIT_SECONDS = 20.0
+CANCEL_WAIT_SECONDS = 5.0
+DELIVERY_WAIT_SECONDS = 10.0
+STOP_BUDGET_SECONDS = (
+    STOP_GRACE_SECONDS + INTERRUPT_WAIT_SECONDS + CANCEL_WAIT_SECONDS + DELIVERY_WAIT_SECONDS
+)
 # Poll a row another process runs (the CLI whose job the bot picked up) this often.
 ELSEWHERE_POLL_SECONDS = 0.5
+
+
+class StoppedWaiting(Exception):
+    """The CLI stopped waiting for a job another process (a bot on the same data folder) is rendering."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"stopped waiting for job {job_id}: another process is rendering it and goes on")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -62,6 +89,8 @@ class _InFlight:
     cancel: CancelToken = field(default_factory=CancelToken)
     rendering: bool = True
     task: asyncio.Task[None] | None = None
+    #: which attempt of the job this runner is on (the row's `attempts` once claimed)
+    attempt: int = 0
 
 
 def request_from_job(
@@ -185,6 +214,7 @@ class JobRunner:
         requeue_on_shutdown: bool = True,
         poll_seconds: float = 5.0,
         classifier: TileClassifier | None = None,
+        retry_inline: bool = False,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -198,12 +228,15 @@ class JobRunner:
         self.one_running_per_member = one_running_per_member
         # The bot requeues what shutdown interrupts (its restart runs it); the CLI marks it interrupted.
         self.requeue_on_shutdown = requeue_on_shutdown
+        # The CLI has no dispatcher: a job whose worker died runs again in place (never re-queued).
+        self.retry_inline = retry_inline
         self.poll_seconds = poll_seconds
         self.on_progress: ProgressHandler | None = None
         self.on_started: StartedHandler | None = None
         self.on_finished: FinishedHandler | None = None
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._inflight: dict[str, _InFlight] = {}
         self._post_tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
@@ -225,33 +258,46 @@ class JobRunner:
         await self.backend.start()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="job-dispatcher")
         self._dispatcher.add_done_callback(_log_task_death)
+        self._start_lease_keeper(sweep=True)
         self._wake.set()
 
-    async def stop(self, *, grace: float = 90.0) -> None:
+    async def stop(self, *, grace: float = STOP_GRACE_SECONDS) -> None:
         """No new jobs; let running jobs finish within `grace` s, then interrupt them at their next step.
 
-        Interrupted rows go back to `queued` (the restart runs them) or, for the CLI, end `interrupted`.
+        Interrupted rows go back to `queued` with their attempt handed back (the restart runs them) or, for
+        the CLI, end `interrupted`. Waits STOP_BUDGET_SECONDS at most in all (see the budget above).
         Never raises: the bot must go on to close delivery and the gateway.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_BUDGET_SECONDS
+
+        def until(seconds: float) -> float:
+            return max(0.0, min(seconds, deadline - loop.time()))
+
         self._stopping = True
         self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()  # it starts nothing more; waited for below
         tasks = [flight.task for flight in self._inflight.values() if flight.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=max(grace, 0.0))
+            await asyncio.wait(tasks, timeout=until(min(max(grace, 0.0), STOP_GRACE_SECONDS)))
         for flight in list(self._inflight.values()):
             flight.cancel.set(SHUTDOWN)
         tasks = [flight.task for flight in self._inflight.values() if flight.task is not None]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=INTERRUPT_WAIT_SECONDS)
+            _, pending = await asyncio.wait(tasks, timeout=until(INTERRUPT_WAIT_SECONDS))
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5.0)
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            await asyncio.wait([self._dispatcher], timeout=5.0)
+                await asyncio.wait(pending, timeout=until(CANCEL_WAIT_SECONDS))
+        if self._dispatcher is not None and not self._dispatcher.done():
+            await asyncio.wait([self._dispatcher], timeout=until(CANCEL_WAIT_SECONDS))
         if self._post_tasks:
-            await asyncio.wait(self._post_tasks, timeout=max(grace, 1.0))
+            await asyncio.wait(self._post_tasks, timeout=until(DELIVERY_WAIT_SECONDS))
+        # Last: the leases of jobs still winding down were renewed all along.
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+            await asyncio.wait([self._lease_keeper], timeout=1.0)
 
     def set_handlers(
         self,
@@ -320,12 +366,30 @@ class JobRunner:
     async def run_now(self, job: JobRecord) -> JobOutcome:
         """Run one queued job right away, outside the dispatcher (the CLI), and wait for its outcome.
 
-        If another process (a bot on the same data folder) claimed the row first, wait for its final state.
+        Nothing is re-queued for a dispatcher that does not exist: with `retry_inline`, a lost worker is
+        retried here within the job's attempts. If another process (a bot on the same data folder) claimed
+        the row first, wait for its final state — and claim it again should that process give it back;
+        `stop()` ends that wait with StoppedWaiting.
         """
         future = self.wait_for(job.id)
-        if not await self._claim(job):
-            return await self._outcome_elsewhere(job.id, future)
-        return await future
+        try:
+            return await self._run_here_or_wait(job, future)
+        finally:
+            if self._dispatcher is None and not self._inflight and self._lease_keeper is not None:
+                self._lease_keeper.cancel()  # nothing left to renew: the CLI closes its store next
+
+    async def _run_here_or_wait(self, job: JobRecord, future: asyncio.Future[JobOutcome]) -> JobOutcome:
+        while True:
+            if await self._claim(job):
+                flight = self._inflight.get(job.id)
+                if flight is not None and flight.task is not None:
+                    await asyncio.wait([flight.task])
+                if future.done():
+                    return future.result()
+                # Not finished here: given back to the queue, or taken over by another process.
+            outcome = await self._outcome_elsewhere(job.id, future)
+            if outcome is not None:
+                return outcome
 
     def wait_for(self, job_id: str) -> asyncio.Future[JobOutcome]:
         """A future resolved when the job reaches a final state."""
@@ -425,7 +489,39 @@ class JobRunner:
             return False
         self._last_served[job.user_id] = time.monotonic()
         flight.task = asyncio.create_task(self._run_job(flight), name=f"job-{job.id}")
+        self._start_lease_keeper(sweep=False)
         return True
+
+    # -- leases ----------------------------------------------------------------------------------------
+    def _start_lease_keeper(self, *, sweep: bool) -> None:
+        """Renew this runner's leases; with `sweep` (the bot) also take over jobs whose owner died."""
+        if self._lease_keeper is None or self._lease_keeper.done():
+            self._lease_keeper = asyncio.create_task(self._keep_leases(sweep=sweep), name="job-leases")
+            self._lease_keeper.add_done_callback(_log_task_death)
+
+    async def _keep_leases(self, *, sweep: bool) -> None:
+        """Every third of the lease: renew ours, and stop any job another process has taken over."""
+        interval = self.store.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                claimed = [job_id for job_id, flight in self._inflight.items() if flight.task is not None]
+                for job_id in await self.store.renew_leases(claimed):
+                    flight = self._inflight.get(job_id)
+                    if flight is not None and flight.rendering:
+                        log.warning("job %s: another process took it over; stopping this render", job_id)
+                        flight.cancel.set(LEASE_LOST)
+                if sweep and not self._stopping:
+                    requeued, failed = await self.store.recover_interrupted(
+                        requeue=True, max_attempts=self.max_attempts
+                    )
+                    if requeued:
+                        self._wake.set()
+                    for job_id in failed:
+                        self._spawn(self._finish_from_store(job_id))
+            except Exception:
+                # A locked or full database: the lease lasts three intervals, so the next try may still hold it.
+                log.exception("renewing job leases failed; retrying in %.0f s", interval)
 
     # -- one job ---------------------------------------------------------------------------------------
     async def _run_job(self, flight: _InFlight) -> None:
@@ -436,7 +532,11 @@ class JobRunner:
         except asyncio.CancelledError:
             # Shutdown gave up waiting: the row must not stay `running`.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._give_back(job, "interrupted", requeue=self.requeue_on_shutdown))
+                await asyncio.shield(
+                    self._give_back(
+                        job, "interrupted", requeue=self.requeue_on_shutdown, spend_attempt=not self._stopping
+                    )
+                )
             raise
         except Exception:
             log.exception("job %s failed", job.id)
@@ -448,34 +548,65 @@ class JobRunner:
     async def _render_and_save(self, flight: _InFlight) -> None:
         job = flight.job
         running = await self.store.get_job(job.id)
+        if running is not None:
+            flight.attempt = running.attempts
         if self.on_started is not None and running is not None:
             self._spawn(self.on_started(running))
         started = time.perf_counter()
         try:
-            request = await load_request(job)
-            output = await self.backend.render(
-                request,
-                on_progress=self._progress_for(job.id),
-                on_rendered=lambda: self._rendered(flight),
-                cancel=flight.cancel,
-            )
-        except JobCancelled:
-            if flight.cancel.reason == SHUTDOWN:
-                await self._give_back(job, "interrupted", requeue=self.requeue_on_shutdown)
-            else:
-                await self._end(job.id, "cancelled by its owner", status="cancelled")
-            return
-        except (WorkerLost, BackendUnavailable) as exc:
-            log.warning("job %s: %s; re-queueing within its attempts", job.id, exc.user_message)
-            await self._give_back(job, exc.user_message, requeue=True)
-            return
-        except EngineError as exc:
-            await self._end(job.id, exc.user_message)
-            return
+            output = await self._render_attempts(flight)
         finally:
             flight.rendering = False
+        if output is None:
+            return
         self.recent_durations.append(time.perf_counter() - started)
-        await self._save_and_finish(job, output)
+        await self._save_and_finish(flight, output)
+
+    async def _render_attempts(self, flight: _InFlight) -> RenderOutput | None:
+        """Render the job; None when it ended (or left this runner) without images."""
+        job = flight.job
+        request: GenerationRequest | None = None
+        while True:
+            try:
+                if request is None:
+                    request = await load_request(job)  # a source image gone from disk: InvalidRequest
+                return await self.backend.render(
+                    request,
+                    on_progress=self._progress_for(job.id),
+                    on_rendered=lambda: self._rendered(flight),
+                    cancel=flight.cancel,
+                )
+            except JobCancelled:
+                if flight.cancel.reason == SHUTDOWN:
+                    # A planned stop is no fault of the job: it keeps its attempts.
+                    await self._give_back(
+                        job, "interrupted", requeue=self.requeue_on_shutdown, spend_attempt=False
+                    )
+                elif flight.cancel.reason != LEASE_LOST:  # a taken-over row is no longer ours to touch
+                    await self._end(job.id, "cancelled by its owner", status="cancelled")
+                return None
+            except WorkerLost as exc:
+                if not self.retry_inline:
+                    log.warning("job %s: %s; re-queueing within its attempts", job.id, exc.user_message)
+                    await self._give_back(job, exc.user_message, requeue=True)
+                    return None
+                if not await self.store.next_attempt(job.id, max_attempts=self.max_attempts):
+                    await self._end(
+                        job.id, f"{exc.user_message}; {_attempts_phrase(flight.attempt)} spent, none left"
+                    )
+                    return None
+                flight.attempt += 1
+                log.warning("job %s: %s; attempt %d starts now", job.id, exc.user_message, flight.attempt)
+            except BackendUnavailable as exc:
+                if self.retry_inline:  # nobody would run a re-queued CLI job: say so now, spend nothing
+                    await self._end(job.id, "the render workers could not be reached; nothing was rendered")
+                else:
+                    log.warning("job %s: %s; re-queueing within its attempts", job.id, exc.user_message)
+                    await self._give_back(job, exc.user_message, requeue=True)
+                return None
+            except EngineError as exc:
+                await self._end(job.id, exc.user_message)
+                return None
 
     def _rendered(self, flight: _InFlight) -> None:
         """The model work is over: no longer cancellable, and its slot is free for the next job."""
@@ -492,10 +623,16 @@ class JobRunner:
 
         return progress
 
-    async def _give_back(self, job: JobRecord, reason: str, *, requeue: bool) -> None:
+    async def _give_back(
+        self, job: JobRecord, reason: str, *, requeue: bool, spend_attempt: bool = True
+    ) -> None:
         """A claimed job this runner cannot finish: requeue within its attempts, else fail with `reason`."""
         status = await self.store.release_running(
-            job.id, requeue=requeue, max_attempts=self.max_attempts, reason=reason
+            job.id,
+            requeue=requeue,
+            max_attempts=self.max_attempts,
+            reason=reason,
+            spend_attempt=spend_attempt,
         )
         if status == "queued":
             self._wake.set()
@@ -517,55 +654,78 @@ class JobRunner:
         task.add_done_callback(self._post_tasks.discard)
         task.add_done_callback(_log_task_death)
 
-    async def _save_and_finish(self, job: JobRecord, output: RenderOutput) -> None:
-        """Write files and the `done` row; a save cannot be overtaken by /cancel (the render has ended)."""
-        folder = self.images_dir / job.id
+    async def _save_and_finish(self, flight: _InFlight, output: RenderOutput) -> None:
+        """Write files and the `done` row; a save cannot be overtaken by /cancel (the render has ended).
+
+        The files go into this attempt's own folder, published by one rename, and only this runner ever
+        removes that folder: a process that lost the job (or a retry) can never delete the files of the
+        attempt the row records.
+        """
+        job = flight.job
+        attempt_dir = self.images_dir / job.id / f"attempt-{flight.attempt}-{secrets.token_hex(4)}"
         grid_png: bytes | None = None
         try:
-            tiles, grid_path, grid_png = await asyncio.to_thread(self._write_files, job, output)
+            tiles, grid_path, grid_png = await asyncio.to_thread(self._write_files, job, output, attempt_dir)
             saved = await self.store.mark_done(
                 job.id, tiles=tiles, grid_path=str(grid_path), expander=output.expander, render=output.render
             )
         except Exception:
             log.exception("saving job %s failed", job.id)
-            await asyncio.to_thread(_drop_outputs, folder)
+            await asyncio.to_thread(_drop_attempt, attempt_dir)
             await self._end(job.id, "the images could not be saved")
             return
         if not saved:
-            # Someone else ended the row meanwhile (another process's recovery): keep no orphan files.
-            log.warning("job %s was no longer running when its images were saved; dropping them", job.id)
-            await asyncio.to_thread(_drop_outputs, folder)
+            # Another process took the row over (this one's lease had expired): its files are its own.
+            log.warning(
+                "job %s is no longer this process's to finish; dropping this attempt's images", job.id
+            )
+            await asyncio.to_thread(_drop_attempt, attempt_dir)
+            if self.retry_inline:
+                return  # run_now goes on waiting for the row's final state
             grid_png = None
         done = await self.store.get_job(job.id)
         if done is not None:
             await self._finish(JobOutcome(done, grid_png if done.status == "done" else None))
 
-    def _write_files(self, job: JobRecord, output: RenderOutput) -> tuple[list[Tile], Path, bytes]:
-        folder = self.images_dir / job.id
-        # A retried job starts clean, but keeps its inputs (source image, mask) staged before it queued.
-        _drop_outputs(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tiles: list[Tile] = []
-        decoded: list[Image.Image] = []
-        for data in output.tiles_png:
-            with Image.open(io.BytesIO(data)) as opened:
-                decoded.append(opened.convert("RGB"))
-        # The optional image classifier runs here: on this file-writing thread, while the next job renders.
-        images, flags = screen_tiles(self.classifier if job.safe_mode else None, decoded, output.nsfw_flags)
-        for index, (data, image, prompt, seed, nsfw) in enumerate(
-            zip(output.tiles_png, images, output.prompts, output.image_seeds, flags, strict=True), start=1
-        ):
-            path = folder / f"tile-{index}.png"
-            # The worker's PNG as it came, unless the classifier replaced the tile with a blurred one.
-            path.write_bytes(data if image is decoded[index - 1] else png_bytes(image))
-            tiles.append(Tile(index, prompt, seed, str(path), nsfw))
-        grid_png = png_bytes(compose_grid(images))
-        grid_path = folder / "grid.png"
-        grid_path.write_bytes(grid_png)
-        return tiles, grid_path, grid_png
+    def _write_files(
+        self, job: JobRecord, output: RenderOutput, attempt_dir: Path
+    ) -> tuple[list[Tile], Path, bytes]:
+        """Write the tiles and grid into a staging folder, then publish it as `attempt_dir` by one rename."""
+        # Beside the job's inputs (source image, mask), which stay where they were staged before it queued.
+        staging = attempt_dir.with_name(f".{attempt_dir.name}.partial")
+        staging.mkdir(parents=True)
+        try:
+            tiles: list[Tile] = []
+            decoded: list[Image.Image] = []
+            for data in output.tiles_png:
+                with Image.open(io.BytesIO(data)) as opened:
+                    decoded.append(opened.convert("RGB"))
+            # The optional image classifier runs here: on this file-writing thread, while the next job renders.
+            images, flags = screen_tiles(
+                self.classifier if job.safe_mode else None, decoded, output.nsfw_flags
+            )
+            for index, (data, image, prompt, seed, nsfw) in enumerate(
+                zip(output.tiles_png, images, output.prompts, output.image_seeds, flags, strict=True), start=1
+            ):
+                # The worker's PNG as it came, unless the classifier replaced the tile with a blurred one.
+                (staging / f"tile-{index}.png").write_bytes(
+                    data if image is decoded[index - 1] else png_bytes(image)
+                )
+                tiles.append(Tile(index, prompt, seed, str(attempt_dir / f"tile-{index}.png"), nsfw))
+            grid_png = png_bytes(compose_grid(images))
+            (staging / "grid.png").write_bytes(grid_png)
+            os.rename(staging, attempt_dir)  # atomic: the folder appears whole, or not at all
+        except BaseException:
+            _drop_attempt(staging)
+            raise
+        return tiles, attempt_dir / "grid.png", grid_png
 
-    async def _outcome_elsewhere(self, job_id: str, future: asyncio.Future[JobOutcome]) -> JobOutcome:
-        """Wait for a job another process runs: poll its row until it is final."""
+    async def _outcome_elsewhere(self, job_id: str, future: asyncio.Future[JobOutcome]) -> JobOutcome | None:
+        """Wait for a job another process runs: poll its row until it is final (None: it is queued again).
+
+        Should that process die (its lease runs out), the job is taken over here rather than waited on forever.
+        """
+        next_look = time.monotonic() + self.store.lease_seconds / 3
         while not future.done():
             row = await self.store.get_job(job_id)
             if row is None:
@@ -577,6 +737,15 @@ class JobRunner:
                         grid = await asyncio.to_thread(Path(row.grid_path).read_bytes)
                 self._waiters.pop(job_id, None)
                 return JobOutcome(row, grid)
+            if self._stopping:
+                self._waiters.pop(job_id, None)
+                raise StoppedWaiting(job_id)
+            if row.status == "queued":
+                return None  # given back (that process stopped): ours to claim again
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + self.store.lease_seconds / 3
+                if await self.store.take_over_expired(job_id, max_attempts=self.max_attempts) is not None:
+                    continue  # queued for us to claim, or failed: the next look says which
             await asyncio.sleep(ELSEWHERE_POLL_SECONDS)
         return future.result()
 
@@ -602,10 +771,13 @@ class JobRunner:
                 log.exception("delivering job %s failed", outcome.job.id)
 
 
-def _drop_outputs(folder: Path) -> None:
-    """Remove a job's rendered files (tiles, grid), keeping the inputs staged in the same folder."""
-    for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
-        old.unlink(missing_ok=True)
+def _drop_attempt(folder: Path) -> None:
+    """Remove one attempt's own folder of rendered files (never the job's inputs, never another attempt's)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _attempts_phrase(count: int) -> str:
+    return f"{count} attempt" + ("" if count == 1 else "s")
 
 
 def _log_task_death(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     # Off by default: the pending cap already stops floods, and a member whose job is done expects to go on.
     cooldown_seconds: float = Field(0.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
+    # A running job's lease (bot/store.py): a job whose process died leaves `running` within about this
+    # plus a third; at most 60 s.
+    lease_seconds: float = Field(45.0, ge=1.0, le=60.0)
     # While other members wait, a member holds at most one running job (matters with several workers).
     one_running_per_member: bool = True
     progress_interval: float = Field(2.0, ge=0.2)

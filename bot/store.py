@@ -116,7 +116,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX guild_settings_log_guild ON guild_settings_log (guild_id, at DESC);
     """,
+    # 5: ownership by lease (a PID means nothing across containers): the running job's owner instance and
+    # until when its lease holds. A row a process of the previous version runs gets a lease from now, so a
+    # live one has a minute before recovery may take it over.
+    """
+    ALTER TABLE jobs ADD COLUMN owner_instance TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
+    UPDATE jobs SET owner_instance = 'pid-' || COALESCE(owner_pid, 0),
+        lease_expires_at = CAST(strftime('%s', 'now') AS REAL) + 60
+        WHERE status = 'running';
+    """,
 )
+
+#: How long a running job's lease lasts without renewal; its owner renews it every third of that. A dead
+#: owner's job is taken over within LEASE + LEASE / 3 (a sweep runs as often as a renewal): 60 s.
+DEFAULT_LEASE_SECONDS = 45.0
+#: The issue's bound: a lease lasts at most 60 s without renewal.
+MAX_LEASE_SECONDS = 60.0
 
 
 class StoreError(Exception):
@@ -301,25 +317,27 @@ def new_job_id() -> str:
     return secrets.token_hex(5)
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def new_instance_id() -> str:
+    """A process's identity as a job owner: random, since PIDs repeat across containers."""
+    return secrets.token_hex(8)
 
 
 class HistoryStore:
-    """One connection to `history.sqlite3`; every query of the project lives here."""
+    """One connection to `history.sqlite3`; every query of the project lives here.
 
-    def __init__(self, path: Path) -> None:
+    A process opens one store, so the store's `instance_id` is the process's identity as a job owner: a
+    `running` row names its owner instance and holds a lease the owner renews (`renew_leases`); recovery
+    takes over only rows whose lease expired, and only the owner may finish or give back its rows.
+    """
+
+    def __init__(
+        self, path: Path, *, instance_id: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> None:
+        if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+            raise ValueError(f"`lease_seconds` must be in (0, {MAX_LEASE_SECONDS:g}], got {lease_seconds}")
         self.path = path
+        self.instance_id = instance_id or new_instance_id()
+        self.lease_seconds = lease_seconds
         self._db: aiosqlite.Connection | None = None
         # One connection: a transaction must not interleave with another coroutine's statements, reads
         # included (they would see its uncommitted rows, e.g. a `done` job before its tiles are written).
@@ -551,13 +569,51 @@ class HistoryStore:
         return None
 
     async def mark_running(self, job_id: str) -> bool:
-        """queued → running (attempts + 1); False if the job is no longer queued (cancelled)."""
+        """queued → running (attempts + 1) under this instance's lease; False if no longer queued."""
+        now = time.time()
         async with self._write() as db:
+            # owner_pid is kept for the record only (which process, in its own PID namespace).
             query = """
-                UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, owner_pid = ?
+                UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, owner_pid = ?,
+                    owner_instance = ?, lease_expires_at = ?
                 WHERE id = ? AND status = 'queued'
             """
-            cursor = await db.execute(query, (time.time(), os.getpid(), job_id))
+            cursor = await db.execute(
+                query, (now, os.getpid(), self.instance_id, now + self.lease_seconds, job_id)
+            )
+            return cursor.rowcount == 1
+
+    async def renew_leases(self, job_ids: Sequence[str]) -> list[str]:
+        """Extend the leases of this instance's running jobs; returns the ids it no longer owns."""
+        if not job_ids:
+            return []
+        lost: list[str] = []
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND owner_instance = ?
+            """
+            until = time.time() + self.lease_seconds
+            for job_id in job_ids:
+                cursor = await db.execute(query, (until, job_id, self.instance_id))
+                if cursor.rowcount != 1:
+                    lost.append(job_id)
+        return lost
+
+    async def next_attempt(self, job_id: str, *, max_attempts: int) -> bool:
+        """A running job of this instance starts another attempt in place (attempts + 1, lease renewed).
+
+        The CLI retries inline this way: it has no dispatcher to run a re-queued row. False once the
+        attempts are spent, or when the row is no longer this instance's.
+        """
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET attempts = attempts + 1, started_at = ?, lease_expires_at = ?
+                WHERE id = ? AND status = 'running' AND owner_instance = ? AND attempts < ?
+            """
+            now = time.time()
+            cursor = await db.execute(
+                query, (now, now + self.lease_seconds, job_id, self.instance_id, max_attempts)
+            )
             return cursor.rowcount == 1
 
     async def mark_done(
@@ -569,15 +625,15 @@ class HistoryStore:
         expander: dict[str, Any],
         render: dict[str, Any],
     ) -> bool:
-        """running → done with its tiles, in one transaction."""
+        """running → done with its tiles, in one transaction; only by the row's owner instance."""
         async with self._write() as db:
             query = """
                 UPDATE jobs SET status = 'done', reason = NULL, finished_at = ?, grid_path = ?,
                     expander_json = ?, render_json = ?
-                WHERE id = ? AND status = 'running'
+                WHERE id = ? AND status = 'running' AND owner_instance = ?
             """
             cursor = await db.execute(
-                query, (time.time(), grid_path, _dumps(expander), _dumps(render), job_id)
+                query, (time.time(), grid_path, _dumps(expander), _dumps(render), job_id, self.instance_id)
             )
             if cursor.rowcount != 1:
                 return False
@@ -592,34 +648,53 @@ class HistoryStore:
             return True
 
     async def mark_failed(self, job_id: str, reason: str, *, status: str = "failed") -> bool:
-        """Any pending state → failed/cancelled with a user-safe reason; False if already final."""
+        """queued, or running here → failed/cancelled with a user-safe reason; False if final or not ours.
+
+        A `running` row another instance owns is left alone: only its owner (or recovery, once the lease
+        expired) ends it.
+        """
         if status not in ("failed", "cancelled"):
             raise ValueError(f"`status` must be failed or cancelled, got {status!r}")
         async with self._write() as db:
             query = """
                 UPDATE jobs SET status = ?, reason = ?, finished_at = ?
-                WHERE id = ? AND status IN ('queued', 'running')
+                WHERE id = ? AND (status = 'queued' OR (status = 'running' AND owner_instance = ?))
             """
-            cursor = await db.execute(query, (status, reason[:500], time.time(), job_id))
+            cursor = await db.execute(query, (status, reason[:500], time.time(), job_id, self.instance_id))
             return cursor.rowcount == 1
 
     async def release_running(
-        self, job_id: str, *, requeue: bool, max_attempts: int, reason: str = "interrupted"
+        self,
+        job_id: str,
+        *,
+        requeue: bool,
+        max_attempts: int,
+        reason: str = "interrupted",
+        spend_attempt: bool = True,
     ) -> str | None:
-        """A `running` job this process gives up (shutdown, a lost worker): back to `queued` while attempts
-        remain and `requeue`, else `failed` with `reason`. Returns the new status, None if not running."""
+        """A `running` job this instance gives up (shutdown, a lost worker): back to `queued` while attempts
+        remain and `requeue`, else `failed` with `reason`. Returns the new status, None if not its running row.
+
+        With `spend_attempt=False` (a planned shutdown interrupted it) the attempt is handed back, so
+        restarts never use up a job's attempts.
+        """
         async with self._write() as db:
             query = """
-                UPDATE jobs SET status = 'queued', owner_pid = NULL
-                WHERE id = ? AND status = 'running' AND attempts < ? AND ?
+                UPDATE jobs SET status = 'queued', owner_pid = NULL, owner_instance = NULL,
+                    lease_expires_at = NULL, attempts = MAX(attempts - ?, 0)
+                WHERE id = ? AND status = 'running' AND owner_instance = ? AND ? AND (attempts < ? OR ?)
             """
-            cursor = await db.execute(query, (job_id, max_attempts, int(requeue)))
+            refund = int(not spend_attempt)
+            cursor = await db.execute(
+                query, (refund, job_id, self.instance_id, int(requeue), max_attempts, refund)
+            )
             if cursor.rowcount == 1:
                 return "queued"
             query = """
-                UPDATE jobs SET status = 'failed', reason = ?, finished_at = ? WHERE id = ? AND status = 'running'
+                UPDATE jobs SET status = 'failed', reason = ?, finished_at = ?
+                WHERE id = ? AND status = 'running' AND owner_instance = ?
             """
-            cursor = await db.execute(query, (reason[:500], time.time(), job_id))
+            cursor = await db.execute(query, (reason[:500], time.time(), job_id, self.instance_id))
             return "failed" if cursor.rowcount == 1 else None
 
     async def cancel_queued(self, job_id: str) -> bool:
@@ -633,49 +708,76 @@ class HistoryStore:
             return cursor.rowcount == 1
 
     async def recover_dead_cli_jobs(self) -> list[str]:
-        """CLI jobs (no Discord user) left `running` by a CLI process that died (SIGKILL): `failed: interrupted`.
+        """CLI jobs (no Discord user) whose owner stopped renewing their lease (SIGKILL): `failed: interrupted`.
 
-        Any CLI command runs this first; Discord jobs are left to the bot's own recovery, which requeues them.
+        Any CLI command runs this first; nobody would collect a re-queued CLI job. Discord jobs are left to
+        the bot's own recovery, which requeues them.
         """
-        failed: list[str] = []
-        async with self._write() as db:
-            query = """
-                SELECT id, owner_pid FROM jobs WHERE status = 'running' AND user_id IS NULL AND channel_id IS NULL
-            """
-            for row in await db.execute_fetchall(query):
-                if _pid_alive(row["owner_pid"]) and row["owner_pid"] != os.getpid():
-                    continue
-                query = (
-                    "UPDATE jobs SET status = 'failed', reason = 'interrupted', finished_at = ? WHERE id = ?"
-                )
-                await db.execute(query, (time.time(), row["id"]))
-                failed.append(row["id"])
+        _, failed = await self._recover_expired(requeue=False, max_attempts=0, cli_only=True)
         if failed:
             log.warning("%d CLI job(s) of a process that died marked interrupted", len(failed))
         return failed
 
     async def recover_interrupted(self, *, requeue: bool, max_attempts: int) -> tuple[list[str], list[str]]:
-        """Rows left `running` by a dead process: requeue (bounded attempts) or fail as `interrupted`."""
-        requeued: list[str] = []
-        failed: list[str] = []
-        async with self._write() as db:
-            query = "SELECT id, attempts, owner_pid FROM jobs WHERE status = 'running'"
-            cursor = await db.execute(query)
-            for row in await cursor.fetchall():
-                if _pid_alive(row["owner_pid"]) and row["owner_pid"] != os.getpid():
-                    continue  # another live process (e.g. the bot while the CLI runs) owns it
-                if requeue and row["attempts"] < max_attempts:
-                    query = "UPDATE jobs SET status = 'queued', owner_pid = NULL WHERE id = ?"
-                    await db.execute(query, (row["id"],))
-                    requeued.append(row["id"])
-                else:
-                    query = """
-                        UPDATE jobs SET status = 'failed', reason = 'interrupted', finished_at = ? WHERE id = ?
-                    """
-                    await db.execute(query, (time.time(), row["id"]))
-                    failed.append(row["id"])
+        """Rows whose owner's lease expired (it died): requeue (bounded attempts) or fail as `interrupted`.
+
+        A row whose owner still renews its lease — another container's CLI, a bot — is left alone.
+        """
+        requeued, failed = await self._recover_expired(requeue=requeue, max_attempts=max_attempts)
         if requeued or failed:
             log.warning("recovered interrupted jobs: %d requeued, %d failed", len(requeued), len(failed))
+        return requeued, failed
+
+    async def take_over_expired(self, job_id: str, *, max_attempts: int) -> str | None:
+        """One job whose owner's lease expired (the bot running a CLI's job died): back to `queued` within
+        its attempts, else `failed: interrupted`. Returns the new status; None while its owner is alive."""
+        requeued, failed = await self._recover_expired(requeue=True, max_attempts=max_attempts, job_id=job_id)
+        return "queued" if requeued else "failed" if failed else None
+
+    async def _recover_expired(
+        self, *, requeue: bool, max_attempts: int, cli_only: bool = False, job_id: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        requeued: list[str] = []
+        failed: list[str] = []
+        now = time.time()
+        async with self._write() as db:
+            # This instance's own rows are never "expired" to itself: it is alive, and renews them.
+            query = """
+                SELECT id, attempts, owner_instance, lease_expires_at FROM jobs
+                WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < ?)
+                    AND owner_instance IS NOT ?
+            """
+            params: tuple[Any, ...] = (now, self.instance_id)
+            if cli_only:
+                query += " AND user_id IS NULL AND channel_id IS NULL"
+            if job_id is not None:
+                query += " AND id = ?"
+                params = (*params, job_id)
+            for row in await db.execute_fetchall(query, params):
+                if requeue and row["attempts"] < max_attempts:
+                    query = """
+                        UPDATE jobs SET status = 'queued', owner_pid = NULL, owner_instance = NULL,
+                            lease_expires_at = NULL
+                        WHERE id = ? AND status = 'running' AND owner_instance IS ?
+                    """
+                    target = requeued
+                    params = (row["id"], row["owner_instance"])
+                else:
+                    query = """
+                        UPDATE jobs SET status = 'failed', reason = 'interrupted', finished_at = ?
+                        WHERE id = ? AND status = 'running' AND owner_instance IS ?
+                    """
+                    target = failed
+                    params = (now, row["id"], row["owner_instance"])
+                cursor = await db.execute(query, params)
+                if cursor.rowcount == 1:
+                    target.append(row["id"])
+                    log.info(
+                        "job %s: lease of %s expired %.0f s ago; taken over",
+                        row["id"],
+                        row["owner_instance"],
+                        now - (row["lease_expires_at"] or now),
+                    )
         return requeued, failed
 
     async def claim_delivery(self, job_id: str, *, message_id: int | None = None) -> bool:

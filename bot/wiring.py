@@ -101,9 +101,14 @@ def build_backend(settings: Settings) -> RenderBackend:
 
 
 def build_runner(
-    settings: Settings, store: HistoryStore, backend: RenderBackend, *, requeue_on_shutdown: bool = True
+    settings: Settings,
+    store: HistoryStore,
+    backend: RenderBackend,
+    *,
+    requeue_on_shutdown: bool = True,
+    retry_inline: bool = False,
 ) -> JobRunner:
-    """The job runner with the queue limits from the settings."""
+    """The job runner with the queue limits from the settings (the CLI's: `retry_inline`, no requeueing)."""
     return JobRunner(
         store=store,
         backend=backend,
@@ -114,6 +119,7 @@ def build_runner(
         max_attempts=settings.max_attempts,
         one_running_per_member=settings.one_running_per_member,
         requeue_on_shutdown=requeue_on_shutdown,
+        retry_inline=retry_inline,
         classifier=classifier_from(settings),
     )
 

@@ -105,7 +105,9 @@ def test_imagine_json(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, 
     assert len(imagined["images"]) == 4
     for path in imagined["images"]:
         assert Path(path).is_file()
-        assert Path(path).parent.parent == data_dir / "generated_images"
+        # generated_images/<job>/<attempt>/tile-N.png: each attempt publishes its own folder
+        assert Path(path).parents[2] == data_dir / "generated_images"
+        assert Path(path).parent.parent.name == imagined["job_id"]
         with Image.open(path) as tile:
             assert (tile.format, tile.size) == ("PNG", (64, 64))
     grid = Image.open(io.BytesIO(Path(imagined["grid"]).read_bytes()))

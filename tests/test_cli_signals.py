@@ -93,13 +93,15 @@ def test_a_signal_stops_the_render_at_its_next_step_and_marks_the_row_interrupte
 def test_a_killed_cli_job_is_shown_interrupted_by_the_next_history(
     tiny_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    env = _env(tiny_models, tmp_path / "data")
+    # A short lease: the dead CLI's job is taken over once it expires (45 s by default, at most 60).
+    env = _env(tiny_models, tmp_path / "data", IMAGINE_LEASE_SECONDS="2")
     cli = RenderingCli(env, tmp_path)
     cli.wait_rendering()
     cli.process.kill()
     cli.finish(timeout=30)
     [(job_id, status, _)] = _rows(tmp_path / "data")
     assert status == "running"  # SIGKILL leaves no chance to clean up
+    time.sleep(2.5)  # its lease runs out: nobody renews it
     history = _cli(["history", "--json"], env, tmp_path)
     assert history.returncode == 0, history.stderr
     [row] = json.loads(history.stdout)

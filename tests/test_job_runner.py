@@ -241,7 +241,8 @@ async def test_shutdown_interrupts_the_render_at_its_next_step_and_requeues_the_
     probe = asyncio.get_running_loop().run_in_executor(None, engine.run_sync, lambda: "free")
     assert await asyncio.wait_for(probe, 10) == "free"
     row = await store.get_job(job.id)
-    assert row is not None and (row.status, row.attempts) == ("queued", 1)  # the restart runs it
+    # The restart runs it, and a planned stop spends none of its attempts (issue 17 item 10).
+    assert row is not None and (row.status, row.attempts) == ("queued", 0)
 
 
 # -- cancel vs. save (item 5) ---------------------------------------------------------------------------

@@ -136,7 +136,9 @@ async def test_submit_runs_to_done_with_files_on_disk(runner: JobRunner, setting
     done = outcome.job
     assert done.status == "done", done.reason
     assert done.attempts == 1
-    folder = settings.images_dir / job.id
+    # The attempt's own folder, published whole by one rename (nothing half-written beside it).
+    [folder] = (settings.images_dir / job.id).iterdir()
+    assert folder.name.startswith("attempt-1-")
     assert sorted(p.name for p in folder.iterdir()) == [
         "grid.png",
         "tile-1.png",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,15 +57,10 @@ async def _finish(store: HistoryStore, job: JobRecord) -> None:
     )
 
 
-async def _dead_pid() -> int:
-    process = await asyncio.create_subprocess_exec("sleep", "0")
-    await process.wait()
-    return process.pid
-
-
-async def _set_owner(store: HistoryStore, job_id: str, pid: int, attempts: int | None = None) -> None:
-    # Simulates the row another (crashed or live) process left behind.
-    await store.db.execute("UPDATE jobs SET owner_pid = ? WHERE id = ?", (pid, job_id))
+async def _set_dead_owner(store: HistoryStore, job_id: str, attempts: int | None = None) -> None:
+    # Simulates the row a crashed process left behind: another instance's lease, expired a second ago.
+    query = "UPDATE jobs SET owner_instance = 'dead-process', lease_expires_at = ? WHERE id = ?"
+    await store.db.execute(query, (time.time() - 1, job_id))
     if attempts is not None:
         await store.db.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (attempts, job_id))
 
@@ -185,7 +181,7 @@ async def test_delivery_is_claimed_at_most_once(store: HistoryStore) -> None:
 async def test_running_rows_of_a_dead_process_fail_as_interrupted(store: HistoryStore) -> None:
     job = await store.create_job(_spec())
     assert await store.mark_running(job.id)
-    await _set_owner(store, job.id, await _dead_pid())
+    await _set_dead_owner(store, job.id)
     requeued, failed = await store.recover_interrupted(requeue=False, max_attempts=2)
     assert (requeued, failed) == ([], [job.id])
     recovered = await store.get_job(job.id)
@@ -199,9 +195,8 @@ async def test_running_rows_are_requeued_until_attempts_run_out(store: HistorySt
     tired = await store.create_job(_spec())
     for job in (fresh, tired):
         assert await store.mark_running(job.id)
-    dead = await _dead_pid()
-    await _set_owner(store, fresh.id, dead, attempts=1)
-    await _set_owner(store, tired.id, dead, attempts=2)
+    await _set_dead_owner(store, fresh.id, attempts=1)
+    await _set_dead_owner(store, tired.id, attempts=2)
 
     requeued, failed = await store.recover_interrupted(requeue=True, max_attempts=2)
     assert (requeued, failed) == ([fresh.id], [tired.id])
@@ -209,26 +204,77 @@ async def test_running_rows_are_requeued_until_attempts_run_out(store: HistorySt
     assert again is not None and again.status == "queued"
     # The retry counts as a second attempt; after it, the job fails instead of looping forever.
     assert await store.mark_running(fresh.id)
-    await _set_owner(store, fresh.id, dead)
+    await _set_dead_owner(store, fresh.id)
     requeued, failed = await store.recover_interrupted(requeue=True, max_attempts=2)
     assert (requeued, failed) == ([], [fresh.id])
 
 
-async def test_a_live_owner_is_left_alone(store: HistoryStore) -> None:
+async def test_a_live_lease_is_left_alone_and_an_expired_one_is_taken_over(tmp_path: Path) -> None:
+    # Two processes on one data folder, e.g. two containers whose PIDs mean nothing to each other.
+    path = tmp_path / "history.sqlite3"
+    async with HistoryStore(path, lease_seconds=1.0) as owner, HistoryStore(path) as other:
+        assert owner.instance_id != other.instance_id
+        job = await owner.create_job(_spec())
+        assert await owner.mark_running(job.id)
+        assert await other.recover_interrupted(requeue=False, max_attempts=2) == ([], [])
+        assert await other.recover_dead_cli_jobs() == []
+        # The owner's own rows are never expired to itself, and only the owner may end a running row.
+        assert await owner.recover_interrupted(requeue=False, max_attempts=2) == ([], [])
+        assert not await other.mark_failed(job.id, "not yours")
+        assert await other.release_running(job.id, requeue=True, max_attempts=2) is None
+        assert not await other.mark_done(job.id, tiles=[], grid_path="x", expander={}, render={})
+        # Renewed, the lease holds past its first second; unrenewed, it expires and is taken over.
+        await asyncio.sleep(0.6)
+        assert await owner.renew_leases([job.id]) == []
+        await asyncio.sleep(0.6)
+        assert await other.recover_dead_cli_jobs() == []
+        await asyncio.sleep(0.6)
+        assert await other.recover_dead_cli_jobs() == [job.id]
+        recovered = await other.get_job(job.id)
+        assert recovered is not None and (recovered.status, recovered.reason) == ("failed", "interrupted")
+        # The old owner learns it lost the job, and can no longer finish it.
+        assert await owner.renew_leases([job.id]) == [job.id]
+        assert not await owner.mark_done(job.id, tiles=[], grid_path="x", expander={}, render={})
+
+
+async def test_a_shutdown_gives_the_attempt_back(store: HistoryStore) -> None:
     job = await store.create_job(_spec())
-    assert await store.mark_running(job.id)
-    other = await asyncio.create_subprocess_exec("sleep", "60")
-    try:
-        await _set_owner(store, job.id, other.pid)
-        assert await store.recover_interrupted(requeue=False, max_attempts=2) == ([], [])
-        still = await store.get_job(job.id)
-        assert still is not None and still.status == "running"
-    finally:
-        other.kill()
-        await other.wait()
-    # Our own pid counts as interrupted: at start-up nothing of ours is running yet.
-    await _set_owner(store, job.id, os.getpid())
-    assert await store.recover_interrupted(requeue=False, max_attempts=2) == ([], [job.id])
+    for _ in range(3):  # more planned restarts than attempts
+        assert await store.mark_running(job.id)
+        status = await store.release_running(job.id, requeue=True, max_attempts=2, spend_attempt=False)
+        assert status == "queued"
+    again = await store.get_job(job.id)
+    assert again is not None and (again.status, again.attempts) == ("queued", 0)
+
+
+async def test_migration_gives_running_rows_of_the_old_version_a_lease(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite3"
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {number}")
+    query = """
+        INSERT INTO jobs (id, status, seed_text, count, steps, guidance, width, height, job_seed, expand,
+            created_at, attempts, owner_pid)
+        VALUES (?, ?, 'old', 1, 2, 7.5, 64, 64, 1, 1, ?, 1, 4242)
+    """
+    conn.execute(query, ("oldrunning", "running", time.time()))
+    conn.execute(query, ("oldqueued", "queued", time.time()))
+    conn.commit()
+    conn.close()
+    async with HistoryStore(path) as store:
+        assert await store.schema_version() == len(MIGRATIONS)
+        rows = {
+            row["id"]: row
+            for row in await store.db.execute_fetchall(
+                "SELECT id, owner_instance, lease_expires_at FROM jobs"
+            )
+        }
+        assert rows["oldrunning"]["owner_instance"] == "pid-4242"
+        assert rows["oldrunning"]["lease_expires_at"] == pytest.approx(time.time() + 60, abs=5)
+        assert rows["oldqueued"]["lease_expires_at"] is None
+        # A live old-version process gets its minute: nothing is taken over yet.
+        assert await store.recover_interrupted(requeue=True, max_attempts=2) == ([], [])
 
 
 # -- queue limits ----------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ async def test_single_image_buttons_start_recorded_child_jobs(fake: FakeDiscord,
         assert child.status == "done" and child.parent_id == parent.id and child.source_tile == 2
         assert child.prompts == (parent.prompts[1],) * count
         assert result.embeds[0]["title"].endswith(parent.seed_text)
-        folder = Path(child.grid_path).parent
+        folder = Path(child.grid_path).parent.parent  # the job's folder; the grid is in its attempt's
+        assert folder.name == child.id
         # The source image (and mask) live in the child's own folder, so /forget removes them.
         assert child.init_image == str(folder / "source.png") and Path(child.init_image).is_file()  # noqa: ASYNC240
         if action.startswith(("zoom", "pan")):

@@ -109,7 +109,8 @@ async def test_forget_deletes_own_jobs_and_files(fake: FakeDiscord, running: Run
     _, message = await imagine(fake, fake.alice_id, count=1)
     job_id = message.find_component(label="U1")["custom_id"].split(":")[2]
     job = await wait_job(running.store, job_id, lambda j: j.delivery == "sent")
-    folder = Path(job.grid_path).parent
+    folder = Path(job.grid_path).parent.parent  # the job's folder, around its attempt's
+    assert folder.name == job_id
     bobs = await _add_failed_jobs(running, fake, fake.bob_id, 1)
     interaction = await fake.send_slash("forget", {"confirm": True}, user_id=fake.alice_id)
     reply = await interaction.wait_final(timeout=10, predicate=lambda m: "Deleted" in m.content)

@@ -32,7 +32,8 @@ async def test_png_upload_starts_every_tile_from_the_image(fake: FakeDiscord, ru
     job = await wait_job(running.store, job_id_of(message), lambda j: j.delivery == "sent")
     assert job.action == "image" and job.strength == 0.5 and job.render["mode"] == "img2img"
     source = Path(job.init_image)
-    assert source.parent == Path(job.grid_path).parent and source.name == "source.png"
+    # The job's folder: its inputs, and each attempt's own folder of tiles and grid.
+    assert source.parent == Path(job.grid_path).parent.parent and source.name == "source.png"
     stored = decode(source.read_bytes())  # noqa: ASYNC240
     assert stored.format == "PNG" and stored.size == (64, 64)  # fitted: cover + centre crop
     assert stored.getpixel((32, 32)) == (0, 255, 0)

@@ -146,6 +146,8 @@ def bot_env(
         "cooldown_seconds": 0,
         "progress_interval": 0.5,
         "log_level": "INFO",
+        # A killed bot's running job is taken over once its lease runs out: seconds here, not 45.
+        "lease_seconds": 5,
     }
     values.update(settings)
     env.update({f"IMAGINE_{key.upper()}": str(value) for key, value in values.items()})

@@ -8,6 +8,7 @@ import json
 import random
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -198,8 +199,9 @@ async def test_cooldown_and_pending_cap_survive_a_restart(fake: FakeDiscord, bot
         for index in range(2):
             job = await store.create_job(_spec(fake.bob_id, fake.guild_id, index))
             await store.mark_running(job.id)
-            dead_pid = 2**22 + 12345  # above Linux's pid_max: no such process
-            await store.db.execute("UPDATE jobs SET owner_pid = ? WHERE id = ?", (dead_pid, job.id))
+            # Its owner died: nobody renews the lease, which ran out a second ago.
+            query = "UPDATE jobs SET owner_instance = 'dead', lease_expires_at = ? WHERE id = ?"
+            await store.db.execute(query, (time.time() - 1, job.id))
         # Alice: one job queued just before the restart.
         await store.create_job(_spec(fake.alice_id, fake.guild_id, 9))
     gate = threading.Event()
