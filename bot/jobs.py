@@ -185,6 +185,7 @@ class JobRunner:
         requeue_on_shutdown: bool = True,
         poll_seconds: float = 5.0,
         classifier: TileClassifier | None = None,
+        wait_for_backend: bool = True,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -199,6 +200,8 @@ class JobRunner:
         # The bot requeues what shutdown interrupts (its restart runs it); the CLI marks it interrupted.
         self.requeue_on_shutdown = requeue_on_shutdown
         self.poll_seconds = poll_seconds
+        # Unreachable workers: the bot's jobs wait for them; the CLI (no dispatcher) gives up at once.
+        self.wait_for_backend = wait_for_backend
         self.on_progress: ProgressHandler | None = None
         self.on_started: StartedHandler | None = None
         self.on_finished: FinishedHandler | None = None
@@ -454,7 +457,10 @@ class JobRunner:
             else:
                 await self._end(job.id, "cancelled by its owner", status="cancelled")
             return
-        except (WorkerLost, BackendUnavailable) as exc:
+        except BackendUnavailable as exc:
+            await self._wait_for_workers(flight, exc)
+            return
+        except WorkerLost as exc:
             log.warning("job %s: %s; re-queueing within its attempts", job.id, exc.user_message)
             await self._give_back(job, exc.user_message, requeue=True)
             return
@@ -465,6 +471,22 @@ class JobRunner:
             flight.rendering = False
         self.recent_durations.append(time.perf_counter() - started)
         await self._save_and_finish(job, output)
+
+    async def _wait_for_workers(self, flight: _InFlight, exc: BackendUnavailable) -> None:
+        """No worker took the job: it spent no attempt. The bot requeues it (it runs when the workers are
+        back; health says why meanwhile); a runner without a dispatcher (the CLI) deletes the row, since
+        nothing ever started, and its waiter gets the error."""
+        job = flight.job
+        self.backend_online, self.backend_reason = False, exc.user_message
+        if self.wait_for_backend:
+            log.warning("job %s waits for the render workers: %s", job.id, exc.user_message)
+            if await self.store.requeue_unstarted(job.id):
+                self._wake.set()
+            return
+        await self.store.discard_unstarted(job.id)
+        for future in self._waiters.pop(job.id, []):
+            if not future.done():
+                future.set_exception(BackendUnavailable(exc.user_message))
 
     def _rendered(self, flight: _InFlight) -> None:
         """The model work is over: no longer cancellable, and its slot is free for the next job."""

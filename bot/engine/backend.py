@@ -20,9 +20,12 @@ ProgressEvents = Callable[[int, int, bytes | None], None]
 
 
 class BackendUnavailable(EngineError):
-    """The render workers cannot be reached; the job stays queued and runs when they are back."""
+    """No render worker took the job (unreachable, refused, 503): no attempt is spent, the job waits.
 
-    user_message = "the GPU workers are offline right now; your job is queued and will run when they are back"
+    The message says what is wrong (one line naming the workers' URL); it is never a job's failure text.
+    """
+
+    user_message = "the GPU workers are offline right now"
 
 
 class WorkerLost(EngineError):
