@@ -88,7 +88,9 @@ class FlakyWorkers:
             if self.refused >= 3:
                 self.stale_check = False  # the dispatcher's next check sees the outage
             raise BackendUnavailable(OUTAGE)
-        return await self.inner.render(request, on_progress=on_progress, on_rendered=on_rendered, cancel=cancel)
+        return await self.inner.render(
+            request, on_progress=on_progress, on_rendered=on_rendered, cancel=cancel
+        )
 
 
 async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
