@@ -10,6 +10,7 @@ process imports Ray. One cluster per test module (`ray_cluster` is module-scoped
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -155,10 +156,8 @@ class RayCluster:
         """SIGKILL the namespace's init: the kernel kills every process of the cluster (a host gone)."""
         if self._launcher is None:
             return
-        try:
+        with contextlib.suppress(OSError, AssertionError):
             os.kill(self._inner_init(), signal.SIGKILL)
-        except (OSError, AssertionError):
-            pass
         self._launcher.wait(30)
         self._launcher = None
 

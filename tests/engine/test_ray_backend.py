@@ -192,7 +192,7 @@ async def test_cancel_closes_the_stream_and_stops_the_replicas_gpu_loop(
     line = ""
     deadline = time.monotonic() + 20
     while not line and time.monotonic() < deadline:
-        found = [l for l in ray_cluster.logs().splitlines() if "cancelled in the GPU loop" in l]
+        found = [text for text in ray_cluster.logs().splitlines() if "cancelled in the GPU loop" in text]
         line = found[-1] if found else ""
         await asyncio.sleep(0.5)
     assert line, "the replica never logged the cancelled render"
