@@ -153,6 +153,17 @@ class HttpBackend:
             )
         return True, f"{replicas} worker replica(s) at {self.url}"
 
+    async def _lost_or_unavailable(self, worker: dict[str, Any] | None, what: str) -> None:
+        """A stream that breaks is a lost worker, unless the workers as a whole are gone (the head died,
+        the network went): then it is an outage, and the job spends no attempt."""
+        online, reason = await self._check()
+        self._online, self._reason, self._checked_at = online, reason, time.monotonic()
+        if not online:
+            log.warning("the stream from %s %s and the workers are unreachable: %s", worker, what, reason)
+            raise BackendUnavailable(reason)
+        log.warning("the stream from %s %s", worker or self.url, what)
+        raise WorkerLost()
+
     def _mark_down(self, reason: str) -> None:
         self._online, self._reason, self._checked_at = False, reason, time.monotonic()
 
@@ -217,16 +228,16 @@ class HttpBackend:
                             raise error_from_event(event)
                         elif kind == "lost":
                             break
+                    else:
+                        if not (cancel.is_set() and not rendered):
+                            await self._lost_or_unavailable(worker, "ended without the job's output")
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError, ProtocolError) as exc:
                     if cancel.is_set() and not rendered:
                         raise JobCancelled() from None
-                    log.warning(
-                        "the stream from %s broke mid-job: %s", worker or self.url, type(exc).__name__
-                    )
-                    raise WorkerLost() from None
+                    await self._lost_or_unavailable(worker, f"broke mid-job ({type(exc).__name__})")
                 if cancel.is_set() and not rendered:
                     raise JobCancelled()
-                log.warning("the stream from %s ended without the job's output", worker or self.url)
+                log.warning("the replica %s died mid-job", worker)
                 raise WorkerLost()
         finally:
             if worker is not None and worker in self.running_workers:
