@@ -50,6 +50,7 @@ def _fenced() -> bool:
 async def _throughput(config: Any, address: str, replicas: int, args: argparse.Namespace) -> float:
     """Jobs per minute with `replicas` replicas (deployed here), after one warm-up job per replica."""
     from bot.engine.ray_backend import RayBackend, deploy_workers
+
     from bot.jobs import JobRunner
     from bot.store import HistoryStore
 
@@ -87,10 +88,11 @@ async def _hop_overhead(config: Any, address: str, args: argparse.Namespace) -> 
     """Median seconds per job: local backend, Ray backend (1 replica), and the median of the paired differences."""
     import dataclasses
 
+    from bot.engine.ray_backend import RayBackend, deploy_workers
+
     from bot.engine.backend import CancelToken
     from bot.engine.executor import Engine
     from bot.engine.local_backend import LocalBackend
-    from bot.engine.ray_backend import RayBackend, deploy_workers
     from bot.jobs import request_from_job
 
     await asyncio.to_thread(
@@ -126,6 +128,7 @@ async def _recovery(config: Any, address: str, args: argparse.Namespace) -> tupl
     import dataclasses
 
     from bot.engine.ray_backend import RayBackend, deploy_workers
+
     from bot.jobs import JobRunner
     from bot.store import HistoryStore
 
