@@ -1,7 +1,7 @@
 """The render-backend seam: what the job runner needs from whatever renders a job.
 
 Two implementations: `LocalBackend` (the in-process GPU thread, bot/engine/local_backend.py) and
-`RayBackend` (Ray Serve workers, bot/engine/ray_backend.py). The runner, the CLI and the bot depend on
+`HttpBackend` (Ray Serve workers over HTTP, bot/engine/workers/). The runner, the CLI and the bot depend on
 this module only; it imports neither torch nor Ray, and everything that crosses it is plain data
 (bytes, numbers, strings, frozen dataclasses of them) so that it can travel between processes and hosts.
 """

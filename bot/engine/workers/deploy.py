@@ -16,15 +16,23 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.engine.workers.protocol import APP_NAME, DEPLOYMENT_NAME, ROUTE_PREFIX
+from bot.engine.workers.protocol import (
+    APP_NAME,
+    DEPLOYMENT_NAME,
+    ROUTE_PREFIX,
+    STATUS_APP_NAME,
+    STATUS_ROUTE_PREFIX,
+)
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 1.0
 IMPORT_PATH = "bot.engine.workers.serve_app:build_app"
+STATUS_IMPORT_PATH = "bot.engine.workers.serve_app:build_status_app"
+OURS = (APP_NAME, STATUS_APP_NAME)
 
 
 class DeployError(Exception):
@@ -40,6 +48,8 @@ class DeployTarget:
     gpus_per_replica: str | float
     port: int
     ray_token: str | None = None
+    # Extra engine arguments for the replicas (bench/scaleout.py: `preview_every`); never secrets.
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
 
 def ray_token(mode: str | None, token: str | None, token_path: Path | None) -> str | None:
@@ -113,12 +123,12 @@ def _cluster_gpus(dashboard: Dashboard) -> float:
     )
 
 
-def build_config(current: dict[str, Any], application: dict[str, Any], port: int) -> dict[str, Any]:
+def build_config(current: dict[str, Any], applications: list[dict[str, Any]], port: int) -> dict[str, Any]:
     """The full Serve config: every application deployed now (theirs unchanged) plus ours, replaced."""
     others = [
         app["deployed_app_config"]
         for name, app in (current.get("applications") or {}).items()
-        if name != APP_NAME and app.get("deployed_app_config")
+        if name not in OURS and app.get("deployed_app_config")
     ]
     http = current.get("http_options") or {}
     return {
@@ -127,18 +137,26 @@ def build_config(current: dict[str, Any], application: dict[str, Any], port: int
         "http_options": {"host": http.get("host") or "0.0.0.0", "port": http.get("port") or port}
         if others
         else {"host": "0.0.0.0", "port": port},
-        "applications": [*others, application],
+        "applications": [*others, *applications],
     }
 
 
-def application_config(replicas: int, gpus: float) -> dict[str, Any]:
-    """Our application: no environment, no secrets (the nodes have the settings)."""
+def status_application_config() -> dict[str, Any]:
+    """The status application: the replica count, answered apart from the busy render replicas."""
+    return {"name": STATUS_APP_NAME, "route_prefix": STATUS_ROUTE_PREFIX, "import_path": STATUS_IMPORT_PATH}
+
+
+def application_config(
+    replicas: int, gpus: float, engine_args: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Our render application: no environment, no secrets (the nodes have the settings)."""
     cpu_only = gpus == 0
+    args: dict[str, Any] = {"device": "cpu", "torch_threads": 1} if cpu_only else {}
     return {
         "name": APP_NAME,
         "route_prefix": ROUTE_PREFIX,
         "import_path": IMPORT_PATH,
-        "args": {"device": "cpu", "torch_threads": 1} if cpu_only else {},
+        "args": {**args, **(engine_args or {})},
         "deployments": [
             {
                 "name": DEPLOYMENT_NAME,
@@ -188,10 +206,11 @@ def deploy_workers(
         replicas = max(1, int(cluster_gpus // gpus)) if gpus > 0 else 1
     if replicas < 1:
         raise DeployError(f"`--replicas` must be >= 1, got {replicas}")
-    config = build_config(current, application_config(replicas, gpus), target.port)
+    ours = [application_config(replicas, gpus, target.engine_args), status_application_config()]
+    config = build_config(current, ours, target.port)
     port = int(config["http_options"]["port"])
     url = workers_url(target.dashboard, port)
-    kept = [app["name"] for app in config["applications"][:-1]]
+    kept = [app["name"] for app in config["applications"] if app["name"] not in OURS]
     say(
         f"deploying {replicas} worker replica(s) ({gpus:g} GPU each) through {dashboard.base}"
         + (f", keeping the application(s) {', '.join(kept)}" if kept else "")
@@ -201,14 +220,14 @@ def deploy_workers(
     last = ""
     while True:
         time.sleep(POLL_SECONDS)
-        status, running, wanted, message = replica_counts(
-            dashboard.call("GET", "/api/serve/applications/") or {}
-        )
+        answer = dashboard.call("GET", "/api/serve/applications/") or {}
+        status, running, wanted, message = replica_counts(answer)
+        status_app = str(((answer.get("applications") or {}).get(STATUS_APP_NAME) or {}).get("status"))
         line = f"  {status}: {running}/{replicas} replica(s) running" + (f" — {message}" if message else "")
         if line != last:
             say(line[:300])
             last = line
-        if status == "RUNNING" and running >= replicas and wanted == replicas:
+        if status == "RUNNING" and running >= replicas and wanted == replicas and status_app == "RUNNING":
             break
         if status == "DEPLOY_FAILED":
             raise DeployError(f"the worker replicas failed to start: {message[:400]}")

@@ -26,6 +26,7 @@ from bot.engine.validation import Limits, validate_request
 from bot.engine.workers.protocol import (
     PROTOCOL_VERSION,
     ROUTE_PREFIX,
+    STATUS_ROUTE_PREFIX,
     ProtocolError,
     decode_output,
     decode_preview,
@@ -129,7 +130,7 @@ class HttpBackend:
     async def _check(self) -> tuple[bool, str]:
         try:
             async with self._client().get(
-                self.base + "/status", timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT_SECONDS)
+                self.url + STATUS_ROUTE_PREFIX, timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT_SECONDS)
             ) as response:
                 if response.status != 200:
                     return False, await self._refusal(response)

@@ -11,7 +11,9 @@ and a stream of one JSON object per line:
     {"event": "error", "kind": "InvalidRequest", "message": "..."}   a job the engine refused or failed
 
 A stream that ends without `output` or `error` lost its worker, even after the 200. Refusals before the
-stream: 401 (token), 409 (format version; the body names both), 400 (malformed body).
+stream: 401 (token), 409 (format version; the body names both), 400 (malformed body). While a job is quiet
+the stream carries `{"event": "alive"}` lines. `GET {IMAGINE_WORKERS_URL}/imagine-status` (same token)
+answers `{"version", "replicas", "status", "message"}`: the running render replicas.
 Bytes travel as base64; everything else is plain JSON. Nothing here imports Ray or torch.
 """
 
@@ -36,6 +38,9 @@ PROTOCOL_VERSION = 1
 APP_NAME = "imagine-workers"
 DEPLOYMENT_NAME = "RenderWorker"
 ROUTE_PREFIX = "/imagine"
+STATUS_APP_NAME = "imagine-workers-status"
+STATUS_DEPLOYMENT_NAME = "Status"
+STATUS_ROUTE_PREFIX = "/imagine-status"
 DEFAULT_PORT = 8000
 VERSION_HEADER = "X-Imagine-Protocol"
 

@@ -1,15 +1,19 @@
-"""The Ray Serve application: an HTTP ingress in front of the render replicas. The only module importing Ray.
+"""The Ray Serve applications: render replicas that are their own HTTP ingress. The only module importing Ray.
 
-Deployed by `python -m bot workers` through the dashboard's REST API (bot/engine/workers/deploy.py) with
-`import_path = "bot.engine.workers.serve_app:build_app"`; it runs on the cluster's nodes, never in the bot.
+Deployed by `python -m bot workers` through the dashboard's REST API (bot/engine/workers/deploy.py); they run
+on the cluster's nodes, never in the bot. Two applications, so that a status request never waits behind a
+render (a replica takes one request at a time):
 
-- `Ingress` (one replica, no CPU): checks the bearer token and the request format version, forwards a job to
-  a `RenderWorker` through a streaming handle, and writes its events back as NDJSON (bot/engine/workers/
-  protocol.py). A client that closes the stream cancels the handle call: the replica's render stops at its
-  next denoising step. `GET /status` reports the running replicas (the bot's capacity).
-- `RenderWorker` (N replicas, one GPU or one CPU each, one job at a time): the same `Engine` as the local
-  backend. Its settings (models, device, token) come from its own node's environment or `.env`, never from
-  the Serve config, which the dashboard shows to anyone holding the Ray token.
+- `imagine-workers` at `/imagine` (`build_app`): N `RenderWorker` replicas, one GPU or one CPU each, one job
+  at a time (`max_ongoing_requests=1`; Serve's proxy routes each request to a free replica). A replica checks
+  the bearer token and the request format version and streams the job's events back as NDJSON
+  (bot/engine/workers/protocol.py) from the same `Engine` as the local backend: one hop, proxy → replica. A
+  client that closes the stream cancels the request: the replica's render stops at its next denoising step.
+- `imagine-workers-status` at `/imagine-status` (`build_status_app`): one tiny replica (no CPU) answering
+  `GET /imagine-status` with the running render replicas (the bot's capacity).
+
+Settings (models, device, token) come from each node's own environment or `.env`, never from the Serve
+config, which the dashboard shows to anyone holding the Ray token.
 """
 
 from __future__ import annotations
@@ -28,8 +32,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayActorError, RayError
-from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -38,6 +40,7 @@ from bot.engine.workers.protocol import (
     APP_NAME,
     DEPLOYMENT_NAME,
     PROTOCOL_VERSION,
+    STATUS_DEPLOYMENT_NAME,
     VERSION_HEADER,
     ProtocolError,
     decode_request,
@@ -49,10 +52,9 @@ from bot.engine.workers.protocol import (
 
 log = logging.getLogger(__name__)
 
-INGRESS_NAME = "Ingress"
 # A replica streams step events at most this often (previews and the last step always): each is a hop.
 PROGRESS_EVERY_SECONDS = 0.25
-# With nothing else to send, the ingress writes a keep-alive line this often: a client that hears nothing
+# With nothing else to send, a replica writes a keep-alive line this often: a client that hears nothing
 # for several of these has lost the stream (a vanished host sends no reset).
 KEEPALIVE_SECONDS = 5.0
 STATUS_CACHE_SECONDS = 1.0
@@ -64,11 +66,28 @@ def _settings() -> Any:
     return load_settings()
 
 
+def _token() -> bytes:
+    """The workers' token from this node's settings; a replica refuses to start without one."""
+    token = _settings().workers_token
+    if token is None:
+        raise RuntimeError(
+            "IMAGINE_WORKERS_TOKEN (or IMAGINE_WORKERS_TOKEN_FILE) is not set on this Ray node: "
+            "the workers refuse to serve without it"
+        )
+    return b"Bearer " + token.get_secret_value().encode()
+
+
+def _authorized(request: Request, expected: bytes) -> bool:
+    return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
+
+
 # -- the replica -------------------------------------------------------------------------------------
 class RenderWorker:
     """One replica: the engine (its own GPU thread) loaded once; Serve sends it one job at a time."""
 
-    def __init__(self, device: str | None = None, torch_threads: int | None = None) -> None:
+    def __init__(
+        self, device: str | None = None, torch_threads: int | None = None, preview_every: int | None = None
+    ) -> None:
         import dataclasses
 
         from bot.engine.executor import Engine
@@ -77,6 +96,9 @@ class RenderWorker:
         config = engine_config_from(_settings())
         if device is not None:  # a CPU-only cluster: every replica pins one core
             config = dataclasses.replace(config, device=device, torch_threads=torch_threads)
+        if preview_every is not None:  # bench/scaleout.py measures the cost of streaming previews
+            config = dataclasses.replace(config, preview_every=preview_every)
+        self._token = _token()
         self.engine = Engine(config)
         self.engine.load_sync()
         context = serve.get_replica_context()
@@ -88,6 +110,32 @@ class RenderWorker:
             "python": platform.python_version(),
             "ray": _ray_version(),
         }
+
+    async def __call__(self, request: Request) -> Response:
+        if not _authorized(request, self._token):
+            return JSONResponse({"error": "the workers refused the token"}, status_code=401)
+        root = request.scope.get("root_path", "")
+        path = request.url.path.removeprefix(root) or "/"
+        if path != "/render" or request.method != "POST":
+            return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        theirs = body.get("version") if isinstance(body, dict) else None
+        if theirs != PROTOCOL_VERSION:
+            return JSONResponse(
+                {"error": version_mismatch(theirs), "version": PROTOCOL_VERSION}, status_code=409
+            )
+        try:
+            job, generation = decode_request(body)
+        except ProtocolError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return StreamingResponse(
+            _ndjson(self.render(generation, job)),
+            media_type="application/x-ndjson",
+            headers={VERSION_HEADER: str(PROTOCOL_VERSION)},
+        )
 
     async def render(self, request: Any, job: str = "") -> AsyncIterator[dict[str, Any]]:
         """Stream a job's events; a cancelled call arrives here as CancelledError and stops the GPU loop."""
@@ -148,32 +196,46 @@ def _ray_version() -> str:
     return str(ray.__version__)
 
 
-# -- the ingress -------------------------------------------------------------------------------------
-class Ingress:
-    """HTTP in front of the replicas: auth, format version, NDJSON streaming, replica count."""
+async def _ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Events as NDJSON lines, with a keep-alive line after each silence of KEEPALIVE_SECONDS.
 
-    def __init__(self, worker: DeploymentHandle) -> None:
-        token = _settings().workers_token
-        if token is None:
-            raise RuntimeError(
-                "IMAGINE_WORKERS_TOKEN (or IMAGINE_WORKERS_TOKEN_FILE) is not set on this Ray node: "
-                "the workers refuse to serve without it"
-            )
-        self._token = token.get_secret_value().encode()
-        self._worker = worker.options(stream=True)
+    When the client goes away Serve cancels the request: the CancelledError reaches `events` (the render)
+    through the pending step below and stops the GPU loop.
+    """
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield b'{"event": "alive"}\n'
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield json.dumps(event).encode() + b"\n"
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
+# -- the status application --------------------------------------------------------------------------
+class Status:
+    """`GET /imagine-status`: the running render replicas, apart from the replicas so it never waits."""
+
+    def __init__(self) -> None:
+        self._token = _token()
         self._status: tuple[float, dict[str, Any]] = (float("-inf"), {})
 
     async def __call__(self, request: Request) -> Response:
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), b"Bearer " + self._token):
+        if not _authorized(request, self._token):
             return JSONResponse({"error": "the workers refused the token"}, status_code=401)
-        root = request.scope.get("root_path", "")
-        path = request.url.path.removeprefix(root) or "/"
-        if path == "/status" and request.method == "GET":
-            return JSONResponse(await self._replicas())
-        if path == "/render" and request.method == "POST":
-            return await self._render(request)
-        return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
+        return JSONResponse(await self._replicas())
 
     async def _replicas(self) -> dict[str, Any]:
         """Running replicas per the controller (it may count a just-killed one for a few seconds)."""
@@ -189,75 +251,30 @@ class Ingress:
         result = {
             "version": PROTOCOL_VERSION,
             "replicas": running,
-            "status": str(getattr(getattr(deployment, "status", None), "value", "UNKNOWN")),
+            "status": str(getattr(getattr(deployment, "status", None), "value", "NOT_DEPLOYED")),
             "message": message[:300],
         }
         self._status = (time.monotonic(), result)
         return result
 
-    async def _render(self, request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-        theirs = body.get("version") if isinstance(body, dict) else None
-        if theirs != PROTOCOL_VERSION:
-            return JSONResponse(
-                {"error": version_mismatch(theirs), "version": PROTOCOL_VERSION}, status_code=409
-            )
-        try:
-            job, generation = decode_request(body)
-        except ProtocolError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        stream = self._worker.render.remote(generation, job)
-        return StreamingResponse(
-            _ndjson(stream, job),
-            media_type="application/x-ndjson",
-            headers={VERSION_HEADER: str(PROTOCOL_VERSION)},
-        )
-
-
-async def _ndjson(stream: Any, job: str) -> AsyncIterator[bytes]:
-    """The replica's events as NDJSON lines, with keep-alives; cancels the replica's call if the client goes."""
-    finished = False
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
-            if not done:
-                yield b'{"event": "alive"}\n'
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                finished = True
-                return
-            pending = None
-            yield json.dumps(event).encode() + b"\n"
-    except (RayActorError, RayError) as exc:
-        # The replica died mid-job (kill -9, a lost node): say so; the stream then ends without output.
-        log.warning("job %s lost its replica: %s", job or "?", type(exc).__name__)
-        finished = True
-        yield json.dumps({"event": "lost", "message": type(exc).__name__}).encode() + b"\n"
-    finally:
-        if not finished:  # the client closed the stream: stop the render at its next step
-            stream.cancel()
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Serve's application builder (the config's `args`: `device`, `torch_threads` for CPU clusters)."""
-    device = args.get("device")
-    threads = args.get("torch_threads")
+    """Serve's builder for the render replicas (the config's `args`: `device`, `torch_threads` for CPU
+    clusters, `preview_every` for benchmarks); no secrets travel here."""
+    threads, previews = args.get("torch_threads"), args.get("preview_every")
     deployment: Any = serve.deployment
-    worker = deployment(
-        RenderWorker, name=DEPLOYMENT_NAME, max_ongoing_requests=1, health_check_period_s=5
-    ).bind(device, int(threads) if threads is not None else None)
     return deployment(
-        Ingress, name=INGRESS_NAME, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
-    ).bind(worker)
+        RenderWorker, name=DEPLOYMENT_NAME, max_ongoing_requests=1, health_check_period_s=5
+    ).bind(
+        args.get("device"),
+        int(threads) if threads is not None else None,
+        int(previews) if previews is not None else None,
+    )
+
+
+def build_status_app(args: dict[str, Any]) -> Any:
+    """Serve's builder for the status application."""
+    deployment: Any = serve.deployment
+    return deployment(
+        Status, name=STATUS_DEPLOYMENT_NAME, max_ongoing_requests=100, ray_actor_options={"num_cpus": 0}
+    ).bind()
