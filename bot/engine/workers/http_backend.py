@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -27,7 +27,6 @@ from bot.engine.workers.protocol import (
     PROTOCOL_VERSION,
     ROUTE_PREFIX,
     STATUS_ROUTE_PREFIX,
-    ProtocolError,
     decode_output,
     decode_preview,
     encode_request,
@@ -154,7 +153,7 @@ class HttpBackend:
             )
         return True, f"{replicas} worker replica(s) at {self.url}"
 
-    async def _lost_or_unavailable(self, worker: dict[str, Any] | None, what: str) -> None:
+    async def _lost_or_unavailable(self, worker: dict[str, Any] | None, what: str) -> NoReturn:
         """A stream that breaks is a lost worker, unless the workers as a whole are gone (the head died,
         the network went): then it is an outage, and the job spends no attempt."""
         online, reason = await self._check()
@@ -227,19 +226,13 @@ class HttpBackend:
                             return decode_output(event["output"])
                         elif kind == "error":
                             raise error_from_event(event)
-                        elif kind == "lost":
-                            break
-                    else:
-                        if not (cancel.is_set() and not rendered):
-                            await self._lost_or_unavailable(worker, "ended without the job's output")
-                except (aiohttp.ClientError, OSError, TimeoutError, ValueError, ProtocolError) as exc:
+                    if not (cancel.is_set() and not rendered):
+                        await self._lost_or_unavailable(worker, "ended without the job's output")
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                     if cancel.is_set() and not rendered:
                         raise JobCancelled() from None
                     await self._lost_or_unavailable(worker, f"broke mid-job ({type(exc).__name__})")
-                if cancel.is_set() and not rendered:
-                    raise JobCancelled()
-                log.warning("the replica %s died mid-job", worker)
-                raise WorkerLost()
+                raise JobCancelled()
         finally:
             if worker is not None and worker in self.running_workers:
                 self.running_workers.remove(worker)
