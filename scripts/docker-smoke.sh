@@ -96,14 +96,17 @@ ray_smoke() {
     ok "tiny-models written to the smoke's cache volume"
 
     started=$SECONDS
-    "${compose[@]}" up -d ray-head ray-worker >"$work/up.log" 2>&1 || fail "up ray-head ray-worker" "$work/up.log"
+    "${compose[@]}" up -d --wait ray-head >"$work/up.log" 2>&1 || fail "up ray-head" "$work/up.log"
+    "${compose[@]}" up -d ray-worker >>"$work/up.log" 2>&1 || fail "up ray-worker" "$work/up.log"
     ok "ray-head healthy (token generated on its first start), ray-worker started after $((SECONDS - started)) s"
     "${compose[@]}" run --rm ray-deploy >"$work/deploy.log" 2>&1 || fail "ray-deploy (python -m bot workers)" "$work/deploy.log"
-    ok "ray-deploy exit 0 after $((SECONDS - started)) s: $(grep -o 'ready: .*' "$work/deploy.log")"
+    grep -q 'ready: ' "$work/deploy.log" || fail "ray-deploy said nothing about the replicas" "$work/deploy.log"
+    ok "ray-deploy exit 0 after $((SECONDS - started)) s:"
+    grep -E '^(deploying|  [A-Z_]+:|ready:)' "$work/deploy.log" | sed 's/^/     | /'
 
     "${compose[@]}" run --rm --no-deps cli imagine "smoke lighthouse" --steps 2 --json >"$work/cli.json" 2>"$work/cli.log" \
         || fail "cli imagine over HTTP" "$work/cli.log"
-    [[ $(json_field "$work/cli.json" status) == done ]] || fail "cli job not done" "$work/cli.json"
+    [[ $(json_field "$work/cli.json" status 2>/dev/null) == done ]] || fail "cli job not done" "$work/cli.log"
     ok "cli container: job $(json_field "$work/cli.json" job_id) done on $(python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["render"]["worker"]; print(w["host"], "pid", w["pid"], "replica", w["replica"])' "$work/cli.json")"
 
     "${compose[@]}" up -d --no-deps fake-discord imagine-bot >"$work/up2.log" 2>&1 || fail "up fake-discord imagine-bot" "$work/up2.log"

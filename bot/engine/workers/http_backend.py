@@ -61,6 +61,7 @@ class HttpBackend:
         self._online = False
         self._reason = "not checked yet"
         self._checked_at = float("-inf")
+        self._reached = False  # whether the last status check got an HTTP answer at all
         self._check_lock = asyncio.Lock()
         # The workers rendering right now (backend, host, pid, replica): for logs and operators.
         self.running_workers: list[dict[str, Any]] = []
@@ -127,10 +128,12 @@ class HttpBackend:
             return self._online, self._reason
 
     async def _check(self) -> tuple[bool, str]:
+        self._reached = False
         try:
             async with self._client().get(
                 self.url + STATUS_ROUTE_PREFIX, timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT_SECONDS)
             ) as response:
+                self._reached = True
                 if response.status != 200:
                     return False, await self._refusal(response)
                 status = await response.json(content_type=None)
@@ -154,11 +157,13 @@ class HttpBackend:
         return True, f"{replicas} worker replica(s) at {self.url}"
 
     async def _lost_or_unavailable(self, worker: dict[str, Any] | None, what: str) -> NoReturn:
-        """A stream that breaks is a lost worker, unless the workers as a whole are gone (the head died,
-        the network went): then it is an outage, and the job spends no attempt."""
+        """A stream that breaks is a lost worker, unless the workers' address itself is gone (the head
+        died, the network went): then it is an outage, and the job spends no attempt. Workers that still
+        answer, even with no replica left, mean the job's replica died: that spends an attempt, so a job
+        that kills its replica every time ends failed instead of looping."""
         online, reason = await self._check()
         self._online, self._reason, self._checked_at = online, reason, time.monotonic()
-        if not online:
+        if not self._reached:
             log.warning("the stream from %s %s and the workers are unreachable: %s", worker, what, reason)
             raise BackendUnavailable(reason)
         log.warning("the stream from %s %s", worker or self.url, what)
