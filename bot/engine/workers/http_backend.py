@@ -39,6 +39,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # The ingress writes a keep-alive line every 5 s: this much silence means the stream is gone.
 READ_TIMEOUT_SECONDS = 30.0
 STATUS_TIMEOUT_SECONDS = 10.0
+PROXY_TIMEOUT_SECONDS = 5.0
 STATUS_CACHE_SECONDS = 2.0
 UNAVAILABLE_STATUSES = {404, 502, 503, 504}
 
@@ -161,13 +162,26 @@ class HttpBackend:
         died, the network went): then it is an outage, and the job spends no attempt. Workers that still
         answer, even with no replica left, mean the job's replica died: that spends an attempt, so a job
         that kills its replica every time ends failed instead of looping."""
-        online, reason = await self._check()
-        self._online, self._reason, self._checked_at = online, reason, time.monotonic()
-        if not self._reached:
-            log.warning("the stream from %s %s and the workers are unreachable: %s", worker, what, reason)
-            raise BackendUnavailable(reason)
+        if not await self._proxy_answers():
+            online, reason = await self._check()
+            self._online, self._reason, self._checked_at = online, reason, time.monotonic()
+            if not self._reached:
+                log.warning("the stream from %s %s; the workers are unreachable: %s", worker, what, reason)
+                raise BackendUnavailable(reason)
         log.warning("the stream from %s %s", worker or self.url, what)
         raise WorkerLost()
+
+    async def _proxy_answers(self) -> bool:
+        """Whether Serve's proxy itself answers (`/-/healthz`, served by the proxy, no replica involved)."""
+        try:
+            async with self._client().get(
+                self.url + "/-/healthz", timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_SECONDS)
+            ):
+                self._reached = True
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            self._reached = False
+            return False
 
     def _mark_down(self, reason: str) -> None:
         self._online, self._reason, self._checked_at = False, reason, time.monotonic()
