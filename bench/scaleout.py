@@ -50,6 +50,8 @@ GOAL_RATIO = 1.7
 GOAL_HOP_MS = 10.0
 DASHBOARD = "http://127.0.0.1:8265"
 URL = "http://127.0.0.1:8000"
+# Ray's own token auth, explicit: a token file left in ~/.ray would otherwise turn it on behind our back.
+RAY_TOKEN = secrets.token_hex(32)
 
 
 def _fenced() -> bool:
@@ -69,7 +71,10 @@ def _start_head(env: dict[str, str], temp: Path) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            with opener.open(DASHBOARD + "/api/version", timeout=2):
+            request = urllib.request.Request(
+                DASHBOARD + "/api/version", headers={"Authorization": f"Bearer {RAY_TOKEN}"}
+            )
+            with opener.open(request, timeout=2):
                 return head
         except OSError:
             time.sleep(0.5)
@@ -93,6 +98,7 @@ def _deploy(replicas: int, preview_every: int) -> None:
         replicas=replicas,
         gpus_per_replica=0,
         port=8000,
+        ray_token=RAY_TOKEN,
         engine_args={"preview_every": preview_every},
     )
     deploy_workers(target, say=lambda line: logging.getLogger("bench.scaleout").info("%s", line))
@@ -194,6 +200,8 @@ async def _main(args: argparse.Namespace) -> int:
         "IMAGINE_DEVICE": "cpu",
         "IMAGINE_DTYPE": args.dtype if args.dtype != "auto" else "float32",
         "IMAGINE_WORKERS_TOKEN": token,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": RAY_TOKEN,
         "IMAGINE_MAX_STEPS": str(config.limits.max_steps),
         "IMAGINE_MAX_PIXELS": str(config.limits.max_pixels),
         "IMAGINE_MAX_COUNT": str(config.limits.max_count),

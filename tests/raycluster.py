@@ -51,7 +51,7 @@ def fenced() -> bool:
     return {name for _, name in socket.if_nameindex()} <= {"lo", "vb0"}
 
 
-def worker_env(models: tuple[Path, Path], token: str) -> dict[str, str]:
+def worker_env(models: tuple[Path, Path], token: str, ray_token: str) -> dict[str, str]:
     """The environment of the Ray nodes (and what `workers` and the CLI need): settings live on the node."""
     sd, text = models
     return {
@@ -64,6 +64,10 @@ def worker_env(models: tuple[Path, Path], token: str) -> dict[str, str]:
         "IMAGINE_DTYPE": "float32",
         "IMAGINE_WORKERS_TOKEN": token,
         "RAY_DASHBOARD_ADDRESS": f"http://{CLUSTER_ADDRESS}:8265",
+        # Ray's own token auth on, as the README shows: `workers` must send it to the dashboard. Explicit,
+        # so that a token file some other user left in ~/.ray cannot decide it.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": ray_token,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
@@ -75,6 +79,7 @@ class RayCluster:
 
     models: tuple[Path, Path]
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    ray_token: str = field(default_factory=lambda: secrets.token_hex(32))
     url: str = f"http://{CLUSTER_ADDRESS}:8000"
     deploy_output: str = ""
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rayt-", dir="/tmp")))
@@ -82,7 +87,7 @@ class RayCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return worker_env(self.models, self.token)
+        return worker_env(self.models, self.token, self.ray_token)
 
     def start(self, replicas: int = 2) -> None:
         """Start the head in fresh namespaces, join it with a veth pair, deploy `replicas` with the CLI."""
@@ -129,7 +134,11 @@ class RayCluster:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while time.monotonic() < deadline:
             try:
-                with opener.open(f"http://{CLUSTER_ADDRESS}:8265/api/version", timeout=2):
+                request = urllib.request.Request(
+                    f"http://{CLUSTER_ADDRESS}:8265/api/version",
+                    headers={"Authorization": f"Bearer {self.ray_token}"},
+                )
+                with opener.open(request, timeout=2):
                     return
             except OSError:
                 time.sleep(0.5)

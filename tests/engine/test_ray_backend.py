@@ -261,5 +261,33 @@ def test_cli_does_not_wait_for_unreachable_workers(ray_cluster: RayCluster, tmp_
     assert rows(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"RAY_AUTH_TOKEN": "0" * 64},
+            "error: the Ray dashboard at http://10.231.0.2:8265 refused the request (403): set "
+            "RAY_AUTH_MODE=token and the cluster's RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)",
+        ),
+        (
+            {"RAY_DASHBOARD_ADDRESS": "http://10.231.0.2:1"},
+            "error: cannot reach the Ray dashboard at http://10.231.0.2:1: Connection refused "
+            "(RAY_DASHBOARD_ADDRESS)",
+        ),
+    ],
+    ids=["wrong-ray-token", "no-dashboard"],
+)
+def test_workers_command_failure_is_one_line(
+    ray_cluster: RayCluster, tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "workers", "--replicas", "2"],
+        cwd=ROOT, env={**ray_cluster.env, "IMAGINE_DATA_DIR": str(tmp_path), **env},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line]
+
+
 def test_this_process_never_imported_ray() -> None:
     assert "ray" not in sys.modules
