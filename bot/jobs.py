@@ -473,9 +473,10 @@ class JobRunner:
         await self._save_and_finish(job, output)
 
     async def _wait_for_workers(self, flight: _InFlight, exc: BackendUnavailable) -> None:
-        """No worker took the job: it spent no attempt. The bot requeues it (it runs when the workers are
-        back; health says why meanwhile); a runner without a dispatcher (the CLI) deletes the row, since
-        nothing ever started, and its waiter gets the error."""
+        """The workers are gone (none took the job, or the whole cluster went under it): no attempt is
+        spent. The bot requeues it (it runs when the workers are back; health says why meanwhile); a runner
+        without a dispatcher (the CLI) deletes the row, which nothing would ever run, and its waiter gets
+        the error."""
         job = flight.job
         self.backend_online, self.backend_reason = False, exc.user_message
         if self.wait_for_backend:
