@@ -97,3 +97,44 @@ async def test_another_request_format_is_refused_with_one_line_naming_both_versi
     assert _rows(tmp_path) == []
     assert version_mismatch(7).startswith("render request format mismatch: the workers speak version 1, ")
     assert ROUTE_PREFIX == "/imagine"
+
+
+def test_building_the_ray_backend_imports_no_ray(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from bot.settings import Settings\n"
+        "from bot.wiring import build_backend, build_runner\n"
+        "from bot.store import HistoryStore\n"
+        f"s = Settings(_env_file=None, data_dir={str(tmp_path)!r}, backend='ray',\n"
+        "             workers_url='http://10.0.0.9:8000', workers_token='t')\n"
+        "backend = build_backend(s)\n"
+        "build_runner(s, HistoryStore(s.db_path), backend)\n"
+        "print(type(backend).__name__, 'ray' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.split() == ["HttpBackend", "False"], result.stderr
+
+
+def test_the_deploy_keeps_every_other_serve_application() -> None:
+    from bot.engine.workers.deploy import application_config, build_config, status_application_config
+
+    theirs = {"name": "shop", "route_prefix": "/shop", "import_path": "shop:app"}
+    current = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "10.0.0.5", "port": 8123},
+        "applications": {
+            "shop": {"status": "RUNNING", "deployed_app_config": theirs},
+            "imagine-workers": {"status": "RUNNING", "deployed_app_config": {"name": "imagine-workers"}},
+        },
+    }
+    ours = [application_config(2, 1.0), status_application_config()]
+    config = build_config(current, ours, 8000)
+    # The PUT replaces every application: theirs goes back unchanged, ours is replaced, the proxy stays.
+    assert config["applications"] == [theirs, *ours]
+    assert config["proxy_location"] == "EveryNode"
+    assert config["http_options"] == {"host": "10.0.0.5", "port": 8123}
+    worker = ours[0]["deployments"][0]
+    assert worker["num_replicas"] == 2 and worker["ray_actor_options"] == {"num_gpus": 1.0, "num_cpus": 0}
+    assert "runtime_env" not in ours[0] and ours[0]["args"] == {}  # no secret, no environment
