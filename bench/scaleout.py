@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -220,6 +221,7 @@ async def _main(args: argparse.Namespace) -> int:
         with_previews = await _hop(config, token, args, preview_every=1)
     finally:
         _stop_head(head)
+        shutil.rmtree(temp, ignore_errors=True)
     ratio = two / one
     preview_cost = with_previews["hop"] - plain["hop"]
     per_preview = preview_cost / max(1.0, with_previews["previews"])

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,3 +194,4 @@ def ray_cluster(tiny_models: tuple[Path, Path]) -> Iterator[RayCluster]:
     finally:
         cluster.kill_head()
         subprocess.run(["ip", "link", "del", "vb0"], capture_output=True, check=False)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
