@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sync", help="sync slash commands to Discord now")
     sub.add_parser("health", help="exit 0 when the running bot is connected and the database opens")
     workers = sub.add_parser(
-        "workers", help="deploy or update the GPU worker replicas on the Ray cluster at RAY_ADDRESS"
+        "workers",
+        help="deploy or update the GPU worker replicas through the Ray dashboard at RAY_DASHBOARD_ADDRESS",
     )
     workers.add_argument(
         "--replicas", type=int, help="worker replicas (default: one per GPU in the cluster, at least 1)"
@@ -259,15 +260,18 @@ async def _generate(
             # seed's CLIP length, which needs only the tokenizer: an over-long seed exits 2 and writes no row.
             backend.validate(request_from_job(spec))
             await backend.prepare_validation()
-            job = await runner.submit(spec)
         except ModelLoadError:
             raise
         except EngineError as exc:
             raise CliError(exc.user_message, EXIT_USAGE) from None
+        # Before any row exists: a job that can never start leaves nothing behind.
         online, reason = await backend.available()
         if not online:
-            await store.cancel_queued(job.id)
             raise CliError(f"cannot render: {reason}")
+        try:
+            job = await runner.submit(spec)
+        except EngineError as exc:
+            raise CliError(exc.user_message, EXIT_USAGE) from None
         bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
         if bar is not None:
             runner.set_handlers(on_progress=bar)
@@ -531,20 +535,27 @@ def _download_models(settings: Settings) -> int:
 
 
 def _deploy_workers(settings: Settings, *, replicas: int | None, timeout: float) -> int:
-    from bot.engine.ray_backend import RayConnectError, deploy_workers
-    from bot.wiring import engine_config_from
+    from bot.engine.workers.deploy import DeployError, DeployTarget, deploy_workers, ray_token
 
     if replicas is not None and replicas < 1:
         raise CliError(f"`--replicas` must be >= 1, got {replicas}", EXIT_USAGE)
     try:
+        token = ray_token(
+            settings.ray_auth_mode,
+            settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None,
+            settings.ray_auth_token_path,
+        )
         deploy_workers(
-            engine_config_from(settings),
-            address=settings.ray_address,
-            replicas=replicas,
-            gpus_per_replica=settings.ray_gpus_per_replica,
+            DeployTarget(
+                dashboard=settings.ray_dashboard_address,
+                replicas=replicas,
+                gpus_per_replica=settings.ray_gpus_per_replica,
+                port=settings.workers_port,
+                ray_token=token,
+            ),
             timeout=timeout,
             say=lambda line: print(line, flush=True),
         )
-    except RayConnectError as exc:
+    except DeployError as exc:
         raise CliError(str(exc)) from None
     return EXIT_OK

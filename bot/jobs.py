@@ -599,14 +599,23 @@ class JobRunner:
                 log.warning("job %s: %s; attempt %d starts now", job.id, exc.user_message, flight.attempt)
             except BackendUnavailable as exc:
                 if self.retry_inline:  # nobody would run a re-queued CLI job: say so now, spend nothing
-                    await self._end(job.id, "the render workers could not be reached; nothing was rendered")
+                    await self._end(job.id, f"{exc.user_message}; nothing was rendered")
                 else:
-                    log.warning("job %s: %s; re-queueing within its attempts", job.id, exc.user_message)
-                    await self._give_back(job, exc.user_message, requeue=True)
+                    await self._wait_for_workers(flight, exc)
                 return None
             except EngineError as exc:
                 await self._end(job.id, exc.user_message)
                 return None
+
+    async def _wait_for_workers(self, flight: _InFlight, exc: BackendUnavailable) -> None:
+        """The workers are gone (none took the job, or the whole cluster went under it): no attempt is
+        spent. The job goes back to the queue and runs when the workers are back; health says why
+        meanwhile. (The CLI, with no dispatcher, ends the job instead: see `_render_attempts`.)"""
+        job = flight.job
+        self.backend_online, self.backend_reason = False, exc.user_message
+        log.warning("job %s waits for the render workers: %s", job.id, exc.user_message)
+        if await self.store.requeue_unstarted(job.id):
+            self._wake.set()
 
     def _rendered(self, flight: _InFlight) -> None:
         """The model work is over: no longer cancellable, and its slot is free for the next job."""

@@ -137,11 +137,25 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Render backend: `local` (the in-process GPU thread) or `ray` (Ray Serve workers at RAY_ADDRESS)
+    # Render backend: `local` (the in-process GPU thread) or `ray` (Ray Serve workers at IMAGINE_WORKERS_URL,
+    # reached over HTTP: the bot and the CLI import no Ray).
     backend: Literal["local", "ray"] = "local"
+    # The Ray head for `ray start --address` on worker nodes (compose.ray.yaml); the bot never connects to it.
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
     # GPUs per Ray replica: `auto` = 1 when the cluster has GPUs, 0 (one CPU each) when it has none.
     ray_gpus_per_replica: Literal["auto"] | float = "auto"
+    # The workers' base URL (Serve's HTTP proxy), printed by `python -m bot workers`.
+    workers_url: str | None = None
+    # The bearer token the workers' ingress checks: the same on the bot, the CLI and every Ray node.
+    workers_token_file: Path | None = None
+    workers_token: SecretStr | None = Field(None, validate_default=True)
+    # The port Serve's HTTP proxy listens on (`python -m bot workers` deploys it there).
+    workers_port: int = Field(8000, ge=1, le=65535)
+    # Ray's own settings, read by `python -m bot workers` to deploy through the dashboard's REST API.
+    ray_dashboard_address: str = Field("http://127.0.0.1:8265", validation_alias="RAY_DASHBOARD_ADDRESS")
+    ray_auth_mode: str | None = Field(None, validation_alias="RAY_AUTH_MODE")
+    ray_auth_token_path: Path | None = Field(None, validation_alias="RAY_AUTH_TOKEN_PATH")
+    ray_auth_token: SecretStr | None = Field(None, validation_alias="RAY_AUTH_TOKEN")
 
     # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
     # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
@@ -161,7 +175,18 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "discord_token", "dev_guild", "discord_token_file", "inpaint_model", "ray_address", mode="before"
+        "discord_token",
+        "dev_guild",
+        "discord_token_file",
+        "inpaint_model",
+        "ray_address",
+        "workers_url",
+        "workers_token",
+        "workers_token_file",
+        "ray_auth_mode",
+        "ray_auth_token",
+        "ray_auth_token_path",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -186,6 +211,30 @@ class Settings(BaseSettings):
         if not token:
             raise ValueError(f"DISCORD_TOKEN_FILE={path} is empty")
         return SecretStr(token)
+
+    @field_validator("workers_token")
+    @classmethod
+    def _workers_token_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        path = info.data.get("workers_token_file")
+        if path is None:
+            return value
+        if value is not None:
+            raise ValueError("set IMAGINE_WORKERS_TOKEN or IMAGINE_WORKERS_TOKEN_FILE, not both")
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ValueError(f"cannot read IMAGINE_WORKERS_TOKEN_FILE={path}: {reason}") from None
+        if not token:
+            raise ValueError(f"IMAGINE_WORKERS_TOKEN_FILE={path} is empty")
+        return SecretStr(token)
+
+    @field_validator("workers_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("blocklist", mode="before")
     @classmethod

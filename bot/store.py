@@ -697,6 +697,16 @@ class HistoryStore:
             cursor = await db.execute(query, (reason[:500], time.time(), job_id, self.instance_id))
             return "failed" if cursor.rowcount == 1 else None
 
+    async def requeue_unstarted(self, job_id: str) -> bool:
+        """A `running` job no worker took (the workers were unreachable): back to `queued`, its attempt refunded."""
+        async with self._write() as db:
+            query = """
+                UPDATE jobs SET status = 'queued', owner_pid = NULL, attempts = MAX(attempts - 1, 0)
+                WHERE id = ? AND status = 'running'
+            """
+            cursor = await db.execute(query, (job_id,))
+            return cursor.rowcount == 1
+
     async def cancel_queued(self, job_id: str) -> bool:
         """queued → cancelled; False when the job already runs somewhere or is final."""
         async with self._write() as db:

@@ -38,7 +38,8 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     token = settings.discord_token.get_secret_value() if settings.discord_token else ""
-    handler.addFilter(_RedactSecrets([token]))
+    workers = settings.workers_token.get_secret_value() if settings.workers_token else ""
+    handler.addFilter(_RedactSecrets([token, workers]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
@@ -89,10 +90,24 @@ def engine_config_from(settings: Settings) -> EngineConfig:
 def build_backend(settings: Settings) -> RenderBackend:
     """The render backend IMAGINE_BACKEND names: the local GPU thread, or Ray Serve workers."""
     if settings.backend == "ray":
-        from bot.engine.ray_backend import RayBackend
+        # Ray Serve workers over HTTP: this process imports no Ray (bot/engine/workers/).
+        from bot.engine.workers.http_backend import HttpBackend
 
-        return RayBackend(
-            settings.ray_address, limits=limits_from(settings), blocklist=tuple(settings.blocklist)
+        if settings.workers_url is None:
+            raise SettingsError(
+                "IMAGINE_BACKEND=ray needs IMAGINE_WORKERS_URL, the URL `python -m bot workers` prints "
+                "(e.g. http://ray-head:8000)"
+            )
+        if settings.workers_token is None:
+            raise SettingsError(
+                "IMAGINE_BACKEND=ray needs IMAGINE_WORKERS_TOKEN or IMAGINE_WORKERS_TOKEN_FILE "
+                "(the same token as on the Ray nodes)"
+            )
+        return HttpBackend(
+            settings.workers_url,
+            settings.workers_token.get_secret_value(),
+            limits=limits_from(settings),
+            blocklist=tuple(settings.blocklist),
         )
     from bot.engine.executor import Engine
     from bot.engine.local_backend import LocalBackend
@@ -108,7 +123,8 @@ def build_runner(
     requeue_on_shutdown: bool = True,
     retry_inline: bool = False,
 ) -> JobRunner:
-    """The job runner with the queue limits from the settings (the CLI's: `retry_inline`, no requeueing)."""
+    """The job runner with the queue limits from the settings (the CLI's: `retry_inline`, no requeueing,
+    no waiting for workers that cannot be reached)."""
     return JobRunner(
         store=store,
         backend=backend,

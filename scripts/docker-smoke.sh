@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# docker-smoke.sh [cpu|cu128] - build the image and check it end to end in real containers.
+# docker-smoke.sh [cpu|cu128|ray] - build the image and check it end to end in real containers.
+#
+# `ray`: a CPU image with the ray extra; compose.yaml + compose.ray.yaml + scripts/smoke-ray.compose.yaml bring
+# up a Ray head, one CPU worker, the bot and the fake Discord on one `internal: true` network; `workers`
+# deploys through the dashboard; a CLI container renders over HTTP; the bot answers /imagine while the
+# worker container is killed mid-job, and the job still ends `done`, once; `docker stop` of the Ray
+# containers exits 0 within seconds. See ray_smoke below.
 #
 # Builds imagine-bot:smoke-<variant> (default cpu), then, in containers with the named volumes
 # imagine-smoke-data (/app/data) and imagine-smoke-cache (/app/cache), on the user-defined network
@@ -59,6 +65,98 @@ hashes() {
 }
 json_field() { python3 -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(*v) if isinstance(v, list) else print(v)' "$@"; }
 
+wait_for_log() { # container, text, seconds
+    local deadline=$((SECONDS + $3))
+    while ((SECONDS < deadline)); do
+        docker logs "$1" >"$work/$1.log" 2>&1 || true
+        grep -q "$2" "$work/$1.log" && return 0
+        grep -q FAILED "$work/$1.log" && return 1
+        [[ $(docker inspect -f '{{.State.Running}}' "$1") == true ]] || return 1
+        sleep 2
+    done
+    return 1
+}
+# -- the Ray variant ---------------------------------------------------------------------------------------
+ray_smoke() {
+    image=imagine-bot:smoke-ray
+    export SMOKE_IMAGE=$image SMOKE_WORK=$work COMPOSE_PROJECT_NAME=imagine-smoke-ray
+    compose=(docker compose --project-directory "$PWD" -f compose.yaml -f compose.ray.yaml -f scripts/smoke-ray.compose.yaml)
+    ray_down() { "${compose[@]}" --profile cli down -v --remove-orphans >/dev/null 2>&1 || true; }
+    trap 'ray_down; rm -rf "$work"' EXIT
+    ray_down
+    # shellcheck disable=SC2086 # SMOKE_BUILD_ARGS is a list of arguments
+    started=$SECONDS
+    docker build --build-arg TORCH_VARIANT=cpu --build-arg EXTRAS=ray ${SMOKE_BUILD_ARGS:-} -t "$image" . \
+        >"$work/build.log" 2>&1 || fail "docker build (cpu + ray)" "$work/build.log"
+    ok "build $image: $(($(docker image inspect -f '{{.Size}}' "$image") / 1000000)) MB, $((SECONDS - started)) s"
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/discord_token"
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/workers_token"
+    if ((EUID == 0)); then chown 10001:10001 "$work"/*_token && chmod 0600 "$work"/*_token; else chmod 0644 "$work"/*_token; fi
+    "${compose[@]}" run --rm --no-deps cli tiny-models /app/cache/tiny >"$work/tiny.log" 2>&1 || fail "tiny-models" "$work/tiny.log"
+    ok "tiny-models written to the smoke's cache volume"
+
+    started=$SECONDS
+    "${compose[@]}" up -d --wait ray-head >"$work/up.log" 2>&1 || fail "up ray-head" "$work/up.log"
+    "${compose[@]}" up -d ray-worker >>"$work/up.log" 2>&1 || fail "up ray-worker" "$work/up.log"
+    ok "ray-head healthy (token generated on its first start), ray-worker started after $((SECONDS - started)) s"
+    "${compose[@]}" run --rm ray-deploy >"$work/deploy.log" 2>&1 || fail "ray-deploy (python -m bot workers)" "$work/deploy.log"
+    grep -q 'ready: ' "$work/deploy.log" || fail "ray-deploy said nothing about the replicas" "$work/deploy.log"
+    ok "ray-deploy exit 0 after $((SECONDS - started)) s:"
+    grep -E '^(deploying|  [A-Z_]+:|ready:)' "$work/deploy.log" | sed 's/^/     | /'
+
+    "${compose[@]}" run --rm --no-deps cli imagine "smoke lighthouse" --steps 2 --json >"$work/cli.json" 2>"$work/cli.log" \
+        || fail "cli imagine over HTTP" "$work/cli.log"
+    [[ $(json_field "$work/cli.json" status 2>/dev/null) == done ]] || fail "cli job not done" "$work/cli.log"
+    ok "cli container: job $(json_field "$work/cli.json" job_id) done on $(python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["render"]["worker"]; print(w["host"], "pid", w["pid"], "replica", w["replica"])' "$work/cli.json")"
+
+    "${compose[@]}" up -d --no-deps fake-discord imagine-bot >"$work/up2.log" 2>&1 || fail "up fake-discord imagine-bot" "$work/up2.log"
+    fake=$("${compose[@]}" ps -q fake-discord)
+    worker=$("${compose[@]}" ps -q ray-worker)
+    bot=$("${compose[@]}" ps -q imagine-bot)
+    history() { "${compose[@]}" exec -T imagine-bot python -m bot history --json 2>/dev/null; }
+    deadline=$((SECONDS + 300))
+    until history | python3 -c 'import json,sys; sys.exit(0 if any(j["status"] == "running" and j["action"] == "imagine" and j.get("user_id") for j in json.load(sys.stdin)) else 1)' 2>/dev/null; do
+        ((SECONDS < deadline)) || fail "the bot never started the /imagine job" "$work/up2.log"
+        sleep 1
+    done
+    sleep 2
+    docker kill "$worker" >/dev/null
+    ok "/imagine running on the worker: worker container killed (SIGKILL) mid-job"
+    "${compose[@]}" up -d --no-deps ray-worker >>"$work/up2.log" 2>&1 || fail "restart ray-worker" "$work/up2.log"
+    started=$SECONDS
+    if ! wait_for_log "$fake" "answered with" 600; then
+        docker logs "$bot" >>"$work/$fake.log" 2>&1 || true
+        fail "the bot did not answer /imagine after the worker died" "$work/$fake.log"
+    fi
+    history >"$work/history.json"
+    python3 - "$work/history.json" <<'PY' || fail "the /imagine job did not end done, once" "$work/history.json"
+import json, sys
+jobs = [j for j in json.load(open(sys.argv[1])) if j.get("user_id")]
+assert len(jobs) == 1 and jobs[0]["status"] == "done", jobs
+print(f"ok   /imagine job {jobs[0]['job_id']} done once (attempts {jobs[0]['attempts']}) on replica "
+      f"{jobs[0]['render']['worker']['replica']} after the worker came back")
+PY
+    ok "bot answered after $((SECONDS - started)) s: $(grep -o 'answered with.*' "$work/$fake.log")"
+    "${compose[@]}" exec -T imagine-bot python -m bot health >"$work/health.log" 2>&1 || fail "health" "$work/health.log"
+    ok "health: $(cat "$work/health.log")"
+
+    for service in ray-worker ray-head; do
+        id=$("${compose[@]}" ps -q "$service")
+        started=$SECONDS
+        docker stop -t 30 "$id" >/dev/null
+        code=$(docker inspect -f '{{.State.ExitCode}}' "$id")
+        [[ $code == 0 ]] || fail "docker stop $service: exit $code" "$work/up.log"
+        ok "docker stop $service: exit 0 after $((SECONDS - started)) s"
+    done
+    ! docker logs "$bot" 2>&1 | grep -q Traceback || fail "the bot logged a traceback"
+    echo "docker smoke (ray): all checks passed"
+}
+
+if [[ $variant == ray ]]; then
+    ray_smoke
+    exit 0
+fi
+
 remove_containers_and_volumes # left over from an interrupted run
 
 # 1. build
@@ -115,17 +213,6 @@ docker run -d --name "$fake" --network "$net" \
     -v "$work/token:/run/secrets/discord_token:ro" --entrypoint python "$image" \
     /opt/smoke/scripts/fake_discord.py --port 8080 --advertised-host "$fake" \
     --token-file /run/secrets/discord_token >/dev/null
-wait_for_log() { # container, text, seconds
-    local deadline=$((SECONDS + $3))
-    while ((SECONDS < deadline)); do
-        docker logs "$1" >"$work/$1.log" 2>&1 || true
-        grep -q "$2" "$work/$1.log" && return 0
-        grep -q FAILED "$work/$1.log" && return 1
-        [[ $(docker inspect -f '{{.State.Running}}' "$1") == true ]] || return 1
-        sleep 2
-    done
-    return 1
-}
 wait_for_log "$fake" listening 60 || fail "fake Discord did not start" "$work/$fake.log"
 ok "fake Discord listening in container $fake"
 

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from bot.settings import Settings
-from tests.raycluster import ray_cluster  # noqa: F401  (one session-wide local Ray cluster, `ray` tests only)
+from tests.raycluster import ray_cluster  # noqa: F401  (one Ray cluster per module, `ray` tests only)
 
 if TYPE_CHECKING:  # the engine imports torch: keep it out of test runs that never touch a model
     from bot.engine.executor import Engine

@@ -152,13 +152,19 @@ def test_compose_ray_override_runs_head_and_gpu_worker_from_the_same_image() -> 
     assert {services[name]["image"] for name in ("ray-head", "ray-worker", "ray-deploy")} == {
         "imagine-bot:latest"
     }
-    assert "--head" in services["ray-head"]["command"]
-    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    assert "ray start --head" in services["ray-head"]["command"][0]
+    assert "--address=ray-head:6379" in services["ray-worker"]["command"][0]
     devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia"
     assert services["ray-deploy"]["command"][0] == "workers"
-    bot_env = services["imagine-bot"]["environment"]
-    assert bot_env["IMAGINE_BACKEND"] == "ray" and bot_env["RAY_ADDRESS"] == "ray-head:6379"
+    assert services["ray-deploy"]["environment"]["RAY_DASHBOARD_ADDRESS"] == "http://ray-head:8265"
+    head = services["ray-head"]["command"][0]
+    assert "ray get-auth-token --generate" in head and "--object-store-memory" in head and "trap" in head
+    for name in ("imagine-bot", "cli"):  # no Ray in the bot or the CLI: HTTP and the workers' token
+        env = services[name]["environment"]
+        assert env["IMAGINE_BACKEND"] == "ray" and env["IMAGINE_WORKERS_URL"] == "http://ray-head:8000"
+        assert env["IMAGINE_WORKERS_TOKEN_FILE"] == "/run/secrets/workers_token"
+        assert "workers_token" in services[name]["secrets"] and "RAY_ADDRESS" not in env
 
 
 def compose_binary() -> list[str] | None:

@@ -1,7 +1,7 @@
 """The render-backend seam: what the job runner needs from whatever renders a job.
 
 Two implementations: `LocalBackend` (the in-process GPU thread, bot/engine/local_backend.py) and
-`RayBackend` (Ray Serve workers, bot/engine/ray_backend.py). The runner, the CLI and the bot depend on
+`HttpBackend` (Ray Serve workers over HTTP, bot/engine/workers/). The runner, the CLI and the bot depend on
 this module only; it imports neither torch nor Ray, and everything that crosses it is plain data
 (bytes, numbers, strings, frozen dataclasses of them) so that it can travel between processes and hosts.
 """
@@ -20,9 +20,12 @@ ProgressEvents = Callable[[int, int, bytes | None], None]
 
 
 class BackendUnavailable(EngineError):
-    """The render workers cannot be reached; the job stays queued and runs when they are back."""
+    """No render worker took the job (unreachable, refused, 503): no attempt is spent, the job waits.
 
-    user_message = "the GPU workers are offline right now; your job is queued and will run when they are back"
+    The message says what is wrong (one line naming the workers' URL); it is never a job's failure text.
+    """
+
+    user_message = "the GPU workers are offline right now"
 
 
 class WorkerLost(EngineError):

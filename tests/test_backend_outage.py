@@ -1,0 +1,128 @@
+"""The runner when the render workers go away: an outage spends no attempt, the job waits, health says why.
+
+The backend here is the real local engine behind an outage switch at the `RenderBackend` seam (the
+boundary a lost cluster crosses): while the switch is off, `available()` is false and a render that slips
+through raises `BackendUnavailable`, as the HTTP backend does on a refused connection or a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bot.engine.backend import BackendUnavailable, CancelToken, ProgressEvents, RenderOutput
+from bot.engine.executor import Engine
+from bot.engine.local_backend import LocalBackend
+from bot.engine.types import GenerationRequest
+from bot.settings import Settings
+from bot.store import HistoryStore, JobSpec
+from bot.wiring import build_runner
+
+session_loop = pytest.mark.asyncio(loop_scope="session")
+OUTAGE = "cannot reach the GPU workers at http://10.0.0.9:8000: Connection refused"
+
+
+def _spec(**overrides: Any) -> JobSpec:
+    values: dict[str, Any] = {
+        "seed_text": "Northeastern University",
+        "count": 1,
+        "steps": 2,
+        "guidance": 7.5,
+        "width": 64,
+        "height": 64,
+        "job_seed": 7,
+        "user_id": 1,
+    }
+    values.update(overrides)
+    return JobSpec(**values)
+
+
+class FlakyWorkers:
+    """The local engine behind a switch: `down` makes every render fail as unreachable workers do."""
+
+    name = "flaky"
+
+    def __init__(self, inner: LocalBackend) -> None:
+        self.inner = inner
+        self.down = False
+        self.refused = 0
+        # The cluster dies between the dispatcher's check and the request: `available()` still says yes.
+        self.stale_check = True
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def validate(self, request: GenerationRequest) -> None:
+        self.inner.validate(request)
+
+    async def prepare_validation(self) -> None:
+        return None
+
+    async def available(self) -> tuple[bool, str]:
+        if self.down and not self.stale_check:
+            return False, OUTAGE
+        return True, "workers up"
+
+    async def render(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: ProgressEvents | None,
+        on_rendered: Callable[[], None],
+        cancel: CancelToken,
+    ) -> RenderOutput:
+        if self.down:
+            self.refused += 1
+            on_rendered()
+            if self.refused >= 3:
+                self.stale_check = False  # the dispatcher's next check sees the outage
+            raise BackendUnavailable(OUTAGE)
+        return await self.inner.render(
+            request, on_progress=on_progress, on_rendered=on_rendered, cancel=cancel
+        )
+
+
+async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@session_loop
+async def test_an_outage_spends_no_attempt_the_job_waits_and_runs_when_the_workers_are_back(
+    engine: Engine, settings: Settings
+) -> None:
+    backend = FlakyWorkers(LocalBackend(engine))
+    backend.down = True
+    async with HistoryStore(settings.db_path) as store:
+        runner = build_runner(settings, store, backend)  # IMAGINE_MAX_ATTEMPTS=2
+        runner.poll_seconds = 0.05
+        await runner.start()
+        try:
+            job = await runner.submit(_spec())
+            await _until(lambda: backend.refused >= 3, 20, "three refused renders")
+            await _until(lambda: not runner.backend_online, 10, "the dispatcher to see the outage")
+            row = await store.get_job(job.id)
+            assert row is not None
+            # Three refusals later the job still waits, with no attempt spent and no failure text.
+            assert (row.status, row.attempts, row.reason) == ("queued", 0, None)
+            assert runner.health() == (False, f"render backend unreachable: {OUTAGE}")
+            backend.down = False
+            backend.stale_check = True
+            outcome = await asyncio.wait_for(runner.wait_for(job.id), 60)
+            assert (outcome.job.status, outcome.job.attempts) == ("done", 1)
+        finally:
+            await runner.stop(grace=5)
