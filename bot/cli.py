@@ -279,7 +279,10 @@ def _imagine_spec(args: argparse.Namespace, settings: Settings) -> JobSpec:
     if merged["ratio"] is not None:
         if args.width is not None or args.height is not None:
             raise CliError("`--ar` in SEED and the --width/--height options disagree: use one", EXIT_USAGE)
-        width, height = size_for_ratio(merged["ratio"], width, height, settings.max_pixels)
+        try:
+            width, height = size_for_ratio(merged["ratio"], width, height, settings.max_pixels)
+        except InvalidRequest as exc:
+            raise CliError(exc.user_message, EXIT_USAGE) from None
     return JobSpec(
         seed_text=flags.text,
         count=_pick(merged["count"], settings.count),
