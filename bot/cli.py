@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import sqlite3
@@ -24,6 +25,8 @@ from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# A second Ctrl-C waits at most this long for the `interrupted` row before the process exits.
+SECOND_SIGNAL_WRITE_S = 3.0
 # How `imagine`'s options are named in errors about a clashing inline flag.
 CLI_OPTION_LABELS = {
     "seed": "--seed",
@@ -205,15 +208,17 @@ async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, a
         if not online:
             await store.cancel_queued(job.id)
             raise CliError(f"cannot render: {reason}")
-        bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
+        bar = _ProgressBar() if not as_json and sys.stderr.isatty() else None
         if bar is not None:
-            runner.set_handlers(on_progress=bar)
+            runner.set_handlers(on_progress=bar.update)
         if not as_json:
             print(f"job {job.id}: rendering {spec.count} image(s)…", file=sys.stderr)
-        stopped_by = _stop_on_signals(runner, quiet=as_json)
+        stopped_by = _stop_on_signals(runner, store, job.id, bar=bar, quiet=as_json)
         try:
             outcome = await runner.run_now(job)
         finally:
+            if bar is not None:
+                bar.close()
             await store.set_delivery_none(job.id)
     finally:
         await backend.close()
@@ -223,19 +228,40 @@ async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, a
     return EXIT_OK if outcome.job.status == "done" else EXIT_FAILED
 
 
-def _stop_on_signals(runner: Any, *, quiet: bool) -> list[int]:
-    """Ctrl-C and SIGTERM stop the render at its next step; returns the list the signal number lands in."""
+def _stop_on_signals(
+    runner: Any, store: HistoryStore, job_id: str, *, bar: _ProgressBar | None, quiet: bool
+) -> list[int]:
+    """Ctrl-C and SIGTERM stop the render within its step; a second one exits at once.
+
+    Returns the list the first signal's number lands in. The second signal does not wait for the
+    render thread (it may be inside one long op): it records the row `failed: interrupted`, the same end
+    the first would have given it, and leaves with `os._exit`.
+    """
     loop = asyncio.get_running_loop()
     received: list[int] = []
-    stopping: list[asyncio.Task[None]] = []  # holds the task: the loop keeps only a weak reference
+    tasks: list[asyncio.Task[None]] = []  # holds the tasks: the loop keeps only a weak reference
 
     def stop(signum: int) -> None:
-        if received:
-            return
+        if bar is not None:
+            bar.close()  # before any line of ours, or it lands on the bar's line
         received.append(signum)
+        if len(received) == 1:
+            if not quiet:
+                print("stopping… (press Ctrl-C again to quit at once)", file=sys.stderr)
+            tasks.append(asyncio.ensure_future(runner.stop(grace=0)))
+        elif len(received) == 2:
+            tasks.append(asyncio.ensure_future(exit_now(received[0])))
+
+    async def exit_now(first: int) -> None:
+        try:
+            await asyncio.wait_for(store.mark_failed(job_id, "interrupted"), SECOND_SIGNAL_WRITE_S)
+        except Exception as exc:  # the next command's recovery marks the row instead
+            log.debug("could not mark job %s interrupted: %s", job_id, exc)
         if not quiet:
-            print("stopping at the next step…", file=sys.stderr)
-        stopping.append(asyncio.ensure_future(runner.stop(grace=0)))
+            print(f"job {job_id}: interrupted", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(128 + first)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -243,22 +269,29 @@ def _stop_on_signals(runner: Any, *, quiet: bool) -> list[int]:
     return received
 
 
-def _progress_bar(*, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar on stderr, created at the first step; closed once, before any other line is printed."""
 
-    state: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._closed = False
 
-    def update(job_id: str, step: int, total: int, preview: Any) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = state["bar"] = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
-        bar.update(step - bar.n)
+    def update(self, job_id: str, step: int, total: int, preview: Any) -> None:
+        if self._closed:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
+        self._bar.update(step - self._bar.n)
         if step >= total:
-            bar.close()
+            self.close()
 
-    return update
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._bar is not None:
+                self._bar.close()
 
 
 def _imagine_spec(args: argparse.Namespace, settings: Settings) -> JobSpec:
