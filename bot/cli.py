@@ -20,7 +20,7 @@ from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags, size_for_ratio
 from bot.settings import Settings, SettingsError, load_settings
-from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
+from bot.store import HistoryStore, JobRecord, JobSpec, StoreError, describe_database_error
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +122,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, ModelLoadError) as exc:  # the environment, not a bug: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except sqlite3.DatabaseError as exc:  # damage found after a clean open (a bad page deep in the file)
-        where = settings.db_path if settings is not None else "the database"
-        print(
-            f"error: {where} is damaged ({exc}): restore it from a backup, or move it away to start "
-            "an empty history",
-            file=sys.stderr,
-        )
+    except (
+        sqlite3.DatabaseError
+    ) as exc:  # after a clean open: a full disk, a lock, a bad page deep in the file
+        where = settings.db_path if settings is not None else Path("history.sqlite3")
+        print(f"error: {describe_database_error(where, exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def _check_images_folder(settings: Settings) -> None:
+    """Before any row is written: a job's images go to a folder, so a file in its place stops the command."""
+    folder = settings.images_dir
+    if folder.exists() and not folder.is_dir():
+        raise CliError(
+            f"the images folder {folder} is a file: move it away, or set IMAGINE_DATA_DIR to another folder"
+        )
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in ("run", "imagine", "rerun"):
+        _check_images_folder(settings)
     if args.command == "run":
         from bot.app import run_bot
 
@@ -225,7 +234,11 @@ async def _generate(settings: Settings, store: HistoryStore, spec: JobSpec, *, a
     _print_job(outcome.job, as_json=as_json, full=True)
     if stopped_by:
         return 128 + stopped_by[0]
-    return EXIT_OK if outcome.job.status == "done" else EXIT_FAILED
+    if outcome.job.status != "done":
+        # The record is on stdout; stderr says in one line why there are no images.
+        print(f"error: job {outcome.job.id} {outcome.job.status}: {outcome.job.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _stop_on_signals(
@@ -246,9 +259,9 @@ def _stop_on_signals(
             bar.close()  # before any line of ours, or it lands on the bar's line
         received.append(signum)
         if len(received) == 1:
-            if not quiet:
-                print("stopping… (press Ctrl-C again to quit at once)", file=sys.stderr)
             tasks.append(asyncio.ensure_future(runner.stop(grace=0)))
+            if not quiet:
+                _say("stopping… (press Ctrl-C again to quit at once)")
         elif len(received) == 2:
             tasks.append(asyncio.ensure_future(exit_now(received[0])))
 
@@ -257,16 +270,21 @@ def _stop_on_signals(
             await asyncio.wait_for(store.mark_failed(job_id, "interrupted"), SECOND_SIGNAL_WRITE_S)
         except Exception as exc:  # the next command's recovery marks the row instead
             log.debug("could not mark job %s interrupted: %s", job_id, exc)
-        if not quiet:
-            print(f"job {job_id}: interrupted", file=sys.stderr)
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(128 + first)
+        finally:
+            if not quiet:
+                _say(f"job {job_id}: interrupted")
+            os._exit(128 + first)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop, signum)
     return received
+
+
+def _say(line: str) -> None:
+    """A line on stderr that never raises: the terminal or pipe may be gone (a closed ssh session)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 class _ProgressBar:
@@ -419,7 +437,12 @@ def _tiny_models(directory: Path) -> int:
     from bot.engine.tiny_models import build_tiny_models
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sd, text = build_tiny_models(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CliError(f"{directory} is a file: give a folder for the tiny models", EXIT_USAGE)
+    try:
+        sd, text = build_tiny_models(directory)
+    except OSError as exc:
+        raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
     return EXIT_OK
 

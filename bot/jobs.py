@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import math
+import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -495,8 +497,12 @@ class JobRunner:
         """Mark a claimed job final and finish it; a failing store is logged (recovery handles the row)."""
         try:
             await self.store.mark_failed(job_id, reason, status=status)
-        except Exception:
-            log.exception("could not record job %s as %s; restart recovery will", job_id, status)
+        except Exception as exc:
+            # Mostly the environment (a full disk): one line, no traceback; whoever waits gets the error.
+            log.error("could not record job %s as %s (%s); restart recovery will", job_id, status, exc)
+            for future in self._waiters.pop(job_id, []):
+                if not future.done():
+                    future.set_exception(exc)
             return
         self._spawn(self._finish_from_store(job_id))
 
@@ -515,10 +521,14 @@ class JobRunner:
             saved = await self.store.mark_done(
                 job.id, tiles=tiles, grid_path=str(grid_path), expander=output.expander, render=output.render
             )
-        except Exception:
-            log.exception("saving job %s failed", job.id)
-            await asyncio.to_thread(_drop_outputs, folder)
-            await self._end(job.id, "the images could not be saved")
+        except Exception as exc:
+            if isinstance(exc, OSError | sqlite3.Error):  # the environment (a full disk): no traceback
+                log.error("saving job %s failed: %s", job.id, exc)
+            else:
+                log.exception("saving job %s failed", job.id)
+            with contextlib.suppress(OSError):  # nothing half-written: no tiles, no grid, no empty folder
+                await asyncio.to_thread(_drop_outputs, folder, remove_empty=True)
+            await self._end(job.id, _save_failure(exc))
             return
         if not saved:
             # Someone else ended the row meanwhile (another process's recovery): keep no orphan files.
@@ -591,10 +601,21 @@ class JobRunner:
                 log.exception("delivering job %s failed", outcome.job.id)
 
 
-def _drop_outputs(folder: Path) -> None:
+def _drop_outputs(folder: Path, *, remove_empty: bool = False) -> None:
     """Remove a job's rendered files (tiles, grid), keeping the inputs staged in the same folder."""
     for old in (*folder.glob("tile-*.png"), folder / "grid.png"):
         old.unlink(missing_ok=True)
+    if remove_empty and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _save_failure(exc: BaseException) -> str:
+    """The reason a member reads when a job's images could not be saved."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the images could not be saved: the disk is full"
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        return "the images could not be saved: the disk is full"
+    return "the images could not be saved"
 
 
 def _log_task_death(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:
