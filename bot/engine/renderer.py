@@ -55,7 +55,7 @@ def free_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
+    elif device.type == "mps" and torch.backends.mps.is_available():
         torch.mps.empty_cache()
 
 
