@@ -370,9 +370,33 @@ def _print_jobs(jobs: list[JobRecord], *, as_json: bool) -> None:
         # Only a finished job has images; the others show none rather than the count they asked for.
         images = _plural(len(job.tiles), "image") if job.status == "done" else "-"
         print(
-            f"{job.id}  {job.status:<9}  {images:<9}  seed={job.job_seed:<10}  "
+            f"{job.id}  {job.status:<9}  {_action_summary(job):<24}  {images:<9}  seed={job.job_seed:<10}  "
             f"{normalize_user_text(job.seed_text)[:60]}"
         )
+
+
+def _action_summary(job: JobRecord) -> str:
+    """`imagine`, or what a job made from another: `upscale_subtle ← 1a2b3c4d5e#2`."""
+    if job.parent_id is None:
+        return job.action
+    return f"{job.action} ← {job.parent_id}" + (f"#{job.source_tile}" if job.source_tile is not None else "")
+
+
+def _lineage_lines(job: JobRecord) -> list[str]:
+    """What a job was made from: its action, parent job and tile, strength, and source image/mask files."""
+    action = f"action: {job.action}"
+    if job.parent_id is not None:
+        action += f" of job {job.parent_id}"
+        if job.source_tile is not None:
+            action += f" tile {job.source_tile}"
+    if job.strength is not None:
+        action += f", strength {job.strength:g}"
+    lines = [action]
+    if job.init_image:
+        lines.append(f"source image: {job.init_image}")
+    if job.mask_image:
+        lines.append(f"mask: {job.mask_image}")
+    return lines
 
 
 def _model_lines(job: JobRecord) -> list[str]:
@@ -423,6 +447,8 @@ def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
         f"  seed={job.job_seed} steps={job.steps} guidance={job.guidance} size={job.width}x{job.height} "
         f"count={job.count} expand={job.expand}" + (f" negative={job.negative!r}" if job.negative else "")
     )
+    for line in _lineage_lines(job):
+        print(f"  {line}")
     if full:
         for line in _model_lines(job):
             print(f"  {line}")

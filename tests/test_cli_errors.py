@@ -184,3 +184,20 @@ def test_generated_images_that_is_a_file_exits_with_one_line_and_writes_no_row(t
     if db.exists():
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+
+
+def test_run_and_sync_print_only_their_error_line_at_warning_level(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(
+        tmp_path / "data",
+        IMAGINE_LOG_LEVEL="WARNING",
+        DISCORD_TOKEN="not-a-real-token",
+        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
+        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
+    )
+    for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
+        # Not beside it: discord.py's "PyNaCl is not installed, voice will NOT be supported" (no voice here).
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: cannot reach Discord"), result.stderr

@@ -205,6 +205,10 @@ def load_seed_tokenizer(model_id: str) -> Any:
     """The SD model's CLIP tokenizer alone (a few MB of vocabulary: no weights, no device)."""
     from transformers import AutoTokenizer
 
+    # Counting an over-long seed's tokens would log transformers' "Token indices sequence length is
+    # longer than …" beside our own one-line refusal: quiet first, as the full load does.
+    quiet_libraries()
+
     try:
         return AutoTokenizer.from_pretrained(model_id, subfolder="tokenizer")
     except Exception as exc:
