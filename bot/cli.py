@@ -376,7 +376,7 @@ def _print_jobs(jobs: list[JobRecord], *, as_json: bool) -> None:
 
 
 def _action_summary(job: JobRecord) -> str:
-    """`imagine`, or what a job made from another: `upscale_subtle ← 1a2b3c4d5e#2`."""
+    """`imagine`, or what a job made from another: `upscale-subtle ← 1a2b3c4d5e#2`."""
     if job.parent_id is None:
         return job.action
     return f"{job.action} ← {job.parent_id}" + (f"#{job.source_tile}" if job.source_tile is not None else "")

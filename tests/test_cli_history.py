@@ -148,7 +148,7 @@ async def _fill_actions(db_path: Path) -> dict[str, str]:
         child = await store.create_job(
             _spec(
                 "a finished castle",
-                action="upscale_subtle",
+                action="upscale-subtle",
                 parent_id=parent.id,
                 source_tile=2,
                 strength=0.25,
@@ -164,14 +164,14 @@ def test_show_and_history_tell_a_jobs_action_parent_strength_and_source(tmp_path
     ids = asyncio.run(_fill_actions(tmp_path / "history.sqlite3"))
     shown = _cli(["show", ids["child"]], _env(tmp_path), tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "upscale_subtle" in shown.stdout, shown.stdout
+    assert "upscale-subtle" in shown.stdout, shown.stdout
     assert f"of job {ids['parent']} tile 2" in shown.stdout, shown.stdout
     assert "strength 0.25" in shown.stdout, shown.stdout
     assert "source image: /x/source.png" in shown.stdout, shown.stdout
     history = _cli(["history"], _env(tmp_path), tmp_path)
     assert history.returncode == 0, history.stderr
     by_id = {line.split()[0]: line for line in history.stdout.splitlines()}
-    assert "upscale_subtle" in by_id[ids["child"]] and f"{ids['parent']}#2" in by_id[ids["child"]], (
+    assert "upscale-subtle" in by_id[ids["child"]] and f"{ids['parent']}#2" in by_id[ids["child"]], (
         history.stdout
     )
     assert "imagine" in by_id[ids["parent"]], history.stdout
