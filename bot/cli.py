@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -19,7 +20,7 @@ from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags
 from bot.settings import Settings, SettingsError, load_settings
-from bot.store import HistoryStore, JobRecord, JobSpec, StoreError
+from bot.store import HistoryStore, JobRecord, JobSpec, StoreError, describe_database_error
 
 if TYPE_CHECKING:
     from bot.engine.backend import RenderBackend
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# A second Ctrl-C waits at most this long for the `interrupted` row before the process exits.
+SECOND_SIGNAL_WRITE_S = 3.0
 # How `imagine`'s options are named in errors about a clashing inline flag.
 CLI_OPTION_LABELS = {
     "seed": "--seed",
@@ -173,20 +176,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, ModelLoadError) as exc:  # the environment, not a bug: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except sqlite3.DatabaseError as exc:  # damage found after a clean open (a bad page deep in the file)
-        where = settings.db_path if settings is not None else "the database"
-        print(
-            f"error: {where} is damaged ({exc}): restore it from a backup, or move it away to start "
-            "an empty history",
-            file=sys.stderr,
-        )
+    except (
+        sqlite3.DatabaseError
+    ) as exc:  # after a clean open: a full disk, a lock, a bad page deep in the file
+        where = settings.db_path if settings is not None else Path("history.sqlite3")
+        print(f"error: {describe_database_error(where, exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def _check_images_folder(settings: Settings) -> None:
+    """Before any row is written: a job's images go to a folder, so a file in its place stops the command."""
+    folder = settings.images_dir
+    if folder.exists() and not folder.is_dir():
+        raise CliError(
+            f"the images folder {folder} is a file: move it away, or set IMAGINE_DATA_DIR to another folder"
+        )
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in ("run", "imagine", "rerun"):
+        _check_images_folder(settings)
     if args.command == "run":
         from bot.app import run_bot
 
@@ -272,12 +284,12 @@ async def _generate(
             job = await runner.submit(spec)
         except EngineError as exc:
             raise CliError(exc.user_message, EXIT_USAGE) from None
-        bar = _progress_bar(enabled=not as_json and sys.stderr.isatty())
+        bar = _ProgressBar() if not as_json and sys.stderr.isatty() else None
         if bar is not None:
-            runner.set_handlers(on_progress=bar)
+            runner.set_handlers(on_progress=bar.update)
         if not as_json:
             print(f"job {job.id}: rendering {spec.count} image(s)…", file=sys.stderr)
-        stopped_by = _stop_on_signals(runner, quiet=as_json)
+        stopped_by = _stop_on_signals(runner, store, job.id, bar=bar, quiet=as_json)
         try:
             outcome = await runner.run_now(job)
         except StoppedWaiting:
@@ -289,28 +301,54 @@ async def _generate(
             )
             return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
         finally:
+            if bar is not None:
+                bar.close()
             await store.set_delivery_none(job.id)
     finally:
         await backend.close()
     _print_job(outcome.job, as_json=as_json, full=True)
     if stopped_by:
         return 128 + stopped_by[0]
-    return EXIT_OK if outcome.job.status == "done" else EXIT_FAILED
+    if outcome.job.status != "done":
+        # The record is on stdout; stderr says in one line why there are no images.
+        print(f"error: job {outcome.job.id} {outcome.job.status}: {outcome.job.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
-def _stop_on_signals(runner: Any, *, quiet: bool) -> list[int]:
-    """Ctrl-C and SIGTERM stop the render at its next step; returns the list the signal number lands in."""
+def _stop_on_signals(
+    runner: Any, store: HistoryStore, job_id: str, *, bar: _ProgressBar | None, quiet: bool
+) -> list[int]:
+    """Ctrl-C and SIGTERM stop the render within its step; a second one exits at once.
+
+    Returns the list the first signal's number lands in. The second signal does not wait for the
+    render thread (it may be inside one long op): it records the row `failed: interrupted`, the same end
+    the first would have given it, and leaves with `os._exit`.
+    """
     loop = asyncio.get_running_loop()
     received: list[int] = []
-    stopping: list[asyncio.Task[None]] = []  # holds the task: the loop keeps only a weak reference
+    tasks: list[asyncio.Task[None]] = []  # holds the tasks: the loop keeps only a weak reference
 
     def stop(signum: int) -> None:
-        if received:
-            return
+        if bar is not None:
+            bar.close()  # before any line of ours, or it lands on the bar's line
         received.append(signum)
-        if not quiet:
-            print("stopping at the next step…", file=sys.stderr)
-        stopping.append(asyncio.ensure_future(runner.stop(grace=0)))
+        if len(received) == 1:
+            tasks.append(asyncio.ensure_future(runner.stop(grace=0)))
+            if not quiet:
+                _say("stopping… (press Ctrl-C again to quit at once)")
+        elif len(received) == 2:
+            tasks.append(asyncio.ensure_future(exit_now(received[0])))
+
+    async def exit_now(first: int) -> None:
+        try:
+            await asyncio.wait_for(store.mark_failed(job_id, "interrupted"), SECOND_SIGNAL_WRITE_S)
+        except Exception as exc:  # the next command's recovery marks the row instead
+            log.debug("could not mark job %s interrupted: %s", job_id, exc)
+        finally:
+            if not quiet:
+                _say(f"job {job_id}: interrupted")
+            os._exit(128 + first)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -318,22 +356,35 @@ def _stop_on_signals(runner: Any, *, quiet: bool) -> list[int]:
     return received
 
 
-def _progress_bar(*, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def _say(line: str) -> None:
+    """A line on stderr that never raises: the terminal or pipe may be gone (a closed ssh session)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
-    state: dict[str, Any] = {}
 
-    def update(job_id: str, step: int, total: int, preview: Any) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = state["bar"] = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
-        bar.update(step - bar.n)
+class _ProgressBar:
+    """A tqdm bar on stderr, created at the first step; closed once, before any other line is printed."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._closed = False
+
+    def update(self, job_id: str, step: int, total: int, preview: Any) -> None:
+        if self._closed:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
+        self._bar.update(step - self._bar.n)
         if step >= total:
-            bar.close()
+            self.close()
 
-    return update
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._bar is not None:
+                self._bar.close()
 
 
 async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> JobSpec:
@@ -437,9 +488,33 @@ def _print_jobs(jobs: list[JobRecord], *, as_json: bool) -> None:
         # Only a finished job has images; the others show none rather than the count they asked for.
         images = _plural(len(job.tiles), "image") if job.status == "done" else "-"
         print(
-            f"{job.id}  {job.status:<9}  {images:<9}  seed={job.job_seed:<10}  "
+            f"{job.id}  {job.status:<9}  {_action_summary(job):<24}  {images:<9}  seed={job.job_seed:<10}  "
             f"{normalize_user_text(job.seed_text)[:60]}"
         )
+
+
+def _action_summary(job: JobRecord) -> str:
+    """`imagine`, or what a job made from another: `upscale-subtle ← 1a2b3c4d5e#2`."""
+    if job.parent_id is None:
+        return job.action
+    return f"{job.action} ← {job.parent_id}" + (f"#{job.source_tile}" if job.source_tile is not None else "")
+
+
+def _lineage_lines(job: JobRecord) -> list[str]:
+    """What a job was made from: its action, parent job and tile, strength, and source image/mask files."""
+    action = f"action: {job.action}"
+    if job.parent_id is not None:
+        action += f" of job {job.parent_id}"
+        if job.source_tile is not None:
+            action += f" tile {job.source_tile}"
+    if job.strength is not None:
+        action += f", strength {job.strength:g}"
+    lines = [action]
+    if job.init_image:
+        lines.append(f"source image: {job.init_image}")
+    if job.mask_image:
+        lines.append(f"mask: {job.mask_image}")
+    return lines
 
 
 def _model_lines(job: JobRecord) -> list[str]:
@@ -490,6 +565,8 @@ def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
         f"  seed={job.job_seed} steps={job.steps} guidance={job.guidance} size={job.width}x{job.height} "
         f"count={job.count} expand={job.expand}" + (f" negative={job.negative!r}" if job.negative else "")
     )
+    for line in _lineage_lines(job):
+        print(f"  {line}")
     if full:
         for line in _model_lines(job):
             print(f"  {line}")
@@ -504,7 +581,12 @@ def _tiny_models(directory: Path) -> int:
     from bot.engine.tiny_models import build_tiny_models
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sd, text = build_tiny_models(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CliError(f"{directory} is a file: give a folder for the tiny models", EXIT_USAGE)
+    try:
+        sd, text = build_tiny_models(directory)
+    except OSError as exc:
+        raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
     return EXIT_OK
 

@@ -16,10 +16,17 @@ from bot.engine.types import InvalidRequest
 ACCEPTED_FLAGS = "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`"
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0
-# Phones turn "--" into an em or en dash; accept those too.
-_FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—|–)([A-Za-z][A-Za-z0-9_-]*)")
-_RATIO = re.compile(r"(\d{1,4}):(\d{1,4})")
 _KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw")
+# A flag is a whole token: `--name` after a space (or at the start), the name ending at a space (or the end),
+# so `well--known`, `rock --n-- roll` and `a--b` stay text. Phones turn "--" into an em or en dash: a dash
+# counts as a flag only before a flag we know (`—ar 3:2`); any other dash (`—abandoned`) is prose.
+_FLAG = re.compile(
+    r"(?:(?<=\s)|^)(?:--([A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*)|[—–](" + "|".join(_KNOWN) + r"))(?=\s|$)",
+    re.IGNORECASE,
+)
+_RATIO = re.compile(r"(\d{1,4}):(\d{1,4})")
+# `--ar` keeps the asked ratio within this fraction (2 %), or the job is refused with the size it would get.
+RATIO_TOLERANCE = 0.02
 # The option each flag overlaps with (canonical names; callers map them to their own labels).
 _OPTION_OF = {"no": "negative", "seed": "seed", "steps": "steps", "count": "count", "raw": "expand"}
 ASPECT_RATIOS = {"square": (1, 1), "portrait": (3, 4), "landscape": (4, 3)}
@@ -71,11 +78,12 @@ def parse_inline_flags(text: str) -> InlineFlags:
     kept = [text[: matches[0].start()]]
     values: dict[str, Any] = {}
     for index, match in enumerate(matches):
-        name = match[1].lower()
+        typed = match[1] or match[2]
+        name = typed.lower()
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         words = text[match.end() : end].split()
         if name not in _KNOWN:
-            raise _bad(f"unknown flag `--{match[1][:30]}`")
+            raise _bad(f"unknown flag `--{typed[:30]}`")
         if name in values:
             raise _bad(f"`--{name}` is given twice")
         if name == "raw":
@@ -114,17 +122,43 @@ def _parse_ratio(value: str) -> tuple[int, int]:
 
 
 def size_for_ratio(ratio: tuple[int, int], width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """A size of about the default's pixel count with this aspect ratio, multiples of 64, within the limit."""
+    """A size of about the default's pixel count with this aspect ratio, within the limit.
+
+    Multiples of 64 when they keep the ratio within RATIO_TOLERANCE (every size at SD's usual defaults),
+    else multiples of 8 (small defaults: 2:1 at 128×128 is 176×88, not 192×64). InvalidRequest names the
+    size it would give when no size of at least 64 a side keeps the ratio under `max_pixels`.
+    """
     area = min(width * height, max_pixels)
-    ratio_value = ratio[0] / ratio[1]
-    w = max(64, round(math.sqrt(area * ratio_value) / 64) * 64)
-    h = max(64, round(math.sqrt(area / ratio_value) / 64) * 64)
+    wanted = ratio[0] / ratio[1]
+    w = max(64, round(math.sqrt(area * wanted) / 64) * 64)
+    h = max(64, round(math.sqrt(area / wanted) / 64) * 64)
     while w * h > max_pixels and (w > 64 or h > 64):
         if w >= h:
             w -= 64
         else:
             h -= 64
-    return w, h
+    if _ratio_error(w, h, wanted) <= RATIO_TOLERANCE and w * h <= max_pixels:
+        return w, h
+    best: tuple[float, int, int] | None = None
+    for h8 in range(64, max_pixels // 64 + 1, 8):
+        w8 = max(64, round(h8 * wanted / 8) * 8)
+        if w8 * h8 > max_pixels:
+            break  # both sides only grow from here
+        if _ratio_error(w8, h8, wanted) > RATIO_TOLERANCE:
+            continue
+        distance = abs(math.log(w8 * h8 / area))
+        if best is None or distance < best[0]:
+            best = (distance, w8, h8)
+    if best is None:
+        raise _bad(
+            f"`--ar {ratio[0]}:{ratio[1]}` cannot be kept within the size limit "
+            f"({max_pixels} pixels): it would give {w}×{h}. Use a ratio closer to 1:1"
+        )
+    return best[1], best[2]
+
+
+def _ratio_error(width: int, height: int, wanted: float) -> float:
+    return abs((width / height) / wanted - 1)
 
 
 def merge_flags(flags: InlineFlags, options: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:

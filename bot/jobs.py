@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import math
 import os
 import secrets
 import shutil
+import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -652,8 +654,12 @@ class JobRunner:
         """Mark a claimed job final and finish it; a failing store is logged (recovery handles the row)."""
         try:
             await self.store.mark_failed(job_id, reason, status=status)
-        except Exception:
-            log.exception("could not record job %s as %s; restart recovery will", job_id, status)
+        except Exception as exc:
+            # Mostly the environment (a full disk): one line, no traceback; whoever waits gets the error.
+            log.error("could not record job %s as %s (%s); restart recovery will", job_id, status, exc)
+            for future in self._waiters.pop(job_id, []):
+                if not future.done():
+                    future.set_exception(exc)
             return
         self._spawn(self._finish_from_store(job_id))
 
@@ -678,10 +684,13 @@ class JobRunner:
             saved = await self.store.mark_done(
                 job.id, tiles=tiles, grid_path=str(grid_path), expander=output.expander, render=output.render
             )
-        except Exception:
-            log.exception("saving job %s failed", job.id)
-            await asyncio.to_thread(_drop_attempt, attempt_dir)
-            await self._end(job.id, "the images could not be saved")
+        except Exception as exc:
+            if isinstance(exc, OSError | sqlite3.Error):  # the environment (a full disk): no traceback
+                log.error("saving job %s failed: %s", job.id, exc)
+            else:
+                log.exception("saving job %s failed", job.id)
+            await asyncio.to_thread(_drop_attempt, attempt_dir)  # nothing half-written stays
+            await self._end(job.id, _save_failure(exc))
             return
         if not saved:
             # Another process took the row over (this one's lease had expired): its files are its own.
@@ -787,6 +796,15 @@ def _drop_attempt(folder: Path) -> None:
 
 def _attempts_phrase(count: int) -> str:
     return f"{count} attempt" + ("" if count == 1 else "s")
+
+
+def _save_failure(exc: BaseException) -> str:
+    """The reason a member reads when a job's images could not be saved."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the images could not be saved: the disk is full"
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        return "the images could not be saved: the disk is full"
+    return "the images could not be saved"
 
 
 def _log_task_death(task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:

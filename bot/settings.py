@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         frozen=True,
+        # `inf` or `nan` is never a sensible cooldown, timeout or scale: refuse them for every float.
+        allow_inf_nan=False,
     )
 
     # Storage and models
@@ -156,6 +159,31 @@ class Settings(BaseSettings):
     ray_auth_mode: str | None = Field(None, validation_alias="RAY_AUTH_MODE")
     ray_auth_token_path: Path | None = Field(None, validation_alias="RAY_AUTH_TOKEN_PATH")
     ray_auth_token: SecretStr | None = Field(None, validation_alias="RAY_AUTH_TOKEN")
+
+    @field_validator("device", "dtype", "compile", "image_classifier", "backend", mode="before")
+    @classmethod
+    def _lower_case_choice(cls, value: object) -> object:
+        # `CPU` and `cpu` mean the same; the README spells them in lower case.
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("ray_gpus_per_replica", mode="before")
+    @classmethod
+    def _auto_or_gpus(cls, value: object) -> object:
+        # One message for both forms: pydantic's own ("Input should be 'auto'") hides that numbers work.
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"must be 'auto' or a number of GPUs >= 0 (e.g. 1 or 0.5), got {value!r}")
+        return number
 
     # Discord (no IMAGINE_ prefix). The token comes from DISCORD_TOKEN or from the file DISCORD_TOKEN_FILE names
     # (a Docker/compose secret, so the token is not in the container's environment); the file is declared
@@ -275,6 +303,10 @@ class Settings(BaseSettings):
     def _defaults_within_limits(self) -> Settings:
         if self.steps > self.max_steps:
             raise ValueError(f"IMAGINE_STEPS={self.steps} exceeds IMAGINE_MAX_STEPS={self.max_steps}")
+        if self.guidance > self.max_guidance:
+            raise ValueError(
+                f"IMAGINE_GUIDANCE={self.guidance} exceeds IMAGINE_MAX_GUIDANCE={self.max_guidance}"
+            )
         if self.count > self.max_count:
             raise ValueError(f"IMAGINE_COUNT={self.count} exceeds IMAGINE_MAX_COUNT={self.max_count}")
         if self.width * self.height > self.max_pixels:

@@ -149,16 +149,50 @@ def _check_opens(path: Path) -> None:
 
 
 def _explain_open_failure(path: Path, exc: sqlite3.Error) -> str:
+    return describe_database_error(path, exc, opening=True)
+
+
+# Below this much free space a failed write or open is put down to a full disk (SQLite reports a full disk
+# as SQLITE_FULL on writes, but as a plain I/O error when it cannot even grow its shared-memory file).
+_NEARLY_FULL_BYTES = 1024 * 1024
+
+
+def describe_database_error(path: Path, exc: sqlite3.Error, *, opening: bool = False) -> str:
+    """One line for the user: what went wrong with the history database and what to do about it.
+
+    A full disk is said to be one: only a real sign of damage (SQLITE_CORRUPT, SQLITE_NOTADB) suggests
+    restoring a backup, advice that costs a user their history when the file was fine.
+    """
     text = str(exc)
-    if "not a database" in text or "malformed" in text:
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    if code.startswith("SQLITE_FULL") or "disk is full" in text or _nearly_full(path.parent):
+        return (
+            f"the disk holding {path} is full ({text}): free some space on it, or set IMAGINE_DATA_DIR "
+            "to a folder on another disk; the history itself is fine"
+        )
+    if (
+        code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+        or "not a database" in text
+        or "malformed" in text
+    ):
         return (
             f"{path} is not a readable SQLite database ({text}): restore it from a backup, "
             "or move it away to start an empty history"
         )
-    return (
-        f"cannot open the database {path} ({text}): make {path.parent} and the files in it writable "
-        "for this user, or set IMAGINE_DATA_DIR to a writable folder"
-    )
+    if opening or isinstance(exc, sqlite3.OperationalError):
+        return (
+            f"cannot {'open' if opening else 'use'} the database {path} ({text}): make {path.parent} and "
+            "the files in it writable for this user, or set IMAGINE_DATA_DIR to a writable folder"
+        )
+    return f"{path} is damaged ({text}): restore it from a backup, or move it away to start an empty history"
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize < _NEARLY_FULL_BYTES
 
 
 class QueueRefused(Exception):

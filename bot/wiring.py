@@ -45,6 +45,12 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for noisy in ("discord.http", "discord.gateway", "httpx", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
+    logging.getLogger("discord.client").addFilter(_not_about_voice)
+
+
+def _not_about_voice(record: logging.LogRecord) -> bool:
+    """Drop discord.py's "PyNaCl/davey is not installed, voice will NOT be supported": the bot has no voice."""
+    return "voice will NOT be supported" not in record.getMessage()
 
 
 def limits_from(settings: Settings) -> Limits:

@@ -215,7 +215,8 @@ def test_imagine_takes_the_same_inline_flags(tmp_path: Path, tiny_models: tuple[
         )
     )
     assert job["status"] == "done", job["reason"]
-    assert (job["seed_text"], job["width"], job["height"], job["seed"]) == ("a cat", 192, 64, 5)
+    # 2:1 kept exactly at the 128×128 default (it used to collapse to 192×64, which is 3:1)
+    assert (job["seed_text"], job["width"], job["height"], job["seed"]) == ("a cat", 176, 88, 5)
     assert (job["count"], job["negative"], job["expand"], job["chaos"]) == (1, "dogs", False, 10)
     clash = _cli(["imagine", "a cat --seed 5", "--seed", "6"], env, tmp_path)
     _assert_one_line_error(

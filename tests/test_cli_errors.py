@@ -137,3 +137,67 @@ def test_run_and_sync_without_network_exit_with_one_line(tmp_path: Path) -> None
         line = _one_error_line(result)
         assert "cannot reach Discord" in line
         assert f"127.0.0.1:{port}" in line
+
+
+def test_mps_on_a_machine_without_it_exits_with_one_line_and_writes_no_row(
+    tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    data = tmp_path / "data"
+    sd, text = (str(path) for path in tiny_models)
+    env = _env(data, IMAGINE_DEVICE="mps", IMAGINE_SD_MODEL=sd, IMAGINE_TEXT_MODEL=text, IMAGINE_WIDTH="64")
+    line = _one_error_line(_cli(["imagine", "a lighthouse", "--height", "64", "--steps", "1"], env, tmp_path))
+    assert "IMAGINE_DEVICE=mps" in line
+    with sqlite3.connect(data / "history.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+
+
+def test_tiny_models_to_a_file_or_an_unwritable_path_exits_with_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder", encoding="utf-8")
+    env = _env(tmp_path / "data")
+    cases = [(["tiny-models", str(a_file)], env), (["tiny-models", "/proc/tiny-models"], env)]
+    file_result, proc_result = _run_all(cases, tmp_path)
+    assert str(a_file) in _one_error_line(file_result)
+    assert "/proc/tiny-models" in _one_error_line(proc_result)
+    assert a_file.read_text(encoding="utf-8") == "not a folder"
+
+
+def test_a_missing_local_model_folder_is_named_as_a_folder_not_a_hub_id(tmp_path: Path) -> None:
+    env = _env(tmp_path / "data", IMAGINE_SD_MODEL="./models/sd", IMAGINE_DEVICE="cpu")
+    line = _one_error_line(_cli(["imagine", "a lighthouse"], env, tmp_path))
+    assert "IMAGINE_SD_MODEL='./models/sd'" in line and "no such folder" in line, line
+    assert "Repo id" not in line and "repo id" not in line, line
+
+
+def test_generated_images_that_is_a_file_exits_with_one_line_and_writes_no_row(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "generated_images").write_text("", encoding="utf-8")
+    env = _env(data, IMAGINE_DEVICE="cpu")
+    line = _one_error_line(_cli(["imagine", "a lighthouse"], env, tmp_path))
+    assert str(data / "generated_images") in line and "IMAGINE_DATA_DIR" in line, line
+    db = data / "history.sqlite3"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+
+
+def test_run_and_sync_print_only_their_error_line_at_warning_level(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(
+        tmp_path / "data",
+        IMAGINE_LOG_LEVEL="WARNING",
+        DISCORD_TOKEN="not-a-real-token",
+        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
+        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
+    )
+    for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
+        # Not beside it: discord.py's "PyNaCl is not installed, voice will NOT be supported" (no voice here).
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: cannot reach Discord"), result.stderr

@@ -139,3 +139,52 @@ def test_a_seed_over_the_clip_window_exits_2_before_any_row_or_model_load(
     )
     with sqlite3.connect(tmp_path / "history.sqlite3") as conn:
         assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+
+
+async def _fill_actions(db_path: Path) -> dict[str, str]:
+    """A finished grid and an upscale of its tile 2 (img2img from a staged source image)."""
+    async with HistoryStore(db_path) as store:
+        parent = await store.create_job(_spec("a finished castle"))
+        child = await store.create_job(
+            _spec(
+                "a finished castle",
+                action="upscale-subtle",
+                parent_id=parent.id,
+                source_tile=2,
+                strength=0.25,
+                init_image="/x/source.png",
+                given_prompts=("prompt 2",),
+                given_seeds=(7,),
+            )
+        )
+        return {"parent": parent.id, "child": child.id}
+
+
+def test_show_and_history_tell_a_jobs_action_parent_strength_and_source(tmp_path: Path) -> None:
+    ids = asyncio.run(_fill_actions(tmp_path / "history.sqlite3"))
+    shown = _cli(["show", ids["child"]], _env(tmp_path), tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "upscale-subtle" in shown.stdout, shown.stdout
+    assert f"of job {ids['parent']} tile 2" in shown.stdout, shown.stdout
+    assert "strength 0.25" in shown.stdout, shown.stdout
+    assert "source image: /x/source.png" in shown.stdout, shown.stdout
+    history = _cli(["history"], _env(tmp_path), tmp_path)
+    assert history.returncode == 0, history.stderr
+    by_id = {line.split()[0]: line for line in history.stdout.splitlines()}
+    assert "upscale-subtle" in by_id[ids["child"]] and f"{ids['parent']}#2" in by_id[ids["child"]], (
+        history.stdout
+    )
+    assert "imagine" in by_id[ids["parent"]], history.stdout
+
+
+def test_an_over_long_seed_gives_only_the_error_line(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    sd, text = tiny_models
+    env = _env(
+        tmp_path / "data", IMAGINE_SD_MODEL=str(sd), IMAGINE_TEXT_MODEL=str(text), IMAGINE_LOG_LEVEL="WARNING"
+    )
+    result = _cli(["imagine", " ".join(["castle"] * 70)], env, tmp_path)
+    assert result.returncode == 2
+    # Not beside it: transformers' "Token indices sequence length is longer than …" warning.
+    assert result.stderr.splitlines() == [
+        "error: `seed` is 210 tokens long; Stable Diffusion reads at most 75: shorten it"
+    ]

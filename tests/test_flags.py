@@ -9,6 +9,7 @@ import pytest
 from bot.engine.types import InvalidRequest
 from bot.flags import (
     ACCEPTED_FLAGS,
+    RATIO_TOLERANCE,
     InlineFlags,
     chaos_temperature,
     merge_flags,
@@ -106,3 +107,43 @@ def test_ratio_sizes_are_multiples_of_64_near_the_default_pixel_count(
     width, height = size_for_ratio(ratio, 768, 768, 1024 * 1024)
     assert (width, height) == expected
     assert width % 64 == 0 and height % 64 == 0 and width * height <= 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the plan —abandoned at dawn",  # an em dash in prose, not `--abandoned`
+        "the plan – abandoned",
+        "rock --n-- roll",
+        "rock --n--roll",
+        "a cat--dog hybrid",
+    ],
+)
+def test_dashes_in_ordinary_text_are_text(text: str) -> None:
+    assert parse_inline_flags(text) == InlineFlags(text=text)
+
+
+def test_a_dash_flag_must_be_a_whole_token() -> None:
+    assert parse_inline_flags("rock --n-- roll --seed 3") == InlineFlags(text="rock --n-- roll", seed=3)
+    # An unknown `--name` token is still refused: a typo in a flag must not become seed text silently.
+    with pytest.raises(InvalidRequest, match="unknown flag `--stylize`"):
+        parse_inline_flags("a cat --stylize 100")
+
+
+@pytest.mark.parametrize(
+    ("ratio", "default"),
+    [((2, 1), 128), ((3, 2), 128), ((16, 9), 128), ((4, 3), 64), ((2, 1), 64), ((1, 4), 128), ((7, 5), 768)],
+)
+def test_ratio_sizes_keep_the_ratio_within_the_tolerance_at_small_defaults(
+    ratio: tuple[int, int], default: int
+) -> None:
+    width, height = size_for_ratio(ratio, default, default, 1024 * 1024)
+    wanted = ratio[0] / ratio[1]
+    assert abs((width / height) / wanted - 1) <= RATIO_TOLERANCE, (width, height)
+    assert width % 8 == 0 and height % 8 == 0 and min(width, height) >= 64
+
+
+def test_a_ratio_that_cannot_be_kept_is_refused_with_the_size_it_would_give() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        size_for_ratio((2, 1), 64, 64, 64 * 64)
+    assert "`--ar 2:1`" in caught.value.user_message and "64×64" in caught.value.user_message

@@ -46,6 +46,11 @@ def resolve_device(name: str) -> torch.device:
             "IMAGINE_DEVICE=cuda but no CUDA device is available: set IMAGINE_DEVICE=auto or cpu, "
             "or check the NVIDIA driver (nvidia-smi)"
         )
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(
+            "IMAGINE_DEVICE=mps but MPS is not available here (Apple silicon with macOS 12.3+ only): "
+            "set IMAGINE_DEVICE=auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -87,7 +92,21 @@ def resolve_revision(model_id: str) -> str:
         return "unknown"
 
 
+def _looks_like_a_path(model_id: str) -> bool:
+    """`./models/sd`, `/models/sd`, `~/sd`, `a/b/c`: meant as a folder (a Hub id is `name` or `org/name`)."""
+    return model_id.startswith((".", "/", "~", "\\")) or model_id.count("/") > 1 or "\\" in model_id
+
+
 def _load_error(model_id: str, setting: str, exc: BaseException) -> ModelLoadError:
+    path = Path(model_id).expanduser()
+    if _looks_like_a_path(model_id) and not path.is_dir():
+        # huggingface_hub would call it a malformed repo id; the user meant a folder that is not there.
+        what = "no such folder" if not path.exists() else "not a folder"
+        return ModelLoadError(
+            f"could not load {setting}={model_id!r}: {what} ({path.resolve()}). Point it at a model folder "
+            "(one with model_index.json for IMAGINE_SD_MODEL, config.json for the others) or a Hub id "
+            "like org/name"
+        )
     # The whole first line of the cause: this text goes to the log and the operator's terminal only.
     text = str(exc).strip()
     cause = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
@@ -185,6 +204,10 @@ def _compile(pipe: Any, mode: str) -> None:
 def load_seed_tokenizer(model_id: str) -> Any:
     """The SD model's CLIP tokenizer alone (a few MB of vocabulary: no weights, no device)."""
     from transformers import AutoTokenizer
+
+    # Counting an over-long seed's tokens would log transformers' "Token indices sequence length is
+    # longer than …" beside our own one-line refusal: quiet first, as the full load does.
+    quiet_libraries()
 
     try:
         return AutoTokenizer.from_pretrained(model_id, subfolder="tokenizer")

@@ -1,8 +1,8 @@
 """Canvas geometry for Zoom Out, Pan and Upscale (Pillow only: safe to run off the GPU thread).
 
 A canvas is the source image placed on a larger (pan) or equal (zoom out) frame, plus a mask that is
-white where the model paints. The band of `OVERLAP` pixels along the seam is painted too, so the new
-part blends into the old; after rendering, `composite` puts the untouched source pixels back.
+white where the model paints. The band of `OVERLAP` pixels along the seam is painted too, and the new
+part fades in across it; after rendering, `composite` puts the untouched source pixels back.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageChops, ImageFilter
+from PIL import Image, ImageChops, ImageFilter, ImageOps
 
 from bot.engine.types import InvalidRequest
 
@@ -132,6 +132,11 @@ def composite(painted: Image.Image, canvas: Image.Image, mask: Image.Image) -> I
     if painted.size != canvas.size:
         painted = painted.resize(canvas.size, Image.Resampling.LANCZOS)
     hard = mask.convert("L")
-    # The soft edge (about OVERLAP px) reaches into the kept side only; the painted side stays painted.
-    alpha = ImageChops.lighter(hard.filter(ImageFilter.GaussianBlur(OVERLAP / 3)), hard)
+    # The soft edge lies inside the painted OVERLAP band: the painted share rises from 1/(OVERLAP+1) at the
+    # band's first pixel to full at its far side, so the seam is soft and every pixel outside the mask is
+    # the source's own (a blur reaching into the kept side changed ~7 px more: 15, where the README says 8).
+    half = OVERLAP // 2
+    padded = ImageOps.expand(hard, border=OVERLAP, fill=255)  # the canvas border never darkens the ramp
+    ramp = padded.filter(ImageFilter.MinFilter(2 * half + 1)).filter(ImageFilter.BoxBlur(half))
+    alpha = ImageChops.darker(ImageOps.crop(ramp, OVERLAP), hard)
     return Image.composite(painted, canvas.convert("RGB"), alpha)

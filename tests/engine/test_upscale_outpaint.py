@@ -238,3 +238,30 @@ async def test_dedicated_inpainting_checkpoint_is_loaded_only_when_set(
         assert [image.size for image in result.images] == [(128, 128)] * 2
     finally:
         await dedicated.close()
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+@pytest.mark.parametrize("side", [64, 256, 768])
+def test_pan_changes_exactly_the_overlap_band_of_the_source_with_a_soft_seam(
+    direction: str, side: int
+) -> None:
+    from bot.engine.outpaint import composite
+
+    source = Image.fromarray(np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    canvas = canvas_for(f"pan-{direction}", source, 2048 * 2048)
+    left, top, right, bottom = canvas.box
+    placed = np.asarray(canvas.image)[top:bottom, left:right].astype(int)
+    painted = Image.new("RGB", canvas.size, (255, 0, 255))
+    out = np.asarray(composite(painted, canvas.image, canvas.mask))[top:bottom, left:right].astype(int)
+    changed = np.abs(out - placed).max(axis=2) > 0
+    horizontal = direction in ("left", "right")
+    lines = changed.any(axis=0 if horizontal else 1)  # source columns (or rows) that changed at all
+    # The README's promise: outside the painted band the source's pixels are exact; the band is OVERLAP wide.
+    assert int(lines.sum()) == OVERLAP, int(lines.sum())
+    # Soft: across the band the painted colour's share rises step by step, no hard edge.
+    share = 1 - out[..., 1] / np.maximum(placed[..., 1], 1)  # the painted colour has no green
+    share = np.where(placed[..., 1] > 32, share, np.nan)
+    profile = np.nanmean(share, axis=0 if horizontal else 1)
+    profile = profile[-OVERLAP:] if direction in ("right", "down") else profile[:OVERLAP][::-1]
+    assert (np.diff(profile) > 0).all(), profile
+    assert 0 < profile[0] < 0.3 and profile[-1] > 0.85, profile
