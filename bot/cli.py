@@ -226,7 +226,10 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
         if args.command == "show":
             job = await _require_job(store, args.job_id)
             _print_job(job, as_json=args.json, full=True)
+            if not args.json:
+                _print_rerun_outlook(job, settings)
             return EXIT_OK
+        old: JobRecord | None = None
         if args.command == "imagine":
             spec = await _imagine_spec(args, settings, store)
         elif args.command in CLI_ACTIONS:
@@ -240,7 +243,7 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
                 )
             spec = await _action_spec(args, settings, store)
         try:
-            return await _generate(settings, store, spec, as_json=args.json)
+            code = await _generate(settings, store, spec, as_json=args.json)
         except BaseException:
             # Refused before its row was written (a bad argument, no backend): no staged inputs stay behind.
             if spec.id is not None and await store.get_job(spec.id) is None:
@@ -248,6 +251,9 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
 
                 await asyncio.to_thread(discard_inputs, settings.images_dir, spec)
             raise
+        if old is not None:  # rerun: a note when the new record says it cannot match the old byte for byte
+            await _note_rerun_blockers(store, old, spec.id)
+        return code
 
 
 async def _generate(
@@ -529,7 +535,41 @@ def _model_lines(job: JobRecord) -> list[str]:
         lines.append(
             f"ran on: {render['device']} {render.get('dtype', '')}, scheduler {render.get('scheduler', '?')}"
         )
+    if render.get("numerics"):
+        from bot.engine.numerics import describe_numerics
+
+        lines.append(f"numerics: {describe_numerics(render['numerics'])}")
     return lines
+
+
+def _print_rerun_outlook(job: JobRecord, settings: Settings) -> None:
+    """`show`: name what keeps a local rerun from repeating the job byte for byte, if anything does."""
+    if job.status != "done" or not job.render or settings.ray_address:
+        return  # nothing to repeat, or a rerun would render on a Ray replica, not here
+    from bot.engine.numerics import local_render_plan, rerun_blockers
+
+    try:
+        plan = local_render_plan(settings.device, settings.dtype)
+    except ModelLoadError:
+        return  # no such device here: `rerun` itself says so
+    blockers = rerun_blockers(job.render, plan)
+    if blockers:
+        print(f"  a rerun here cannot be byte-identical: {'; '.join(blockers)}")
+
+
+async def _note_rerun_blockers(store: HistoryStore, old: JobRecord, new_id: str | None) -> None:
+    """`rerun`: a note on stderr when the new render's record says it cannot match the old byte for byte."""
+    from bot.engine.numerics import rerun_blockers
+
+    new = await store.get_job(new_id) if new_id else None
+    if new is None or new.status != "done":
+        return
+    blockers = rerun_blockers(old.render, new.render)
+    if blockers:
+        print(
+            f"note: job {new.id} cannot be byte-identical to job {old.id}: {'; '.join(blockers)}",
+            file=sys.stderr,
+        )
 
 
 def _plural(count: int, noun: str) -> str:

@@ -5,14 +5,17 @@
 # (a local Ray cluster on 127.0.0.1 with two CPU replicas), which must never reach beyond this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The tests exercise the optional NudeNet classifier and Ray Serve for real: install the `safety` and `ray` extras.
-EXTRAS="${EXTRAS:-dev,safety,ray}" scripts/setup.sh
+# The tests exercise the optional NudeNet classifier and Ray Serve for real, so they need the `safety` and
+# `ray` extras. They get their own environment: installed into .venv, `safety` would switch NudeNet on for
+# the bot that scripts/run.sh starts from there (IMAGINE_IMAGE_CLASSIFIER=auto uses it when installed).
+venv="${TEST_VENV:-.venv-test}"
+VENV="$venv" EXTRAS="${EXTRAS:-dev,safety,ray}" scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy bot cogs
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+"$venv/bin/mypy" bot cogs
 if [ "$#" -gt 0 ]; then
-  exec scripts/fence.sh .venv/bin/python -m pytest "$@"
+  exec scripts/fence.sh "$venv/bin/python" -m pytest "$@"
 fi
-scripts/fence.sh .venv/bin/python -m pytest
-exec scripts/fence.sh .venv/bin/python -m pytest -m ray
+scripts/fence.sh "$venv/bin/python" -m pytest
+exec scripts/fence.sh "$venv/bin/python" -m pytest -m ray

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -30,6 +30,21 @@ TINY_STEPS = 2
 TINY_COUNT = 4
 
 SettingsFactory = Callable[..., Settings]
+T = TypeVar("T")
+
+
+def tiny_job(kind: Callable[..., T], **overrides: Any) -> T:
+    """A job the tiny settings render, as `kind` (GenerationRequest, JobSpec); keywords override fields."""
+    values: dict[str, Any] = {
+        "seed_text": "Northeastern University",
+        "count": TINY_COUNT,
+        "steps": TINY_STEPS,
+        "guidance": 7.5,
+        "width": TINY_SIZE,
+        "height": TINY_SIZE,
+        "job_seed": 7,
+    }
+    return kind(**(values | overrides))
 
 
 def tiny_settings(data_dir: Path, models: tuple[Path, Path], **overrides: Any) -> Settings:
@@ -53,10 +68,42 @@ def tiny_settings(data_dir: Path, models: tuple[Path, Path], **overrides: Any) -
 # -- tiny models and the engine -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(sd_path, text_path): tiny random-weight SD2 and GPT-2 folders, built once per session."""
+    """(sd_path, text_path): tiny random-weight SD2 and GPT-2 folders, built once per session.
+
+    With IMAGINE_TEST_MODELS_CACHE=DIR, a build is kept in DIR under a key of the builder's source and
+    the library versions, and later sessions (one test file at a time) reuse it.
+    """
     from bot.engine.tiny_models import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    cache = os.environ.get("IMAGINE_TEST_MODELS_CACHE")
+    if not cache:
+        return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    return _cached_tiny_models(Path(cache), build_tiny_models, tmp_path_factory)
+
+
+def _cached_tiny_models(
+    cache: Path, build: Callable[[Path], tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    import hashlib
+    import importlib.metadata
+    import shutil
+
+    import bot.engine.tiny_models
+
+    key = hashlib.sha256(Path(bot.engine.tiny_models.__file__).read_bytes())
+    for library in ("torch", "diffusers", "transformers", "tokenizers", "safetensors"):
+        key.update(f"{library}={importlib.metadata.version(library)}".encode())
+    target = cache / key.hexdigest()[:16]
+    if not (target / "text" / "config.json").is_file():
+        built = tmp_path_factory.mktemp("tiny-models")
+        build(built)
+        cache.mkdir(parents=True, exist_ok=True)
+        staged = Path(shutil.copytree(built, cache / f".{target.name}-{os.getpid()}"))
+        try:
+            staged.rename(target)  # atomic: a concurrent session sees a whole build or none
+        except OSError:  # another session published the same build first
+            shutil.rmtree(staged)
+    return target / "sd", target / "text"
 
 
 @pytest.fixture

@@ -52,3 +52,83 @@ def test_heavy_marker_help_names_a_command_that_exists() -> None:
     assert "scripts/test.sh -m heavy" in heavy
     assert (ROOT / "scripts" / "test.sh").exists()
     assert '"$@"' in (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
+
+
+# -- scripts/setup.sh, test.sh and run.sh: which environment gets which extras ---------------------
+# The scripts run for real in a copy of the project; the boundary they cross -- a virtual environment's
+# python, pip, ruff and mypy, and the network fence -- is a stub that records each call.
+_STUB = """#!/usr/bin/env bash
+echo "$0 $*" >>"$CALLS"
+"""
+
+
+def _project_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the scripts and pyproject.toml, with stub environments; returns (root, call log)."""
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("setup.sh", "test.sh", "run.sh"):
+        (root / "scripts" / name).write_bytes((ROOT / "scripts" / name).read_bytes())
+        (root / "scripts" / name).chmod(0o755)
+    (root / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    fence = root / "scripts" / "fence.sh"
+    fence.write_text(_STUB + 'exec "$@"\n')
+    fence.chmod(0o755)
+    for venv in (".venv", ".venv-test"):
+        (root / venv / "bin").mkdir(parents=True)
+        for tool in ("python", "ruff", "mypy"):
+            stub = root / venv / "bin" / tool
+            stub.write_text(_STUB)
+            stub.chmod(0o755)
+    return root, tmp_path / "calls.log"
+
+
+def _script(root: Path, calls: Path, name: str, **env: str) -> list[str]:
+    """Run scripts/NAME; return the stub calls it made (paths relative to the copy)."""
+    before = calls.read_text().splitlines() if calls.exists() else []
+    result = subprocess.run(
+        [str(root / "scripts" / name)],
+        cwd=root,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CALLS": str(calls), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    after = calls.read_text().splitlines() if calls.exists() else []
+    return [line.replace(f"{root}/", "") for line in after[len(before) :]]
+
+
+def _installs(calls: list[str]) -> list[str]:
+    return [line for line in calls if " -m pip install -q -e " in line]
+
+
+def test_the_tests_never_install_into_the_bots_environment(tmp_path: Path) -> None:
+    """Before: test.sh put `safety` into .venv, and the bot run from there switched NudeNet on."""
+    root, calls = _project_copy(tmp_path)
+    test_calls = _script(root, calls, "test.sh")
+    assert _installs(test_calls) == [".venv-test/bin/python -m pip install -q -e .[dev,safety,ray]"]
+    assert not [line for line in test_calls if line.startswith(".venv/")], test_calls
+    assert "scripts/fence.sh .venv-test/bin/python -m pytest" in test_calls
+    run_calls = _script(root, calls, "run.sh")
+    assert _installs(run_calls) == [".venv/bin/python -m pip install -q -e .[dev]"]
+    assert run_calls[-1] == ".venv/bin/python -m bot run"
+    (marker,) = (root / ".venv").glob(".installed-*")
+    assert marker.read_text().split() == ["dev"]
+
+
+def test_alternating_extra_sets_installs_each_once(tmp_path: Path) -> None:
+    """Before: one marker per extra set, and each install removed the others: every switch reinstalled."""
+    root, calls = _project_copy(tmp_path)
+    assert len(_installs(_script(root, calls, "setup.sh"))) == 1  # dev
+    assert len(_installs(_script(root, calls, "setup.sh", EXTRAS="dev,safety"))) == 1
+    for extras in ("dev", "dev,safety", "safety,dev", "dev", "safety"):
+        assert _installs(_script(root, calls, "setup.sh", EXTRAS=extras)) == [], extras
+    assert len(_installs(_script(root, calls, "setup.sh", EXTRAS="dev,ray"))) == 1  # ray is new
+    (marker,) = (root / ".venv").glob(".installed-*")
+    assert marker.read_text().split() == ["dev", "ray", "safety"]
+    # Another pyproject.toml: what was installed for the old one is not trusted.
+    (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text() + "\n# changed\n")
+    assert len(_installs(_script(root, calls, "setup.sh"))) == 1
+    (marker,) = (root / ".venv").glob(".installed-*")
+    assert marker.read_text().split() == ["dev"]

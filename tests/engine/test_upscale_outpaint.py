@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bot.engine.executor import Engine
 from bot.engine.images import png_bytes
 from bot.engine.outpaint import OVERLAP, canvas_for, pan_geometry, upscale_size
+from bot.engine.tiny_models import build_tiny_inpaint_model
 from bot.engine.types import GenerationRequest, InvalidRequest
+from tests.conftest import tiny_job
 
 on_engine_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -31,18 +32,9 @@ def _source(width: int = 64, height: int = 64) -> Image.Image:
 
 
 def _request(**overrides: Any) -> GenerationRequest:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 2,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 11,
-        "prompts": (PROMPT, PROMPT),
-    }
-    values.update(overrides)
-    return GenerationRequest(**values)
+    return tiny_job(
+        GenerationRequest, **({"count": 2, "job_seed": 11, "prompts": (PROMPT, PROMPT)} | overrides)
+    )
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -185,21 +177,6 @@ def test_decoded_source_roundtrip() -> None:
     assert Image.open(io.BytesIO(data)).size == (64, 64)
 
 
-def _tiny_inpaint_checkpoint(sd_path: Path, out: Path) -> Path:
-    """The tiny SD folder with a 9-channel (inpainting) UNet, like the SD 2 inpainting model's layout."""
-    import shutil
-
-    from diffusers import UNet2DConditionModel
-
-    shutil.copytree(sd_path, out)
-    config = dict(UNet2DConditionModel.load_config(sd_path / "unet"))
-    config["in_channels"] = 9
-    shutil.rmtree(out / "unet")
-    torch.manual_seed(0)
-    UNet2DConditionModel.from_config(config).save_pretrained(out / "unet")
-    return out
-
-
 async def test_dedicated_inpainting_checkpoint_is_loaded_only_when_set(
     tiny_models: tuple[Path, Path], tmp_path: Path, engine: Engine
 ) -> None:
@@ -207,7 +184,7 @@ async def test_dedicated_inpainting_checkpoint_is_loaded_only_when_set(
 
     # Not set: outpainting uses the base UNet through from_pipe, no second model in memory.
     assert engine.renderer is not None and engine.renderer.inpaint_model == "base"
-    checkpoint = _tiny_inpaint_checkpoint(tiny_models[0], tmp_path / "inpaint")
+    checkpoint = build_tiny_inpaint_model(tiny_models[0], tmp_path / "inpaint")
     dedicated = Engine(
         EngineConfig(
             sd_model=str(tiny_models[0]),
