@@ -82,11 +82,11 @@ async def test_inline_flags_table(fake: FakeDiscord, bot_settings) -> None:
         seed = "a cat --ar 2:1 --no dogs --seed 5 --steps 3 --count 2 --chaos 50"
         _, message = await imagine(fake, fake.alice_id, seed=seed)
         job = await wait_job(bot.store, job_id_of(message), lambda j: j.delivery == "sent")
-        assert (job.seed_text, job.width, job.height, job.negative) == ("a cat", 192, 64, "dogs")
+        assert (job.seed_text, job.width, job.height, job.negative) == ("a cat", 176, 88, "dogs")
         assert (job.job_seed, job.steps, job.count, job.chaos, job.expand) == (5, 3, 2, 50, True)
         assert job.expander["temperature"] == 1.25
         fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
-        assert fields["Seed"] == "`5`" and fields["Size"] == "192×64" and fields["Steps"] == "3"
+        assert fields["Seed"] == "`5`" and fields["Size"] == "176×88" and fields["Steps"] == "3"
         assert fields["Negative"] == "dogs" and fields["Chaos"] == "50 (temperature 1.25)"
         assert message.embeds[0]["title"] == "a cat"
 
