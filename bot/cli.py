@@ -265,6 +265,7 @@ async def _generate(
     backend: RenderBackend | None = None,
 ) -> int:
     """Render `spec` here and print the job; `backend` (tests) replaces the one IMAGINE_BACKEND names."""
+    from bot.engine.backend import BackendUnavailable
     from bot.jobs import StoppedWaiting, request_from_job
     from bot.wiring import build_backend, build_runner
 
@@ -306,6 +307,8 @@ async def _generate(
                 file=sys.stderr,
             )
             return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+        except BackendUnavailable as exc:  # the workers went away before taking it: the row is gone
+            raise CliError(f"cannot render: {exc.user_message}") from None
         finally:
             if bar is not None:
                 bar.close()

@@ -601,7 +601,7 @@ class JobRunner:
                 log.warning("job %s: %s; attempt %d starts now", job.id, exc.user_message, flight.attempt)
             except BackendUnavailable as exc:
                 if self.retry_inline:  # nobody would run a re-queued CLI job: say so now, spend nothing
-                    await self._end(job.id, f"{exc.user_message}; nothing was rendered")
+                    await self._abandon_unreachable(flight, exc)
                 else:
                     await self._wait_for_workers(flight, exc)
                 return None
@@ -618,6 +618,18 @@ class JobRunner:
         log.warning("job %s waits for the render workers: %s", job.id, exc.user_message)
         if await self.store.requeue_unstarted(job.id):
             self._wake.set()
+
+    async def _abandon_unreachable(self, flight: _InFlight, exc: BackendUnavailable) -> None:
+        """The CLI's job found no workers. A first attempt never started anywhere: its row goes (nothing is
+        written for a job that never could start) and the waiter gets the error. A later attempt ends the
+        job with the reason."""
+        job = flight.job
+        if flight.attempt <= 1 and await self.store.discard_unstarted(job.id):
+            for future in self._waiters.pop(job.id, []):
+                if not future.done():
+                    future.set_exception(BackendUnavailable(exc.user_message))
+            return
+        await self._end(job.id, f"{exc.user_message}; nothing was rendered")
 
     def _rendered(self, flight: _InFlight) -> None:
         """The model work is over: no longer cancellable, and its slot is free for the next job."""

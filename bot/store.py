@@ -731,6 +731,13 @@ class HistoryStore:
             cursor = await db.execute(query, (reason[:500], time.time(), job_id, self.instance_id))
             return "failed" if cursor.rowcount == 1 else None
 
+    async def discard_unstarted(self, job_id: str) -> bool:
+        """Delete a job that never reached a worker (the CLI could not connect): no row is left behind."""
+        async with self._write() as db:
+            query = "DELETE FROM jobs WHERE id = ? AND status IN ('queued', 'running')"
+            cursor = await db.execute(query, (job_id,))
+            return cursor.rowcount == 1
+
     async def requeue_unstarted(self, job_id: str) -> bool:
         """A `running` job no worker took (the workers were unreachable): back to `queued`, its attempt refunded."""
         async with self._write() as db:

@@ -126,3 +126,25 @@ async def test_an_outage_spends_no_attempt_the_job_waits_and_runs_when_the_worke
             assert (outcome.job.status, outcome.job.attempts) == ("done", 1)
         finally:
             await runner.stop(grace=5)
+
+
+@session_loop
+async def test_the_cli_leaves_no_row_when_the_workers_vanish_between_its_check_and_the_render(
+    engine: Engine, settings: Settings
+) -> None:
+    """Issue 16/17 item 17: the CLI has no dispatcher, so it never waits; a job that never could start
+    leaves nothing behind, and the one line names the workers' URL."""
+    from bot.cli import CliError, _generate
+
+    backend = FlakyWorkers(LocalBackend(engine))
+    backend.down = True  # available() still says yes (stale_check): the render itself is refused
+    async with HistoryStore(settings.db_path) as store:
+        before = await store.list_jobs(limit=1000)
+        spec = _spec(user_id=None, seed_text="a lighthouse at dusk")
+        with pytest.raises(CliError) as raised:
+            await asyncio.wait_for(_generate(settings, store, spec, as_json=True, backend=backend), 60)
+        assert str(raised.value) == f"cannot render: {OUTAGE}"
+        assert raised.value.code == 1
+        after = await store.list_jobs(limit=1000)
+        assert [job.id for job in after] == [job.id for job in before]
+        assert backend.refused == 1
