@@ -72,7 +72,7 @@ async def forget_member(
     folders = sorted(
         {
             folder
-            for job in jobs
+            for job in (*jobs, *copies)
             for path in {job.grid_path, job.init_image, job.mask_image}
             if path
             for folder in Path(path).parents[:2]
