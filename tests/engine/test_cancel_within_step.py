@@ -14,8 +14,9 @@ from bot.engine.types import GenerationRequest, JobCancelled
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-# At this size one step of the tiny model takes seconds on a CPU core (measured in the test itself).
-LONG_STEP_SIDE = 384
+# At this size one step of the tiny model (SD 2 geometry: latents 80×80) takes seconds on a CPU core
+# (measured in the test itself).
+LONG_STEP_SIDE = 640
 
 
 def _request() -> GenerationRequest:
