@@ -242,6 +242,12 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
                     "can be re-rendered"
                 )
             spec = await _action_spec(args, settings, store)
+            if spec.id is None:  # its id now, so the note after the render finds the new job
+                from dataclasses import replace
+
+                from bot.store import new_job_id
+
+                spec = replace(spec, id=new_job_id())
         try:
             code = await _generate(settings, store, spec, as_json=args.json)
         except BaseException:

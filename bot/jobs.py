@@ -701,7 +701,8 @@ class JobRunner:
                 log.error("saving job %s failed: %s", job.id, exc)
             else:
                 log.exception("saving job %s failed", job.id)
-            await asyncio.to_thread(_drop_attempt, attempt_dir)  # nothing half-written stays
+            with contextlib.suppress(OSError):  # nothing half-written: no tiles, no grid, no empty folder
+                await asyncio.to_thread(_drop_attempt, attempt_dir, remove_empty_job_folder=True)
             await self._end(job.id, _save_failure(exc))
             return
         if not saved:
@@ -801,9 +802,13 @@ class JobRunner:
                 log.exception("delivering job %s failed", outcome.job.id)
 
 
-def _drop_attempt(folder: Path) -> None:
-    """Remove one attempt's own folder of rendered files (never the job's inputs, never another attempt's)."""
+def _drop_attempt(folder: Path, *, remove_empty_job_folder: bool = False) -> None:
+    """Remove one attempt's own folder of rendered files (never the job's inputs, never another attempt's);
+    and the job's folder too when nothing else is left in it (a failed save keeps no empty folder)."""
     shutil.rmtree(folder, ignore_errors=True)
+    job_folder = folder.parent
+    if remove_empty_job_folder and job_folder.is_dir() and not any(job_folder.iterdir()):
+        job_folder.rmdir()
 
 
 def _attempts_phrase(count: int) -> str:

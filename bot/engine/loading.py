@@ -97,24 +97,42 @@ def _looks_like_a_path(model_id: str) -> bool:
     return model_id.startswith((".", "/", "~", "\\")) or model_id.count("/") > 1 or "\\" in model_id
 
 
+_SMOKE_HINT = (
+    "(for an offline smoke test: `python -m bot tiny-models .tiny-models` then "
+    "IMAGINE_SD_MODEL=.tiny-models/sd IMAGINE_TEXT_MODEL=.tiny-models/text)"
+)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long, no permission: not a folder we can load
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _load_error(model_id: str, setting: str, exc: BaseException) -> ModelLoadError:
     path = Path(model_id).expanduser()
-    if _looks_like_a_path(model_id) and not path.is_dir():
+    if _looks_like_a_path(model_id) and not _is_dir(path):
         # huggingface_hub would call it a malformed repo id; the user meant a folder that is not there.
-        what = "no such folder" if not path.exists() else "not a folder"
+        what = "not a folder" if _exists(path) else "no such folder"
         return ModelLoadError(
             f"could not load {setting}={model_id!r}: {what} ({path.resolve()}). Point it at a model folder "
             "(one with model_index.json for IMAGINE_SD_MODEL, config.json for the others) or a Hub id "
-            "like org/name"
+            f"like org/name {_SMOKE_HINT}"
         )
     # The whole first line of the cause: this text goes to the log and the operator's terminal only.
     text = str(exc).strip()
     cause = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
     return ModelLoadError(
         f"could not load {setting}={model_id!r} ({cause}). "
-        "Check the id and your network, or point it at a local folder "
-        "(for an offline smoke test: `python -m bot tiny-models .tiny-models` then "
-        "IMAGINE_SD_MODEL=.tiny-models/sd IMAGINE_TEXT_MODEL=.tiny-models/text)"
+        f"Check the id and your network, or point it at a local folder {_SMOKE_HINT}"
     )
 
 
