@@ -72,7 +72,7 @@ class FakeOAuth:
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         header = request.headers.get("Authorization")
         if header:
-            basic = BasicAuth.decode(header)
+            basic = BasicAuth.decode(header)  # the server side of Basic: not deprecated
             client_id, client_secret = basic.login, basic.password
         if client_id != self.client_id or client_secret != self.client_secret:
             return web.json_response({"error": "invalid_client"}, status=401)

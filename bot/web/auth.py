@@ -202,9 +202,11 @@ class Auth:
             "redirect_uri": self.redirect_uri,
             "code_verifier": verifier,
         }
-        auth = aiohttp.BasicAuth(self.client_id, self._client_secret)
+        # RFC 6749 2.3.1: client credentials in HTTP Basic.
+        headers = {"Authorization": aiohttp.encode_basic_auth(self.client_id, self._client_secret)}
         try:
-            async with self.http.post(f"{self.discord_url}/api/oauth2/token", data=data, auth=auth) as resp:
+            url = f"{self.discord_url}/api/oauth2/token"
+            async with self.http.post(url, data=data, headers=headers) as resp:
                 if resp.status != 200:
                     log.warning("web login: Discord refused the code (HTTP %d)", resp.status)
                     raise LoginFailed("Discord refused the login; please try again")

@@ -49,6 +49,7 @@ class WebContext:
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
+SESSION: web.RequestKey[Session | None] = web.RequestKey("session", object)  # type: ignore[arg-type]
 
 
 def _ctx(request: web.Request) -> WebContext:
@@ -64,12 +65,11 @@ def _client_key(request: web.Request) -> str:
 
 
 async def current_session(request: web.Request, *, force_refresh: bool = False) -> Session | None:
-    if "session" not in request or force_refresh:
-        request["session"] = await _ctx(request).auth.session_from_cookie(
+    if SESSION not in request or force_refresh:
+        request[SESSION] = await _ctx(request).auth.session_from_cookie(
             request.cookies.get(SESSION_COOKIE), force_refresh=force_refresh
         )
-    session: Session | None = request["session"]
-    return session
+    return request[SESSION]
 
 
 async def _require(request: web.Request) -> tuple[Session, Viewer]:
@@ -95,7 +95,7 @@ def _query(params: dict[str, Any]) -> str:
 
 
 def render(request: web.Request, template: str, *, status: int = 200, **values: Any) -> web.Response:
-    session: Session | None = request.get("session")
+    session = request.get(SESSION)
     ctx = _ctx(request)
     html = ctx.templates.get_template(template).render(
         session=session,
