@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The tests exercise the optional NudeNet classifier and Ray Serve for real: install the `safety` and `ray` extras.
 EXTRAS="${EXTRAS:-dev,safety,ray}" scripts/setup.sh
+# The web gallery's browser tests: Debian's chromium and chromium-driver, axe-core from npm (they skip if absent).
+scripts/browser-deps.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -97,6 +97,7 @@ def _query(params: dict[str, Any]) -> str:
 def render(request: web.Request, template: str, *, status: int = 200, **values: Any) -> web.Response:
     session = request.get(SESSION)
     ctx = _ctx(request)
+    values.setdefault("title", "Sorry" if template == "error.html" else "Gallery")
     html = ctx.templates.get_template(template).render(
         session=session,
         viewer=session.viewer(ctx.admins) if session else None,
@@ -111,7 +112,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **values: 
 async def index(request: web.Request) -> web.StreamResponse:
     if await current_session(request) is not None:
         raise web.HTTPFound("/mine")
-    return render(request, "login.html", next_path=safe_next(request.query.get("next")))
+    return render(request, "login.html", title="Log in", next_path=safe_next(request.query.get("next")))
 
 
 async def login(request: web.Request) -> web.StreamResponse:
