@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord, JobSpec, Tile
@@ -43,9 +43,22 @@ def web_settings(data_dir: Path, fake: FakeDiscord, **overrides: Any) -> Setting
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def png(color: tuple[int, int, int], size: int = 64) -> bytes:
+def png(color: tuple[int, int, int], size: int = 64, height: int | None = None) -> bytes:
+    """A small picture with some structure (a sky gradient, a hill, a sun) so screenshots read as a gallery."""
+    height = height or size
+    sky = Image.linear_gradient("L").resize((size, height))
+    image = Image.merge(
+        "RGB", [sky.point(lambda v, c=c: int(c * 0.4 + v * 0.6 * (c / 255 + 0.3))) for c in color]
+    )
+    draw = ImageDraw.Draw(image)
+    r = max(2, size // 8)
+    cx, cy = (color[0] * 7) % (size - 2 * r) + r, height // 4
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 214, 102))
+    draw.ellipse(
+        (-size // 2, height * 2 // 3, size * 3 // 2, height * 2), fill=(color[1] // 3, 90, color[2] // 3)
+    )
     buffer = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buffer, "PNG")
+    image.save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -107,12 +120,12 @@ async def make_job(
     tiles = []
     for index in range(count):
         path = folder / f"{index}.png"
-        path.write_bytes(png((40 * index % 256, 90, 160), width))
+        path.write_bytes(png(((70 * index + len(seed_text) * 13) % 256, 120, 200), width, height))
         tiles.append(
             Tile(index, f"{seed_text}, detailed painting {index}", 5000 + index, str(path), index in nsfw)
         )
     grid = folder / "grid.png"
-    grid.write_bytes(png((10, 10, 10), width))
+    grid.write_bytes(png((30, 60, 90), width, height))
     await store.mark_done(job.id, tiles=tiles, grid_path=str(grid), expander={}, render={"model": "tiny"})
     if delivered:
         await store.mark_delivered(job.id, message_id=99, channel_id=555)

@@ -12,13 +12,13 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -206,9 +206,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         secret_file = tmp_path / "client-secret"
         secret_file.write_text(CLIENT_SECRET + "\n")
         env["IMAGINE_WEB_CLIENT_SECRET_FILE"] = str(secret_file)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bot", "web"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
-        )
+        log_path = tmp_path / "web.log"
+        with log_path.open("w") as log_file:
+            server = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "web", cwd=tmp_path, env=env, stderr=log_file
+            )
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -217,19 +219,21 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                     writer.close()
                     break
                 except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(
-                            f"bot web did not start: {server.stderr.read() if server.stderr else ''}"
-                        ) from None
+                    if server.returncode is not None or time.monotonic() > deadline:
+                        raise AssertionError(f"bot web did not start: {log_path.read_text()}") from None
                     await asyncio.sleep(0.2)
             w.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
             yield w
         finally:
             server.terminate()
             try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(server.wait(), 10)
+            except TimeoutError:
                 server.kill()
+                await server.wait()
+        # The secrets never reach the server's log.
+        log_text = log_path.read_text()
+        assert CLIENT_SECRET not in log_text and SESSION_SECRET not in log_text
 
 
 async def test_gallery_in_a_real_browser(world: World) -> None:
@@ -333,5 +337,8 @@ async def test_gallery_in_a_real_browser(world: World) -> None:
         await browser.wait_for(lambda: browser.driver.current_url.endswith("/admin"))
         assert "Operator dashboard" in await browser.text()
         await browser.shot("dashboard.png")
+        # -- and Prometheus reads /metrics from `bot web`'s second address
+        async with aiohttp.ClientSession() as http, http.get(world.metrics_url) as response:  # type: ignore[attr-defined]
+            assert 'imagine_jobs{status="done"} 4.0' in await response.text()
     finally:
         await asyncio.to_thread(browser.quit)
