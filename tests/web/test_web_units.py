@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bot.settings import SettingsError
 from bot.web.auth import safe_next
 from bot.web.search import SearchSyntaxError, parse_search
 
@@ -46,3 +47,48 @@ def test_search_syntax() -> None:
 def test_search_syntax_errors(bad: str) -> None:
     with pytest.raises(SearchSyntaxError):
         parse_search(bad)
+
+
+def test_web_settings_from_env_and_files(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from bot.settings import load_settings
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-from-a-file\n")
+    monkeypatch.setenv("IMAGINE_WEB_CLIENT_SECRET_FILE", str(secret))
+    monkeypatch.setenv("IMAGINE_WEB_CLIENT_ID", "123")
+    monkeypatch.setenv("IMAGINE_WEB_ADMINS", "11, 22 33")
+    monkeypatch.setenv("IMAGINE_WEB_URL", "https://gallery.example/")
+    settings = load_settings(_env_file=None)
+    assert settings.web_client_secret is not None
+    assert settings.web_client_secret.get_secret_value() == "s3cret-from-a-file"
+    assert settings.web_admins == [11, 22, 33]
+    assert settings.web_url == "https://gallery.example"
+    assert (settings.web_bind, settings.web_metrics_bind) == ("127.0.0.1:8080", "127.0.0.1:9464")
+    monkeypatch.setenv("IMAGINE_WEB_CLIENT_SECRET", "both")
+    with pytest.raises(SettingsError, match="IMAGINE_WEB_CLIENT_SECRET or IMAGINE_WEB_CLIENT_SECRET_FILE"):
+        load_settings(_env_file=None)
+    monkeypatch.delenv("IMAGINE_WEB_CLIENT_SECRET")
+    monkeypatch.setenv("IMAGINE_WEB_BIND", "8080")
+    with pytest.raises(SettingsError, match="IMAGINE_WEB_BIND"):
+        load_settings(_env_file=None)
+
+
+def test_bot_web_without_secrets_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
+    env["IMAGINE_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "web"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: `bot web` needs IMAGINE_WEB_CLIENT_ID (or IMAGINE_WEB_CLIENT_ID_FILE): README → Web gallery says where to get it"
+    ]
