@@ -19,6 +19,15 @@ _FEED_SQL = (
     "j.guild_id IN (SELECT value FROM json_each(?)) AND j.private = 0 AND j.delivery = 'sent' "
     "AND j.status = 'done' AND (j.safe_mode = 1 OR j.user_id = ?)"
 )
+_MATCH_SQL = (
+    "SELECT m.job_id FROM job_search s JOIN job_search_ids m ON m.rowid = s.rowid WHERE job_search MATCH ?"
+)
+# Does job j match? (the index looked up by the job's own search row)
+_MATCHES_JOB_SQL = (
+    "EXISTS (SELECT 1 FROM job_search_ids m JOIN job_search s ON s.rowid = m.rowid "
+    "WHERE m.job_id = j.id AND job_search MATCH ?)"
+)
+_DENSE_HITS = 2000
 _GRID_ACTIONS = ("imagine", "rerender", "reexpand", "reproduce", "rerun")
 _ACTION_SQL = {
     "grid": f"j.action IN ({', '.join(repr(a) for a in _GRID_ACTIONS)}) AND j.init_image IS NULL",
@@ -85,17 +94,33 @@ class GalleryQueries:
         else:
             return [], False
         self._filters(query, viewer, conditions, params)
+        # Words drive the query from the full-text index: a rare word (a seed) then reads a handful of rows
+        # instead of walking every job of the scope newest first to test each against the matches.
+        # A common word instead walks the scope newest first and asks the index about each job until the page
+        # is full (few rows to test when matches are dense).
+        head, source, head_params = "", "jobs j", []
+        if query.words:
+            expression = query.match_expression(query.words)
+            count_sql = "SELECT COUNT(*) FROM (SELECT 1 FROM job_search WHERE job_search MATCH ? LIMIT ?)"
+            hits = (await self.store.read(count_sql, (expression, _DENSE_HITS)))[0][0]
+            if hits < _DENSE_HITS:
+                head = f"WITH hits AS MATERIALIZED ({_MATCH_SQL}) "
+                source = "hits JOIN jobs j ON j.id = hits.job_id"
+                head_params = [expression]
+            else:
+                conditions.append(_MATCHES_JOB_SQL)
+                params.append(expression)
         query_sql = f"""
-            SELECT j.id AS job_id, t.idx, COALESCE(t.prompt, j.seed_text) AS prompt, COALESCE(t.nsfw, 0) AS nsfw,
+            {head}SELECT j.id AS job_id, t.idx, COALESCE(t.prompt, j.seed_text) AS prompt, COALESCE(t.nsfw, 0) AS nsfw,
                 EXISTS (SELECT 1 FROM likes l WHERE l.user_id = ? AND l.job_id = j.id AND l.idx = t.idx) AS liked,
                 j.seed_text, j.status, j.action, j.created_at, j.width, j.height, j.user_id, j.guild_id
-            FROM jobs j LEFT JOIN tiles t ON t.job_id = j.id
+            FROM {source} LEFT JOIN tiles t ON t.job_id = j.id
             WHERE {" AND ".join(conditions)}
             ORDER BY j.created_at DESC, j.id, t.idx
             LIMIT ? OFFSET ?
         """
         params += [PAGE_SIZE + 1, max(0, page) * PAGE_SIZE]
-        rows = await self.store.read(query_sql, params)
+        rows = await self.store.read(query_sql, [*head_params, *params])
         items = [
             GridItem(
                 job_id=r["job_id"],
@@ -118,12 +143,8 @@ class GalleryQueries:
 
     @staticmethod
     def _filters(query: SearchQuery, viewer: Viewer, conditions: list[str], params: list[Any]) -> None:
-        match = "SELECT m.job_id FROM job_search s JOIN job_search_ids m ON m.rowid = s.rowid WHERE job_search MATCH ?"
-        if query.words:
-            conditions.append(f"j.id IN ({match})")
-            params.append(query.match_expression(query.words))
         if query.excluded:
-            conditions.append(f"j.id NOT IN ({match})")
+            conditions.append(f"NOT {_MATCHES_JOB_SQL}")
             params.append(" OR ".join(query.match_expression((word,)) for word in query.excluded))
         if query.aspect is not None:
             w, h = query.aspect

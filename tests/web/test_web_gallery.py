@@ -22,7 +22,10 @@ from tests.web.conftest import Gallery, csrf_of, login
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def test_search_and_filters(gallery: Gallery) -> None:
+@pytest.mark.parametrize("dense", [False, True], ids=["from-the-index", "walk-newest-first"])
+async def test_search_and_filters(gallery: Gallery, dense: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if dense:  # the plan for common words (more than _DENSE_HITS matches)
+        monkeypatch.setattr("bot.web.queries._DENSE_HITS", 1)
     fake = gallery.fake
     alice = fake.alice_id
     castle = await gallery.job(user_id=alice, guild_id=fake.guild_id, seed_text="castle at noon")
