@@ -52,9 +52,12 @@ class Session:
     csrf: str
     created_at: float
     refreshed_at: float
+    server_names: dict[int, str] = field(default_factory=dict)
 
     def viewer(self, admins: frozenset[int]) -> Viewer:
-        return Viewer(self.user_id, self.name, self.member_of, self.manages, self.user_id in admins)
+        return Viewer(
+            self.user_id, self.name, self.member_of, self.manages, self.user_id in admins, self.server_names
+        )
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class Auth:
             raise LoginFailed("this login link was already used or has expired; please log in again")
         token = await self._exchange_code(code, pending.verifier)
         user = await self._api(token, "/api/users/@me")
-        member_of, manages = await self._guilds(token)
+        member_of, manages, names = await self._guilds(token)
         now = time.time()
         session = Session(
             id=secrets.token_urlsafe(32),
@@ -190,7 +193,10 @@ class Auth:
             csrf=secrets.token_urlsafe(32),
             created_at=now,
             refreshed_at=now,
+            server_names=names,
         )
+        # Sessions older than the cookie's life are gone for good: forget them.
+        self._sessions = {k: v for k, v in self._sessions.items() if now - v.created_at < SESSION_MAX_AGE}
         self._sessions[session.id] = session
         log.info("web login: user %s (%d servers)", session.user_id, len(member_of))
         return session, pending.next_path
@@ -231,17 +237,19 @@ class Auth:
             log.warning("web: cannot reach Discord (%s)", type(exc).__name__)
             raise LoginFailed("cannot reach Discord right now; please try again") from None
 
-    async def _guilds(self, token: str) -> tuple[frozenset[int], frozenset[int]]:
+    async def _guilds(self, token: str) -> tuple[frozenset[int], frozenset[int], dict[int, str]]:
         guilds = await self._api(token, "/api/users/@me/guilds")
         member_of: set[int] = set()
         manages: set[int] = set()
+        names: dict[int, str] = {}
         for guild in guilds if isinstance(guilds, list) else []:
             guild_id = int(guild["id"])
             member_of.add(guild_id)
+            names[guild_id] = str(guild.get("name") or guild_id)[:100]
             permissions = int(guild.get("permissions") or 0)
             if guild.get("owner") or permissions & (MANAGE_GUILD | ADMINISTRATOR):
                 manages.add(guild_id)
-        return frozenset(member_of), frozenset(manages)
+        return frozenset(member_of), frozenset(manages), names
 
     # -- sessions -------------------------------------------------------------------------------------
     def cookie_value(self, session: Session) -> str:
@@ -261,11 +269,13 @@ class Auth:
             return None
         if force_refresh or time.time() - session.refreshed_at > self.refresh_seconds:
             try:
-                member_of, manages = await self._guilds(session.access_token)
+                member_of, manages, names = await self._guilds(session.access_token)
             except LoginFailed:
                 self._sessions.pop(session.id, None)  # revoked or expired token: log in again
                 return None
-            session = replace(session, member_of=member_of, manages=manages, refreshed_at=time.time())
+            session = replace(
+                session, member_of=member_of, manages=manages, server_names=names, refreshed_at=time.time()
+            )
             self._sessions[session.id] = session
         return session
 

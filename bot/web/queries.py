@@ -5,7 +5,7 @@ here are the same rules written for SQLite, and tests/web/test_web_policy.py che
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.store import HistoryStore, JobRecord
@@ -49,6 +49,8 @@ class Viewer:
     member_of: frozenset[int]
     manages: frozenset[int]
     admin: bool = False
+    #: server names as Discord gave them at login (for display only)
+    server_names: dict[int, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

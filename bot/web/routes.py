@@ -225,9 +225,8 @@ async def manage(request: web.Request) -> web.Response:
         raise web.HTTPFound("/?" + _query({"next": request.path_qs}))
     if guild_id not in session.manages:
         raise web.HTTPNotFound(text="no such server among those you manage")
-    return await _grid_page(
-        request, scope="manage", title=f"Every job of server {guild_id}", guild_id=guild_id
-    )
+    name = session.server_names.get(guild_id, str(guild_id))
+    return await _grid_page(request, scope="manage", title=f"Every job of {name}", guild_id=guild_id)
 
 
 # -- one job -------------------------------------------------------------------------------------------

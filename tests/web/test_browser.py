@@ -332,6 +332,7 @@ async def test_gallery_in_a_real_browser(world: World) -> None:
         assert "no such page" in await browser.text()
         # -- the operator sees the dashboard
         await browser.click("form.logout button")
+        await browser.wait_for(lambda: browser.driver.current_url.rstrip("/") == world.base)
         fake.oauth.login_as = fake.owner_id
         await browser.get("/login?next=/admin")
         await browser.wait_for(lambda: browser.driver.current_url.endswith("/admin"))
