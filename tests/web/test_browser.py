@@ -3,7 +3,7 @@
 
 Log in, own images, the server feed's privacy, search from the keyboard, star, lineage, download, delete,
 the dashboard only for admins, a 390-px phone viewport, and axe-core (npm) with no serious violations.
-Screenshots go to docs/screenshots/. Skips, naming what is missing, without chromium or selenium.
+Screenshots go to .cache/screenshots/ (docs/screenshots/ with UPDATE_SCREENSHOTS=1). Skips, naming what is missing, without chromium or selenium.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from tests.web.conftest import CLIENT_SECRET, SESSION_SECRET, make_job
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's pictures are refreshed with UPDATE_SCREENSHOTS=1; other runs keep theirs in .cache/ (ignored).
+SCREENSHOTS = ROOT / ("docs" if os.environ.get("UPDATE_SCREENSHOTS") else ".cache") / "screenshots"
 AXE = ROOT / ".cache" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -193,7 +194,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         port, metrics_port = _free_port(), _free_port()
         w.base = f"http://127.0.0.1:{port}"
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))},
             "IMAGINE_DATA_DIR": str(data),
             "IMAGINE_WEB_BIND": f"127.0.0.1:{port}",
             "IMAGINE_WEB_URL": w.base,
