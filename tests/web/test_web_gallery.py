@@ -192,6 +192,8 @@ async def test_manager_sees_and_deletes_every_job(gallery: Gallery) -> None:
     await login(mod, fake, fake.mod_id)
     page = await (await mod.get(f"/server/{fake.guild_id}")).text()
     assert all(j.id in page for j in (failed, queued, private))
+    job_page = await (await mod.get(f"/job/{failed.id}")).text()
+    assert "the GPU ran out of memory" in job_page and "Delete job" in job_page
     token = csrf_of(page)
     response = await mod.post(f"/job/{private.id}/delete", data={"csrf": token}, allow_redirects=False)
     assert response.status == 303 and await gallery.store.get_job(private.id) is None

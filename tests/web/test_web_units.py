@@ -92,3 +92,21 @@ def test_bot_web_without_secrets_is_one_line(tmp_path) -> None:  # type: ignore[
     assert result.stderr.strip().splitlines() == [
         "error: `bot web` needs IMAGINE_WEB_CLIENT_ID (or IMAGINE_WEB_CLIENT_ID_FILE): README → Web gallery says where to get it"
     ]
+
+
+def test_web_package_imports_only_store_policy_forgetting_settings() -> None:
+    """The web layer sits beside the chat layer: no cogs, no bot client, no delivery (LAYOUT.md)."""
+    import ast
+    from pathlib import Path
+
+    allowed = {"bot.store", "bot.policy", "bot.forgetting", "bot.settings"}
+    for path in (Path(__file__).resolve().parents[2] / "bot" / "web").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if name.startswith(("bot.", "cogs", "discord")) and not name.startswith("bot.web"):
+                    assert name in allowed, f"{path.name} imports {name}"
