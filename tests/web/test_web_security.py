@@ -230,3 +230,29 @@ async def test_secrets_never_shown_or_logged(gallery: Gallery, caplog: pytest.Lo
         for body in bodies:
             assert secret not in body
         assert secret not in caplog.text
+
+
+async def test_public_url_decides_secure_cookies_and_redirect_uri(gallery: Gallery) -> None:
+    from bot.web.app import build_app
+    from tests.web.conftest import web_settings
+
+    settings = web_settings(gallery.settings.data_dir, gallery.fake, web_url="https://gallery.example")
+    gallery.app = build_app(settings, gallery.store)
+    client = await gallery.client()
+    response = await client.get("/login", allow_redirects=False)
+    query = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert query["redirect_uri"] == ["https://gallery.example/callback"]
+    assert "Secure" in response.headers["Set-Cookie"]
+    gallery.fake.oauth.login_as = gallery.fake.alice_id
+    async with client.session.get(response.headers["Location"], allow_redirects=False) as answer:
+        back = urlsplit(answer.headers["Location"])
+    assert back.netloc == "gallery.example"
+    # The login cookie is Secure, so this plain-http test client does not send it back: put it back by hand.
+    login_cookie = response.cookies["imagine_login"].value
+    response = await client.get(
+        f"{back.path}?{back.query}",
+        allow_redirects=False,
+        headers={"Cookie": f"imagine_login={login_cookie}"},
+    )
+    cookie = next(v for v in response.headers.getall("Set-Cookie") if v.startswith(SESSION_COOKIE))
+    assert "Secure" in cookie and "HttpOnly" in cookie
