@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from bot.store import HistoryStore
+from bot.web.queries import GalleryQueries
 
 BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -60,8 +61,7 @@ class _Snapshot(Collector):
 async def render_metrics(store: HistoryStore, heartbeat_path: Path) -> bytes:
     """The exposition text: jobs by status, queue wait and render seconds, bot and render backend up."""
     jobs = GaugeMetricFamily("imagine_jobs", "Jobs in the history database by status", labels=["status"])
-    query = "SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"
-    counts = {r["status"]: int(r["n"]) for r in await store.read(query)}
+    counts = await GalleryQueries(store).status_counts()
     for status in STATUSES:
         jobs.add_metric([status], counts.get(status, 0))
     metrics: list[Metric] = [jobs]

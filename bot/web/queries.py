@@ -243,14 +243,6 @@ class GalleryQueries:
         """
         return [dict(r) for r in await self.store.read(query)]
 
-    async def durations(self, since: float) -> list[tuple[float | None, float | None]]:
-        """(queue wait, render seconds) of jobs finished since `since` (metrics' histograms)."""
-        query = """
-            SELECT started_at - created_at AS wait, finished_at - started_at AS render FROM jobs
-            WHERE status = 'done' AND finished_at >= ? AND started_at IS NOT NULL
-        """
-        return [(r["wait"], r["render"]) for r in await self.store.read(query, (since,))]
-
 
 def _json_ids(ids: frozenset[int]) -> str:
     return "[" + ",".join(str(int(i)) for i in sorted(ids)) + "]"

@@ -10,8 +10,10 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import gcd
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -21,7 +23,7 @@ from bot.policy import web_may_delete, web_may_view
 from bot.store import HistoryStore, JobRecord
 from bot.web.auth import LOGIN_COOKIE, SESSION_COOKIE, Auth, LoginFailed, RateLimiter, Session, safe_next
 from bot.web.metrics import read_heartbeat
-from bot.web.queries import PAGE_SIZE, GalleryQueries, Viewer
+from bot.web.queries import GalleryQueries, Viewer
 from bot.web.search import SYNTAX_HELP, SearchQuery, SearchSyntaxError, parse_search
 from bot.web.thumbs import thumbnail
 
@@ -89,8 +91,6 @@ async def _check_csrf(request: web.Request, session: Session) -> None:
 
 
 def _query(params: dict[str, Any]) -> str:
-    from urllib.parse import urlencode
-
     return urlencode({k: v for k, v in params.items() if v not in (None, "")})
 
 
@@ -134,9 +134,8 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
+    # Not rate-limited itself: /login is, and a callback needs the `state` that /login gave this browser.
     ctx = _ctx(request)
-    if not ctx.login_limiter.allow(_client_key(request)):
-        return render(request, "error.html", status=429, message="Too many logins from here; wait a minute.")
     code, state = request.query.get("code"), request.query.get("state")
     if not code or not state:
         reason = request.query.get("error_description") or "Discord sent no login code"
@@ -203,9 +202,6 @@ async def _grid_page(
         q=text,
         problem=problem,
         syntax=SYNTAX_HELP,
-        page_size=PAGE_SIZE,
-        guild_id=guild_id,
-        managed=sorted(viewer.manages),
         when=_when,
     )
 
@@ -244,8 +240,6 @@ def imagine_command(job: JobRecord) -> str:
     """The /imagine that repeats this job's recipe."""
     ratio = ""
     if job.width != job.height:
-        from math import gcd
-
         d = gcd(job.width, job.height)
         ratio = f" --ar {job.width // d}:{job.height // d}"
     parts = [f"/imagine seed:{job.seed_text}{ratio}", f"seed_number:{job.job_seed}", f"count:{job.count}"]

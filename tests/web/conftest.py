@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -191,8 +190,3 @@ async def gallery(tmp_path: Path) -> AsyncIterator[Gallery]:
         finally:
             for client in g._clients:
                 await client.close()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
