@@ -108,7 +108,7 @@ def build_database(path: Path, jobs: int, *, members: int, guilds: int, seed: in
             )
         )
         if status == "done":
-            for idx in range(4):
+            for idx in range(1, 5):
                 prompt = (
                     f"{' '.join(words)}, {rng.choice(STYLES)}, {rng.choice(WORDS)} light, highly detailed"
                 )

@@ -117,8 +117,8 @@ async def make_job(
     folder = images_dir / job.id
     folder.mkdir(parents=True, exist_ok=True)
     tiles = []
-    for index in range(count):
-        path = folder / f"{index}.png"
+    for index in range(1, count + 1):  # the bot numbers tiles from 1, as its U1…U4 buttons
+        path = folder / f"tile-{index}.png"
         path.write_bytes(png(((70 * index + len(seed_text) * 13) % 256, 120, 200), width, height))
         tiles.append(
             Tile(index, f"{seed_text}, detailed painting {index}", 5000 + index, str(path), index in nsfw)

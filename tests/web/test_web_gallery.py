@@ -53,7 +53,7 @@ async def test_search_and_filters(gallery: Gallery, dense: bool, monkeypatch: py
     assert await found("castle before:2000-01-01") == set()
     assert await found("server:1") == set()
     token = csrf_of(await (await client.get(f"/job/{forest.id}")).text())
-    await client.post(f"/job/{forest.id}/like/1", data={"csrf": token})
+    await client.post(f"/job/{forest.id}/like/2", data={"csrf": token})
     assert await found("liked") == {forest.id}
     page = await (await client.get("/mine", params={"q": "aspect:wide"})).text()
     assert "`aspect:` needs W:H" in page.replace("&#96;", "`")
@@ -131,17 +131,17 @@ async def test_job_page_lineage_downloads_and_commands(gallery: Gallery) -> None
     client = await gallery.client()
     await login(client, fake, fake.alice_id)
     page = await (await client.get(f"/job/{parent.id}")).text()
-    assert f'href="/job/{child.id}"' in page and "of image 2" in page
+    assert f'href="/job/{child.id}"' in page and "of image 1" in page
     assert f"python -m bot rerun {parent.id}" in page
     assert f"/imagine seed:red fox seed_number:{parent.job_seed}" in page
     child_page = await (await client.get(f"/job/{child.id}")).text()
     assert f'href="/job/{parent.id}"' in child_page
-    response = await client.get(f"/file/{parent.id}/1.png", params={"download": "1"})
+    response = await client.get(f"/file/{parent.id}/2.png", params={"download": "1"})
     assert response.status == 200 and (await response.read()).startswith(b"\x89PNG")
     assert "attachment" in response.headers["Content-Disposition"]
     archive = zipfile.ZipFile(io.BytesIO(await (await client.get(f"/zip/{parent.id}.zip")).read()))
     assert sorted(archive.namelist()) == sorted(
-        [f"{parent.id}-grid.png", f"{parent.id}-0.png", f"{parent.id}-1.png", f"{parent.id}-recipe.txt"]
+        [f"{parent.id}-grid.png", f"{parent.id}-1.png", f"{parent.id}-2.png", f"{parent.id}-recipe.txt"]
     )
 
 
@@ -150,12 +150,12 @@ async def test_thumbnails_small_cached_and_blurred(gallery: Gallery) -> None:
     job = await gallery.job(user_id=fake.alice_id, guild_id=fake.guild_id, nsfw=(1,), width=512, height=512)
     client = await gallery.client()
     await login(client, fake, fake.alice_id)
-    for idx in (0, 1):
+    for idx in (1, 2):
         response = await client.get(f"/thumb/{job.id}/{idx}.webp")
         body = await response.read()
         assert response.status == 200 and body[8:12] == b"WEBP" and len(body) <= 15 * 1024
     cache = gallery.settings.data_dir / "web-thumbnails" / job.id
-    assert sorted(p.name for p in cache.iterdir()) == ["0.webp", "1-blur.webp"]
+    assert sorted(p.name for p in cache.iterdir()) == ["1-blur.webp", "2.webp"]
     page = await (await client.get("/mine")).text()
     assert 'loading="lazy"' in page and "Flagged image (blurred)" in page
 
@@ -166,7 +166,7 @@ async def test_delete_own_job_like_forget(gallery: Gallery) -> None:
     other = await gallery.job(user_id=fake.alice_id, guild_id=fake.guild_id)
     client = await gallery.client()
     await login(client, fake, fake.alice_id)
-    await client.get(f"/thumb/{job.id}/0.webp")
+    await client.get(f"/thumb/{job.id}/1.webp")
     token = csrf_of(await (await client.get(f"/job/{job.id}")).text())
     response = await client.post(f"/job/{job.id}/delete", data={"csrf": token}, allow_redirects=False)
     assert response.status == 303

@@ -21,8 +21,8 @@ async def test_no_session_no_images(gallery: Gallery) -> None:
     response = await client.get("/mine", allow_redirects=False)
     assert response.status == 302 and response.headers["Location"].startswith("/?next=")
     for url in (
-        f"/thumb/{job.id}/0.webp",
-        f"/file/{job.id}/0.png",
+        f"/thumb/{job.id}/1.webp",
+        f"/file/{job.id}/1.png",
         f"/file/{job.id}/grid.png",
         f"/zip/{job.id}.zip",
     ):
@@ -99,16 +99,16 @@ async def test_csrf_token_required(gallery: Gallery) -> None:
     job = await gallery.job(user_id=fake.alice_id, guild_id=fake.guild_id)
     client = await gallery.client()
     await login(client, fake, fake.alice_id)
-    for url in (f"/job/{job.id}/like/0", f"/job/{job.id}/delete", "/logout"):
+    for url in (f"/job/{job.id}/like/1", f"/job/{job.id}/delete", "/logout"):
         response = await client.post(url, data={}, allow_redirects=False)
         assert response.status == 403, url
         response = await client.post(url, data={"csrf": "wrong"}, allow_redirects=False)
         assert response.status == 403, url
     assert await gallery.store.get_job(job.id) is not None
     token = csrf_of(await (await client.get(f"/job/{job.id}")).text())
-    response = await client.post(f"/job/{job.id}/like/0", data={"csrf": token}, allow_redirects=False)
+    response = await client.post(f"/job/{job.id}/like/1", data={"csrf": token}, allow_redirects=False)
     assert response.status == 303
-    assert await gallery.app[CTX].queries.liked_tiles(fake.alice_id, job.id) == {0}
+    assert await gallery.app[CTX].queries.liked_tiles(fake.alice_id, job.id) == {1}
 
 
 async def test_open_redirect_refused(gallery: Gallery) -> None:
@@ -127,8 +127,8 @@ async def test_no_idor_and_no_traversal(gallery: Gallery) -> None:
     for job_id in (private.id, missing):
         for url in (
             f"/job/{job_id}",
-            f"/thumb/{job_id}/0.webp",
-            f"/file/{job_id}/0.png",
+            f"/thumb/{job_id}/1.webp",
+            f"/file/{job_id}/1.png",
             f"/zip/{job_id}.zip",
         ):
             response = await bob.get(url, allow_redirects=False)
@@ -138,7 +138,7 @@ async def test_no_idor_and_no_traversal(gallery: Gallery) -> None:
         f"/file/{private.id}/..%2f..%2fhistory.sqlite3",
         "/static/../history.sqlite3",
         "/static/%2e%2e/%2e%2e/settings.py",
-        f"/thumb/{private.id}/../0.webp",
+        f"/thumb/{private.id}/../1.webp",
     ):
         response = await bob.get(url, allow_redirects=False)
         assert response.status in (403, 404), url
@@ -146,7 +146,7 @@ async def test_no_idor_and_no_traversal(gallery: Gallery) -> None:
     mine = await gallery.job(user_id=fake.bob_id, guild_id=fake.guild_id)
     async with gallery.store.transaction() as db:
         await db.execute("UPDATE tiles SET path = ? WHERE job_id = ?", (str(gallery.store.path), mine.id))
-    response = await bob.get(f"/file/{mine.id}/0.png")
+    response = await bob.get(f"/file/{mine.id}/1.png")
     assert response.status == 404
 
 
