@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workers.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all replicas")
     sub.add_parser("download-models", help="pre-fetch the configured models into the Hugging Face cache")
+    sub.add_parser("web", help="serve the web gallery and /metrics (README → Web gallery)")
     return parser
 
 
@@ -209,6 +210,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(sync_commands_now(settings))
     if args.command == "download-models":
         return _download_models(settings)
+    if args.command == "web":
+        try:
+            from bot.web.app import serve
+        except ImportError as exc:
+            raise CliError(
+                f"`bot web` needs the web extra ({exc.name} is missing): pip install -e '.[web]'"
+            ) from None
+        asyncio.run(serve(settings))
+        return 0
     if args.command == "workers":
         return _deploy_workers(settings, replicas=args.replicas, timeout=args.timeout)
     return asyncio.run(_run_store_command(args, settings))

@@ -419,7 +419,7 @@ class Deliverer:
         filename = result_filename(job, encoded.extension)
         return {
             "content": None,
-            "embed": result_embed(job, filename=filename),
+            "embed": result_embed(job, filename=filename, web_url=self.settings.web_url),
             "file": discord.File(io.BytesIO(encoded.data), filename),
             **({"view": result_view(job)} if buttons else {}),
         }

@@ -107,3 +107,31 @@ def _remove_folders(folders: list[Path], root: Path) -> None:
         resolved = folder.resolve()
         if resolved_root in resolved.parents:  # never delete outside the images dir
             shutil.rmtree(resolved, ignore_errors=True)
+
+
+class StillRendering(Exception):
+    """The job, or a copy made of its pictures, is queued or running; the message is user-facing."""
+
+
+async def forget_job(*, store: HistoryStore, images_dir: Path, job: JobRecord) -> int:
+    """What /forget does, for one final job (the web gallery's delete): the row, its folder and the copies
+    other members made of its pictures. Returns how many copies went too.
+
+    The web process has no job runner to cancel with, so a job or copy still queued or running is refused
+    (StillRendering) rather than deleted under a render that would recreate its folder.
+    """
+    if job.status not in FINAL_STATES:
+        raise StillRendering(f"job {job.id} is still {job.status}: cancel it in Discord or wait for it")
+    copies = await store.jobs_derived_from([job.id], other_than=job.user_id) if job.user_id else []
+    pending = [copy.id for copy in copies if copy.status not in FINAL_STATES]
+    if pending:
+        raise StillRendering(f"a copy of job {job.id} ({pending[0]}) is still rendering: try again later")
+    await store.delete_jobs([copy.id for copy in copies] + [job.id])
+    folders = [
+        Path(path).parent
+        for gone in (job, *copies)
+        for path in {gone.grid_path, gone.init_image, gone.mask_image}
+        if path and Path(path).parent.name == gone.id
+    ]
+    await asyncio.to_thread(_remove_folders, folders, images_dir)
+    return len(copies)

@@ -82,8 +82,14 @@ def result_filename(job: JobRecord, extension: str, tile: int | None = None) -> 
     return SPOILER_PREFIX + name if flagged else name
 
 
-def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
-    """Numbered prompts, job id, seed and main parameters, with the grid as the embed image.
+def job_page_url(web_url: str | None, job_id: str) -> str | None:
+    """The job's page in the web gallery, when IMAGINE_WEB_URL is set."""
+    return f"{web_url.rstrip('/')}/job/{job_id}" if web_url else None
+
+
+def result_embed(job: JobRecord, *, filename: str, web_url: str | None = None) -> discord.Embed:
+    """Numbered prompts, job id, seed and main parameters, with the grid as the embed image; the title links
+    to the job's page in the web gallery when IMAGINE_WEB_URL is set.
 
     A spoiler file is not shown inside the embed (Discord would show it unblurred there): it is attached
     below it, and the embed says why.
@@ -95,7 +101,9 @@ def result_embed(job: JobRecord, *, filename: str) -> discord.Embed:
     for tile in job.tiles:
         flag = " ⚠️ filtered" if tile.nsfw else ""
         lines.append(f"**{tile.index}.** {shown(tile.prompt, budget)}{flag}")
-    embed = discord.Embed(title=title, description="\n".join(lines), colour=EMBED_COLOR)
+    embed = discord.Embed(
+        title=title, description="\n".join(lines), colour=EMBED_COLOR, url=job_page_url(web_url, job.id)
+    )
     embed.add_field(name="Job", value=f"`{job.id}`")
     embed.add_field(name="Seed", value=f"`{job.job_seed}`")
     embed.add_field(name="Size", value=f"{job.width}×{job.height}")
@@ -190,21 +198,27 @@ def history_line(job: JobRecord) -> str:
 
 
 def history_page_embed(
-    jobs: list[JobRecord], *, page: int, pages: int, total: int, whose: str
+    jobs: list[JobRecord], *, page: int, pages: int, total: int, whose: str, web_url: str | None = None
 ) -> discord.Embed:
-    """One page (10 jobs) of a user's history."""
+    """One page (10 jobs) of a user's history; each job links to its page in the web gallery when
+    IMAGINE_WEB_URL is set."""
     embed = discord.Embed(title=f"History of {whose}", colour=EMBED_COLOR)
-    embed.description = (
-        "\n".join(history_line(job) for job in jobs) if jobs else "No jobs yet. Try `/imagine`."
-    )
+    lines = [
+        history_line(job) + (f" · [open]({job_page_url(web_url, job.id)})" if web_url else "") for job in jobs
+    ]
+    embed.description = _fit_lines(lines, 4000) if jobs else "No jobs yet. Try `/imagine`."
+    if web_url:
+        embed.url = f"{web_url.rstrip('/')}/mine"
     embed.set_footer(text=f"Page {page + 1}/{max(pages, 1)} · {total} job(s)")
     return embed
 
 
-def job_detail_embed(job: JobRecord, *, thumbnail: str | None) -> discord.Embed:
-    """One job in full: prompts, parameters, seeds."""
+def job_detail_embed(job: JobRecord, *, thumbnail: str | None, web_url: str | None = None) -> discord.Embed:
+    """One job in full: prompts, parameters, seeds (the title links to its web gallery page when set)."""
     embed = discord.Embed(
-        title=shown(job.seed_text, 256), colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR
+        title=shown(job.seed_text, 256),
+        colour=EMBED_COLOR if job.status == "done" else FAILED_COLOR,
+        url=job_page_url(web_url, job.id),
     )
     lines = [
         f"**{t.index}.** seed `{t.image_seed}` — {shown(t.prompt, 700)}" + (" ⚠️ filtered" if t.nsfw else "")

@@ -95,3 +95,36 @@ def may_view(job: JobRecord, *, viewer_id: int, manages_server: bool) -> bool:
 def buttons_allowed(*, direct_message: bool) -> bool:
     """Item 8: a result delivered by DM carries no buttons (they need the server the job belongs to)."""
     return not direct_message
+
+
+def in_server_feed(job: JobRecord, *, viewer_id: int, member_of: frozenset[int]) -> bool:
+    """The web gallery's server feed: a finished result posted publicly in a server the viewer belongs to.
+
+    Never a private result; never one made without the content filter (it came from an age-restricted
+    channel) unless the viewer made it. bot.web.queries writes the same rule in SQL.
+    """
+    return (
+        job.guild_id is not None
+        and job.guild_id in member_of
+        and not job.private
+        and job.delivery == "sent"
+        and job.status == "done"
+        and (job.safe_mode or job.user_id == viewer_id)
+    )
+
+
+def web_may_view(
+    job: JobRecord, *, viewer_id: int, member_of: frozenset[int], manages: frozenset[int]
+) -> bool:
+    """The web gallery's job page and files: the owner, a manager of the job's server (Manage Server, as
+    /history), or a member of that server when the result is in its feed."""
+    if job.user_id == viewer_id:
+        return True
+    if job.guild_id is not None and job.guild_id in manages:
+        return True
+    return in_server_feed(job, viewer_id=viewer_id, member_of=member_of)
+
+
+def web_may_delete(job: JobRecord, *, viewer_id: int, manages: frozenset[int]) -> bool:
+    """🗑 in the web gallery: the owner, or a manager of the job's server (checked with Discord again)."""
+    return job.user_id == viewer_id or (job.guild_id is not None and job.guild_id in manages)

@@ -195,6 +195,20 @@ class Settings(BaseSettings):
     dev_guild: int | None = Field(None, validation_alias="IMAGINE_DEV_GUILD")
     heartbeat_file: Path | None = None
 
+    # The web gallery (`python -m bot web`, README → Web gallery). Each secret may come from a `…_FILE`
+    # (declared first so that the secret's validator can see it).
+    web_bind: str = "127.0.0.1:8080"
+    web_url: str | None = None
+    web_client_id_file: Path | None = None
+    web_client_id: str | None = Field(None, validate_default=True)
+    web_client_secret_file: Path | None = None
+    web_client_secret: SecretStr | None = Field(None, validate_default=True)
+    web_session_secret_file: Path | None = None
+    web_session_secret: SecretStr | None = Field(None, validate_default=True)
+    web_admins: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    web_metrics_bind: str = "127.0.0.1:9464"
+    web_discord_url: str = "https://discord.com"
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int) -> int:
@@ -222,6 +236,60 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator(
+        "web_url",
+        "web_client_id",
+        "web_client_secret",
+        "web_session_secret",
+        "web_client_id_file",
+        "web_client_secret_file",
+        "web_session_secret_file",
+        mode="before",
+    )
+    @classmethod
+    def _web_empty_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("web_client_id", "web_client_secret", "web_session_secret")
+    @classmethod
+    def _web_secret_from_file(cls, value: object, info: ValidationInfo) -> object:
+        name = "IMAGINE_" + str(info.field_name).upper()
+        path = info.data.get(f"{info.field_name}_file")
+        if path is None:
+            return value
+        if value is not None:
+            raise ValueError(f"set {name} or {name}_FILE, not both")
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ValueError(f"cannot read {name}_FILE={path}: {reason}") from None
+        if not text:
+            raise ValueError(f"{name}_FILE={path} is empty")
+        return text if info.field_name == "web_client_id" else SecretStr(text)
+
+    @field_validator("web_bind", "web_metrics_bind")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("web_url")
+    @classmethod
+    def _web_url_shape(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("web_admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: object) -> object:
+        return _json_or_split(value, lambda text: text.replace(",", " ").split())
 
     @field_validator("discord_token")
     @classmethod

@@ -126,6 +126,54 @@ MIGRATIONS: tuple[str, ...] = (
         lease_expires_at = CAST(strftime('%s', 'now') AS REAL) + 60
         WHERE status = 'running';
     """,
+    # 6: the web gallery (bot/web): likes, indexes for its grids, and full-text search over seed text,
+    # prompts, negative and seeds (FTS5), kept in step by triggers on the store's own writes. The search
+    # row is keyed by job_search_ids' INTEGER PRIMARY KEY (a jobs rowid could change on VACUUM).
+    """
+    CREATE TABLE likes (
+        user_id INTEGER NOT NULL,
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (user_id, job_id, idx)
+    );
+    CREATE INDEX likes_job ON likes (job_id, idx);
+    CREATE INDEX jobs_user_time ON jobs (user_id, created_at DESC);
+    CREATE INDEX jobs_guild_time ON jobs (guild_id, created_at DESC);
+    CREATE TABLE job_search_ids (rowid INTEGER PRIMARY KEY, job_id TEXT NOT NULL UNIQUE);
+    CREATE VIRTUAL TABLE job_search USING fts5(seed_text, negative, prompts, seeds);
+    CREATE TRIGGER job_search_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_search_ids (job_id) VALUES (new.id);
+        INSERT INTO job_search (rowid, seed_text, negative, prompts, seeds)
+            VALUES ((SELECT rowid FROM job_search_ids WHERE job_id = new.id), new.seed_text, new.negative,
+                COALESCE((SELECT group_concat(value, ' ') FROM json_each(new.given_prompts)), ''),
+                CAST(new.job_seed AS TEXT));
+    END;
+    CREATE TRIGGER job_search_update AFTER UPDATE OF seed_text, negative, job_seed ON jobs BEGIN
+        UPDATE job_search SET seed_text = new.seed_text, negative = new.negative,
+            seeds = CAST(new.job_seed AS TEXT) || ' ' ||
+                COALESCE((SELECT group_concat(image_seed, ' ') FROM tiles WHERE job_id = new.id), '')
+        WHERE rowid = (SELECT rowid FROM job_search_ids WHERE job_id = new.id);
+    END;
+    CREATE TRIGGER job_search_delete AFTER DELETE ON jobs BEGIN
+        DELETE FROM job_search WHERE rowid = (SELECT rowid FROM job_search_ids WHERE job_id = old.id);
+        DELETE FROM job_search_ids WHERE job_id = old.id;
+    END;
+    CREATE TRIGGER job_search_tile AFTER INSERT ON tiles BEGIN
+        UPDATE job_search SET
+            prompts = (SELECT group_concat(prompt, ' ') FROM tiles WHERE job_id = new.job_id),
+            seeds = (SELECT CAST(job_seed AS TEXT) FROM jobs WHERE id = new.job_id) || ' ' ||
+                (SELECT group_concat(image_seed, ' ') FROM tiles WHERE job_id = new.job_id)
+        WHERE rowid = (SELECT rowid FROM job_search_ids WHERE job_id = new.job_id);
+    END;
+    INSERT INTO job_search_ids (job_id) SELECT id FROM jobs ORDER BY created_at;
+    INSERT INTO job_search (rowid, seed_text, negative, prompts, seeds)
+        SELECT m.rowid, j.seed_text, j.negative,
+            COALESCE((SELECT group_concat(prompt, ' ') FROM tiles WHERE job_id = j.id), ''),
+            CAST(j.job_seed AS TEXT) || ' ' ||
+                COALESCE((SELECT group_concat(image_seed, ' ') FROM tiles WHERE job_id = j.id), '')
+        FROM job_search_ids m JOIN jobs j ON j.id = m.job_id;
+    """,
 )
 
 #: How long a running job's lease lasts without renewal; its owner renews it every third of that. A dead
@@ -469,14 +517,23 @@ class HistoryStore:
         """
         return list(await self.db.execute_fetchall(query, params))
 
+    async def read(self, query: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """One read for a module that keeps its own queries over this connection (the web gallery's)."""
+        return await self._fetch(query, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT as one unit, for a module that keeps its own writes (see `_write`)."""
+        async with self._write() as db:
+            yield db
+
     async def _migrate(self) -> None:
         async with self._write() as db:
             cursor = await db.execute("PRAGMA user_version")
             (version,) = await cursor.fetchone()  # type: ignore[misc]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in (s.strip() for s in script.split(";")):
-                    if statement:
-                        await db.execute(statement)
+                for statement in _statements(script):
+                    await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number}")
                 log.info("history database migrated to version %d", number)
 
@@ -990,6 +1047,21 @@ class HistoryStore:
         async with self._write() as db:
             query = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             await db.execute(query, (key, value))
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements: cut at `;` where a statement ends (a trigger's body holds `;` too)."""
+    statements: list[str] = []
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

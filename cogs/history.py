@@ -84,7 +84,9 @@ class HistoryCog(commands.Cog):
             user_id=target, guild_id=interaction.guild_id, limit=PAGE_SIZE, offset=page * PAGE_SIZE
         )
         whose = "you" if target == viewer else f"<@{target}>"
-        embed = history_page_embed(jobs, page=page, pages=pages, total=total, whose=whose)
+        embed = history_page_embed(
+            jobs, page=page, pages=pages, total=total, whose=whose, web_url=self.bot.settings.web_url
+        )
         return embed, history_page_view(viewer, target, page, pages, jobs)
 
     async def _visible_job(self, interaction: discord.Interaction[Any], job_id: str) -> JobRecord | None:
@@ -112,7 +114,7 @@ class HistoryCog(commands.Cog):
             filename = f"{job.id}-thumb.jpg"
             kwargs["file"] = discord.File(io.BytesIO(thumbnail), filename)
         await interaction.followup.send(
-            embed=job_detail_embed(job, thumbnail=filename),
+            embed=job_detail_embed(job, thumbnail=filename, web_url=self.bot.settings.web_url),
             view=history_job_view(job),
             ephemeral=True,
             **kwargs,

@@ -265,7 +265,7 @@ class ImagineCog(commands.Cog):
         filename = result_filename(job, encoded.extension)
         channel = self.bot.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
         await channel.send(
-            embed=result_embed(job, filename=filename),
+            embed=result_embed(job, filename=filename, web_url=self.settings.web_url),
             file=discord.File(io.BytesIO(encoded.data), filename),
             view=result_view(job),
         )

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 # the bot that scripts/run.sh starts from there (IMAGINE_IMAGE_CLASSIFIER=auto uses it when installed).
 venv="${TEST_VENV:-.venv-test}"
 VENV="$venv" EXTRAS="${EXTRAS:-dev,safety,ray}" scripts/setup.sh
+# The web gallery's browser tests: Debian's chromium and chromium-driver, axe-core from npm (they skip if absent).
+scripts/browser-deps.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .

@@ -44,6 +44,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from tests.fakeoauth import FakeOAuth
+
 __all__ = [
     "ADMINISTRATOR",
     "ALL_PERMISSIONS",
@@ -865,12 +867,14 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self._routes_cache: list[tuple[str, re.Pattern[str], _Handler, bool, str]] | None = None
         self.port = port  # 0: a free port, chosen in start()
+        self.oauth = FakeOAuth(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway_handler)
         app.router.add_get("/attachments/{aid}/{filename}", self._attachment_handler)
+        self.oauth.routes(app)  # the web gallery's login (tests/fakeoauth.py)
         app.router.add_route("*", "/{tail:.*}", self._http_handler)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -2142,6 +2146,9 @@ class FakeDiscord:
     async def _http_handler(self, request: web.Request) -> web.StreamResponse:
         m = re.match(r"^/api(?:/v\d+)?(/.*)$", request.path)
         sub = m[1] if m else request.path
+        bearer = self.oauth.bearer_user(request)
+        if bearer is not None and request.method == "GET" and sub in ("/users/@me", "/users/@me/guilds"):
+            return self.oauth.answer(sub, bearer)
         body, files = await self._read_body(request)
         rec = RecordedRequest(
             method=request.method,
