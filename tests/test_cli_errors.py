@@ -7,44 +7,28 @@ import os
 import socket
 import sqlite3
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import cli_env, run_cli
+
 # A hang is the defect under test: fail it well before the suite's own timeout.
 PROMPT_EXIT_S = 90
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "IMAGINE_DATA_DIR": str(data_dir),
-            "IMAGINE_SD_MODEL": str(data_dir / "no-sd-model"),
-            "IMAGINE_TEXT_MODEL": str(data_dir / "no-text-model"),
-        }
-    )
-    env.update(extra)
-    return env
+    no_models = {
+        "IMAGINE_SD_MODEL": str(data_dir / "no-sd-model"),
+        "IMAGINE_TEXT_MODEL": str(data_dir / "no-text-model"),
+    }
+    return cli_env(data_dir, **(no_models | extra))
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "bot", *args],
-            env=env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=PROMPT_EXIT_S,
-            check=False,
-        )
+        return run_cli(args, env, cwd, timeout=PROMPT_EXIT_S)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"`{' '.join(args)}` did not exit within {PROMPT_EXIT_S}s: {exc.stderr!r}")
 

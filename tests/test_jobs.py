@@ -18,28 +18,15 @@ from bot.engine.local_backend import LocalBackend
 from bot.engine.types import InvalidRequest
 from bot.jobs import JobRunner, fair_order, request_from_job, rerun_spec
 from bot.settings import Settings
-from bot.store import HistoryStore, JobRecord, JobSpec
+from bot.store import HistoryStore, JobRecord
 from bot.wiring import build_runner
+from tests.helpers import job_spec
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
 
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 4,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
-
-
 def _queued(job_id: str, user_id: int | None, created_at: float) -> JobRecord:
-    spec = _spec()
+    spec = job_spec()
     return JobRecord(
         id=job_id,
         parent_id=None,
@@ -129,7 +116,7 @@ async def test_submit_runs_to_done_with_files_on_disk(runner: JobRunner, setting
         on_finished=on_finished,
     )
     await runner.start()
-    job = await runner.submit(_spec())
+    job = await runner.submit(job_spec())
     assert job.status == "queued"
     outcome = await asyncio.wait_for(runner.wait_for(job.id), 60)
 
@@ -165,7 +152,7 @@ async def test_submit_runs_to_done_with_files_on_disk(runner: JobRunner, setting
 
 @session_loop
 async def test_rerun_spec_reproduces_the_tiles(runner: JobRunner) -> None:
-    original = await runner.run_now(await runner.submit(_spec(count=2)))
+    original = await runner.run_now(await runner.submit(job_spec(count=2)))
     assert original.job.status == "done"
     again = await runner.run_now(await runner.submit(rerun_spec(original.job)))
     assert again.job.status == "done"
@@ -179,7 +166,7 @@ async def test_rerun_spec_reproduces_the_tiles(runner: JobRunner) -> None:
 @session_loop
 async def test_cancel_a_queued_job(runner: JobRunner) -> None:
     # The worker is not started: the job stays queued until cancelled.
-    job = await runner.submit(_spec())
+    job = await runner.submit(job_spec())
     waiter = runner.wait_for(job.id)
     assert await runner.cancel(job.id)
     outcome = await asyncio.wait_for(waiter, 5)
@@ -200,13 +187,13 @@ async def test_cancel_a_running_job(runner: JobRunner) -> None:
 
     runner.set_handlers(on_progress=on_progress)
     await runner.start()
-    job = await runner.submit(_spec(count=1, steps=40))
+    job = await runner.submit(job_spec(count=1, steps=40))
     outcome = await asyncio.wait_for(runner.wait_for(job.id), 60)
     assert outcome.job.status == "cancelled"
     assert outcome.job.reason == "cancelled by its owner"
     assert await cancels[0] is True
     # The worker goes on with the next job.
-    nxt = await runner.submit(_spec(count=1))
+    nxt = await runner.submit(job_spec(count=1))
     assert (await asyncio.wait_for(runner.wait_for(nxt.id), 60)).job.status == "done"
 
 
@@ -219,5 +206,5 @@ async def test_invalid_spec_is_refused_before_any_row(
     runner: JobRunner, overrides: dict[str, Any], name: str
 ) -> None:
     with pytest.raises(InvalidRequest, match=name):
-        await runner.submit(_spec(**overrides))
+        await runner.submit(job_spec(**overrides))
     assert await runner.store.count_jobs(any_user=True) == 0
