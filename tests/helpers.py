@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.store import JobSpec
+from bot.store import JobRecord, JobSpec
 from tests.conftest import tiny_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,25 @@ def job_spec(**overrides: Any) -> JobSpec:
     A file with other defaults binds them once: `_spec = functools.partial(job_spec, count=2)`.
     """
     return tiny_job(JobSpec, **overrides)
+
+
+def queued_record(job_id: str, user_id: int | None, created_at: float) -> JobRecord:
+    """The record of a `job_spec()` job still waiting in the queue (for code that takes records, no store)."""
+    spec = job_spec(id=job_id, user_id=user_id)
+    return JobRecord(
+        **{field.name: getattr(spec, field.name) for field in dataclasses.fields(spec)},
+        status="queued",
+        reason=None,
+        created_at=created_at,
+        started_at=None,
+        finished_at=None,
+        attempts=0,
+        expander={},
+        render={},
+        grid_path=None,
+        delivery="pending",
+        message_id=None,
+    )
 
 
 async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:

@@ -33,6 +33,21 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
         pytest.fail(f"`{' '.join(args)}` did not exit within {PROMPT_EXIT_S}s: {exc.stderr!r}")
 
 
+def _unreachable_discord_env(data_dir: Path, **extra: str) -> tuple[dict[str, str], int]:
+    """`_env` with Discord at a port nobody listens on (connection refused, like no network), and that port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(
+        data_dir,
+        DISCORD_TOKEN="not-a-real-token",
+        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
+        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
+        **extra,
+    )
+    return env, port
+
+
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     output = result.stdout + result.stderr
     assert result.returncode not in (0, None), output
@@ -108,15 +123,7 @@ def test_cuda_without_a_gpu_exits_with_one_line_and_writes_no_row(tmp_path: Path
 
 
 def test_run_and_sync_without_network_exit_with_one_line(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = _env(
-        tmp_path / "data",
-        DISCORD_TOKEN="not-a-real-token",
-        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
-        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
-    )
+    env, port = _unreachable_discord_env(tmp_path / "data")
     for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
         line = _one_error_line(result)
         assert "cannot reach Discord" in line
@@ -171,16 +178,7 @@ def test_generated_images_that_is_a_file_exits_with_one_line_and_writes_no_row(t
 
 
 def test_run_and_sync_print_only_their_error_line_at_warning_level(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = _env(
-        tmp_path / "data",
-        IMAGINE_LOG_LEVEL="WARNING",
-        DISCORD_TOKEN="not-a-real-token",
-        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
-        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
-    )
+    env, _ = _unreachable_discord_env(tmp_path / "data", IMAGINE_LOG_LEVEL="WARNING")
     for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
         # Not beside it: discord.py's "PyNaCl is not installed, voice will NOT be supported" (no voice here).
         lines = result.stderr.splitlines()

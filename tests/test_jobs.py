@@ -20,47 +20,9 @@ from bot.jobs import JobRunner, fair_order, request_from_job, rerun_spec
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord
 from bot.wiring import build_runner
-from tests.helpers import job_spec
+from tests.helpers import job_spec, queued_record
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
-
-
-def _queued(job_id: str, user_id: int | None, created_at: float) -> JobRecord:
-    spec = job_spec()
-    return JobRecord(
-        id=job_id,
-        parent_id=None,
-        action="imagine",
-        status="queued",
-        reason=None,
-        seed_text=spec.seed_text,
-        negative="",
-        count=spec.count,
-        steps=spec.steps,
-        guidance=spec.guidance,
-        width=spec.width,
-        height=spec.height,
-        job_seed=spec.job_seed,
-        expand=True,
-        safe_mode=True,
-        source_tile=None,
-        strength=None,
-        given_prompts=None,
-        given_seeds=None,
-        init_image=None,
-        user_id=user_id,
-        guild_id=None,
-        channel_id=None,
-        created_at=created_at,
-        started_at=None,
-        finished_at=None,
-        attempts=0,
-        expander={},
-        render={},
-        grid_path=None,
-        delivery="pending",
-        message_id=None,
-    )
 
 
 def _read(path: str | None) -> bytes:
@@ -76,14 +38,14 @@ def _decode(data: bytes) -> Image.Image:
 
 # -- fairness (pure) -------------------------------------------------------------------------------
 def test_fair_order_round_robins_users_and_keeps_fifo_within_a_user() -> None:
-    a1, a2, a3 = _queued("a1", 1, 1.0), _queued("a2", 1, 2.0), _queued("a3", 1, 3.0)
-    b1, c1 = _queued("b1", 2, 4.0), _queued("c1", 3, 5.0)
+    a1, a2, a3 = queued_record("a1", 1, 1.0), queued_record("a2", 1, 2.0), queued_record("a3", 1, 3.0)
+    b1, c1 = queued_record("b1", 2, 4.0), queued_record("c1", 3, 5.0)
     shuffled = [c1, a3, b1, a1, a2]
     assert [j.id for j in fair_order(shuffled, {})] == ["a1", "b1", "c1", "a2", "a3"]
 
 
 def test_fair_order_serves_the_least_recently_served_user_first() -> None:
-    a1, b1, b2 = _queued("a1", 1, 1.0), _queued("b1", 2, 2.0), _queued("b2", 2, 3.0)
+    a1, b1, b2 = queued_record("a1", 1, 1.0), queued_record("b1", 2, 2.0), queued_record("b2", 2, 3.0)
     # User 1 was just served: user 2 goes first even though user 1's job is older.
     assert [j.id for j in fair_order([a1, b1, b2], {1: 100.0})] == ["b1", "a1", "b2"]
     assert fair_order([], {}) == []
