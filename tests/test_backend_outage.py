@@ -8,9 +8,8 @@ through raises `BackendUnavailable`, as the HTTP backend does on a refused conne
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -19,26 +18,15 @@ from bot.engine.executor import Engine
 from bot.engine.local_backend import LocalBackend
 from bot.engine.types import GenerationRequest
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
 from bot.wiring import build_runner
+from tests.helpers import job_spec, until
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 OUTAGE = "cannot reach the GPU workers at http://10.0.0.9:8000: Connection refused"
 
 
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 1,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-        "user_id": 1,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+_spec = functools.partial(job_spec, count=1, user_id=1)
 
 
 class FlakyWorkers:
@@ -93,14 +81,6 @@ class FlakyWorkers:
         )
 
 
-async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @session_loop
 async def test_an_outage_spends_no_attempt_the_job_waits_and_runs_when_the_workers_are_back(
     engine: Engine, settings: Settings
@@ -113,8 +93,8 @@ async def test_an_outage_spends_no_attempt_the_job_waits_and_runs_when_the_worke
         await runner.start()
         try:
             job = await runner.submit(_spec())
-            await _until(lambda: backend.refused >= 3, 20, "three refused renders")
-            await _until(lambda: not runner.backend_online, 10, "the dispatcher to see the outage")
+            await until(lambda: backend.refused >= 3, 20, "three refused renders")
+            await until(lambda: not runner.backend_online, 10, "the dispatcher to see the outage")
             row = await store.get_job(job.id)
             assert row is not None
             # Three refusals later the job still waits, with no attempt spent and no failure text.

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import os
-import sqlite3
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,81 +12,30 @@ import pytest
 from PIL import Image
 
 from bot.engine.images import GUTTER
+from tests.helpers import (
+    REPO_ROOT,
+    assert_one_line_error,
+    cli_json,
+    job_count,
+    run_cli,
+    tiny_cli_env,
+    tiny_cli_home,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED = "Northeastern University"
-CLI_TIMEOUT_S = 180
-
-
-def _env(tiny_models: tuple[Path, Path], data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
-    sd_path, text_path = tiny_models
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "IMAGINE_SD_MODEL": str(sd_path),
-            "IMAGINE_TEXT_MODEL": str(text_path),
-            "IMAGINE_DATA_DIR": str(data_dir),
-            "IMAGINE_WIDTH": "64",
-            "IMAGINE_HEIGHT": "64",
-            "IMAGINE_STEPS": "2",
-            "IMAGINE_DEVICE": "cpu",
-        }
-    )
-    env.update(extra)
-    return env
-
-
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # cwd is a temporary folder: a developer's `.env` in the repository must not leak in.
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
-
-
-def _json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def _rows(data_dir: Path) -> int:
-    db = data_dir / "history.sqlite3"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
-
-
-def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
 def cli_home(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
 ) -> tuple[Path, dict[str, str]]:
-    data_dir = tmp_path_factory.mktemp("cli-data")
-    return data_dir, _env(tiny_models, data_dir)
+    return tiny_cli_home(tmp_path_factory, tiny_models, "cli-data")
 
 
 @pytest.fixture(scope="module")
 def imagined(cli_home: tuple[Path, dict[str, str]]) -> dict[str, Any]:
     data_dir, env = cli_home
-    return _json(_cli(["imagine", SEED, "--seed", "7", "--json"], env, data_dir))
+    return cli_json(run_cli(["imagine", SEED, "--seed", "7", "--json"], env, data_dir))
 
 
 def test_imagine_json(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, str]]) -> None:
@@ -119,15 +64,15 @@ def test_imagine_json(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, 
 
 def test_history_and_show(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, str]]) -> None:
     data_dir, env = cli_home
-    history = _json(_cli(["history", "--json"], env, data_dir))
+    history = cli_json(run_cli(["history", "--json"], env, data_dir))
     assert imagined["job_id"] in [job["job_id"] for job in history]
-    shown = _json(_cli(["show", imagined["job_id"], "--json"], env, data_dir))
+    shown = cli_json(run_cli(["show", imagined["job_id"], "--json"], env, data_dir))
     assert shown == imagined
 
 
 def test_rerun_is_byte_identical(imagined: dict[str, Any], cli_home: tuple[Path, dict[str, str]]) -> None:
     data_dir, env = cli_home
-    rerun = _json(_cli(["rerun", imagined["job_id"], "--json"], env, data_dir))
+    rerun = cli_json(run_cli(["rerun", imagined["job_id"], "--json"], env, data_dir))
     assert rerun["status"] == "done"
     assert rerun["job_id"] != imagined["job_id"]
     assert rerun["parent_id"] == imagined["job_id"]
@@ -139,7 +84,7 @@ def test_rerun_is_byte_identical(imagined: dict[str, Any], cli_home: tuple[Path,
 
 
 def test_bad_input_fails_with_one_line_and_no_row(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    env = _env(tiny_models, tmp_path)
+    env = tiny_cli_env(tiny_models, tmp_path)
     cases = [
         (["imagine", SEED, "--steps", "0"], env, "`steps`"),
         (["imagine", "   "], env, "`seed`"),
@@ -149,12 +94,12 @@ def test_bad_input_fails_with_one_line_and_no_row(tmp_path: Path, tiny_models: t
     ]
     # Independent processes: run them side by side (each one pays the torch import).
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        results = list(pool.map(lambda case: _cli(case[0], case[1], tmp_path), cases))
+        results = list(pool.map(lambda case: run_cli(case[0], case[1], tmp_path), cases))
     for (args, _, needle), result in zip(cases, results, strict=True):
-        line = _assert_one_line_error(result, needle)
+        line = assert_one_line_error(result, needle)
         assert result.returncode in (1, 2), (args, result.returncode)
         print(f"{' '.join(args)!r} -> exit {result.returncode}: {line}")
-    assert _rows(tmp_path) == 0
+    assert job_count(tmp_path) == 0
 
 
 def test_blocked_seed_or_negative_fails_with_one_line_exit_2_and_no_row(
@@ -162,24 +107,24 @@ def test_blocked_seed_or_negative_fails_with_one_line_exit_2_and_no_row(
 ) -> None:
     # The CLI runs with the content filter on (like a normal channel). Before: the blocked seed fell back
     # to itself after every expansion was blocked and was rendered as typed (exit 0).
-    env = _env(tiny_models, tmp_path)
+    env = tiny_cli_env(tiny_models, tmp_path)
     cases = [
         ["imagine", "nude portrait of a woman", "--count", "1"],
         ["imagine", "nude portrait of a woman", "--count", "1", "--no-expand"],
         ["imagine", SEED, "--count", "1", "--negative", "blurry, naked"],
     ]
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        results = list(pool.map(lambda args: _cli(args, env, tmp_path), cases))
+        results = list(pool.map(lambda args: run_cli(args, env, tmp_path), cases))
     for args, result in zip(cases, results, strict=True):
-        _assert_one_line_error(result, "content filter")
+        assert_one_line_error(result, "content filter")
         assert result.returncode == 2, (args, result.returncode, result.stderr)
-    assert _rows(tmp_path) == 0
+    assert job_count(tmp_path) == 0
 
 
 def test_unknown_model_offline(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
     model = "no-such-org/no-such-model-xyz"
-    env = _env(tiny_models, tmp_path, IMAGINE_SD_MODEL=model)
-    result = _cli(["imagine", SEED, "--seed", "1"], env, tmp_path)
+    env = tiny_cli_env(tiny_models, tmp_path, IMAGINE_SD_MODEL=model)
+    result = run_cli(["imagine", SEED, "--seed", "1"], env, tmp_path)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Traceback" not in output
@@ -189,7 +134,7 @@ def test_unknown_model_offline(tmp_path: Path, tiny_models: tuple[Path, Path]) -
 
 
 def test_tiny_models_command(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    result = _cli(
+    result = run_cli(
         ["tiny-models", str(tmp_path / "built")], os.environ | {"PYTHONPATH": str(REPO_ROOT)}, tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -206,9 +151,9 @@ def test_tiny_models_command(tmp_path: Path, tiny_models: tuple[Path, Path]) -> 
 
 
 def test_imagine_takes_the_same_inline_flags(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    env = _env(tiny_models, tmp_path, IMAGINE_WIDTH="128", IMAGINE_HEIGHT="128")
-    job = _json(
-        _cli(
+    env = tiny_cli_env(tiny_models, tmp_path, IMAGINE_WIDTH="128", IMAGINE_HEIGHT="128")
+    job = cli_json(
+        run_cli(
             ["imagine", "a cat --ar 2:1 --seed 5 --count 1 --no dogs --raw --chaos 10", "--json"],
             env,
             tmp_path,
@@ -218,10 +163,10 @@ def test_imagine_takes_the_same_inline_flags(tmp_path: Path, tiny_models: tuple[
     # 2:1 kept exactly at the 128×128 default (it used to collapse to 192×64, which is 3:1)
     assert (job["seed_text"], job["width"], job["height"], job["seed"]) == ("a cat", 176, 88, 5)
     assert (job["count"], job["negative"], job["expand"], job["chaos"]) == (1, "dogs", False, 10)
-    clash = _cli(["imagine", "a cat --seed 5", "--seed", "6"], env, tmp_path)
-    _assert_one_line_error(
+    clash = run_cli(["imagine", "a cat --seed 5", "--seed", "6"], env, tmp_path)
+    assert_one_line_error(
         clash, "`--seed 5` in the text and the `--seed` option (6) disagree", "Accepted flags"
     )
-    unknown = _cli(["imagine", "a cat --weird 1"], env, tmp_path)
-    _assert_one_line_error(unknown, "unknown flag `--weird`")
-    assert _rows(tmp_path) == 1
+    unknown = run_cli(["imagine", "a cat --weird 1"], env, tmp_path)
+    assert_one_line_error(unknown, "unknown flag `--weird`")
+    assert job_count(tmp_path) == 1

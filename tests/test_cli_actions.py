@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import _assert_one_line_error, _cli, _env, _json, _rows
+from tests.helpers import assert_one_line_error, cli_json, job_count, run_cli, tiny_cli_home
 from tests.test_uploads import encoded, striped
 
 
@@ -19,8 +19,7 @@ from tests.test_uploads import encoded, striped
 def home(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
 ) -> tuple[Path, dict[str, str]]:
-    data_dir = tmp_path_factory.mktemp("cli-actions")
-    return data_dir, _env(tiny_models, data_dir, IMAGINE_COUNT="2")
+    return tiny_cli_home(tmp_path_factory, tiny_models, "cli-actions", IMAGINE_COUNT="2")
 
 
 def _own_input(job: dict[str, Any], name: str = "source.png") -> Path:
@@ -35,8 +34,10 @@ def test_image_prompt_and_every_action_on_a_past_job_with_an_exact_rerun(
     data_dir, env = home
     picture = data_dir / "photo.png"
     picture.write_bytes(encoded(striped(150, 50), "PNG"))
-    made = _json(
-        _cli(["imagine", "a painting", "--image", str(picture), "--strength", "0.5", "--json"], env, data_dir)
+    made = cli_json(
+        run_cli(
+            ["imagine", "a painting", "--image", str(picture), "--strength", "0.5", "--json"], env, data_dir
+        )
     )
     assert made["status"] == "done", made["reason"]
     assert (made["action"], made["strength"], made["render"]["mode"]) == ("image", 0.5, "img2img")
@@ -52,7 +53,7 @@ def test_image_prompt_and_every_action_on_a_past_job_with_an_exact_rerun(
     }
     children: dict[str, dict[str, Any]] = {}
     for args, (action, count, size, masked) in cases.items():
-        child = _json(_cli([args[0], made["job_id"], *args[1:], "--json"], env, data_dir))
+        child = cli_json(run_cli([args[0], made["job_id"], *args[1:], "--json"], env, data_dir))
         assert child["status"] == "done", (args, child["reason"])
         assert (child["action"], child["count"], (child["width"], child["height"])) == (
             action,
@@ -72,7 +73,7 @@ def test_image_prompt_and_every_action_on_a_past_job_with_an_exact_rerun(
 
     # The records are exact: `rerun` of an outpaint renders the same bytes from the child's own inputs.
     pan = children["pan-left"]
-    again = _json(_cli(["rerun", pan["job_id"], "--json"], env, data_dir))
+    again = cli_json(run_cli(["rerun", pan["job_id"], "--json"], env, data_dir))
     assert again["status"] == "done" and again["parent_id"] == pan["job_id"]
     for new, old in zip(again["images"], pan["images"], strict=True):
         assert Path(new).read_bytes() == Path(old).read_bytes()
@@ -80,20 +81,20 @@ def test_image_prompt_and_every_action_on_a_past_job_with_an_exact_rerun(
 
 def test_action_and_image_refusals_are_one_line_and_write_nothing(home: tuple[Path, dict[str, str]]) -> None:
     data_dir, env = home
-    before = _rows(data_dir)
+    before = job_count(data_dir)
     staged = set((data_dir / "generated_images").glob("*/source.png"))
-    result = _cli(["imagine", "a cat", "--strength", "0.5"], env, data_dir)
+    result = run_cli(["imagine", "a cat", "--strength", "0.5"], env, data_dir)
     assert result.returncode == 2
-    _assert_one_line_error(result, "`--strength` only applies together with `--image`")
-    result = _cli(["imagine", "a cat", "--image", str(data_dir / "missing.png")], env, data_dir)
+    assert_one_line_error(result, "`--strength` only applies together with `--image`")
+    result = run_cli(["imagine", "a cat", "--image", str(data_dir / "missing.png")], env, data_dir)
     assert result.returncode == 2
-    _assert_one_line_error(result, "cannot read --image")
+    assert_one_line_error(result, "cannot read --image")
     not_a_picture = data_dir / "notes.png"
     not_a_picture.write_text("hello")
-    result = _cli(["imagine", "a cat", "--image", str(not_a_picture)], env, data_dir)
+    result = run_cli(["imagine", "a cat", "--image", str(not_a_picture)], env, data_dir)
     assert result.returncode == 2
-    _assert_one_line_error(result, "`--image` is not a PNG, JPEG or WebP picture")
-    result = _cli(["upscale", "ffffffffff", "1"], env, data_dir)
-    _assert_one_line_error(result, "no job with id")
-    assert _rows(data_dir) == before
+    assert_one_line_error(result, "`--image` is not a PNG, JPEG or WebP picture")
+    result = run_cli(["upscale", "ffffffffff", "1"], env, data_dir)
+    assert_one_line_error(result, "no job with id")
+    assert job_count(data_dir) == before
     assert set((data_dir / "generated_images").glob("*/source.png")) == staged  # nothing half-written

@@ -7,46 +7,45 @@ import os
 import socket
 import sqlite3
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import cli_env, run_cli
+
 # A hang is the defect under test: fail it well before the suite's own timeout.
 PROMPT_EXIT_S = 90
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "IMAGINE_DATA_DIR": str(data_dir),
-            "IMAGINE_SD_MODEL": str(data_dir / "no-sd-model"),
-            "IMAGINE_TEXT_MODEL": str(data_dir / "no-text-model"),
-        }
-    )
-    env.update(extra)
-    return env
+    no_models = {
+        "IMAGINE_SD_MODEL": str(data_dir / "no-sd-model"),
+        "IMAGINE_TEXT_MODEL": str(data_dir / "no-text-model"),
+    }
+    return cli_env(data_dir, **(no_models | extra))
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "bot", *args],
-            env=env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=PROMPT_EXIT_S,
-            check=False,
-        )
+        return run_cli(args, env, cwd, timeout=PROMPT_EXIT_S)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"`{' '.join(args)}` did not exit within {PROMPT_EXIT_S}s: {exc.stderr!r}")
+
+
+def _unreachable_discord_env(data_dir: Path, **extra: str) -> tuple[dict[str, str], int]:
+    """`_env` with Discord at a port nobody listens on (connection refused, like no network), and that port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(
+        data_dir,
+        DISCORD_TOKEN="not-a-real-token",
+        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
+        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
+        **extra,
+    )
+    return env, port
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -124,15 +123,7 @@ def test_cuda_without_a_gpu_exits_with_one_line_and_writes_no_row(tmp_path: Path
 
 
 def test_run_and_sync_without_network_exit_with_one_line(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = _env(
-        tmp_path / "data",
-        DISCORD_TOKEN="not-a-real-token",
-        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
-        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
-    )
+    env, port = _unreachable_discord_env(tmp_path / "data")
     for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
         line = _one_error_line(result)
         assert "cannot reach Discord" in line
@@ -187,16 +178,7 @@ def test_generated_images_that_is_a_file_exits_with_one_line_and_writes_no_row(t
 
 
 def test_run_and_sync_print_only_their_error_line_at_warning_level(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on: connection refused, like no network
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = _env(
-        tmp_path / "data",
-        IMAGINE_LOG_LEVEL="WARNING",
-        DISCORD_TOKEN="not-a-real-token",
-        DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
-        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/",
-    )
+    env, _ = _unreachable_discord_env(tmp_path / "data", IMAGINE_LOG_LEVEL="WARNING")
     for result in _run_all([(["run"], env), (["sync"], env)], tmp_path):
         # Not beside it: discord.py's "PyNaCl is not installed, voice will NOT be supported" (no voice here).
         lines = result.stderr.splitlines()

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import _env
+from tests.helpers import tiny_cli_env
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT_EXIT_S = 120
 JOB = ["imagine", "a lighthouse at night", "--no-expand", "--count", "2", "--steps", "1", "--seed", "3"]
 
@@ -102,7 +101,7 @@ def test_a_full_disk_under_the_database_says_the_disk_is_full(
 ) -> None:
     # 8 KB: opening fails; 32 KB: opened, the job's row cannot be written; 64 KB: the images cannot.
     data = tmp_path / "data"
-    result = _on_a_full_disk(data, free_kb, JOB, _env(tiny_models, data))
+    result = _on_a_full_disk(data, free_kb, JOB, tiny_cli_env(tiny_models, data))
     line = _one_error_line(result)
     assert "is full" in line and "free some space" in line, line
     assert "damaged" not in line and "backup" not in line, line
@@ -116,7 +115,7 @@ def test_a_full_images_disk_fails_the_job_in_one_line_and_keeps_no_folder(
 ) -> None:
     data = tmp_path / "data"
     images = data / "generated_images"
-    result = _on_a_full_disk(images, 4, JOB, _env(tiny_models, data))
+    result = _on_a_full_disk(images, 4, JOB, tiny_cli_env(tiny_models, data))
     line = _one_error_line(result)
     assert "could not be saved" in line and "disk is full" in line, line
     with sqlite3.connect(data / "history.sqlite3") as conn:

@@ -4,49 +4,27 @@ model revisions in `show`, and the seed's CLIP length checked before any row is 
 from __future__ import annotations
 
 import asyncio
-import os
+import functools
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from bot.store import HistoryStore, JobSpec, Tile
+from tests.helpers import cli_env, job_spec, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT_S = 120
 TRICKY_SEED = "\u202egnp.exe castle\nsecond line\tand a tab"
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "IMAGINE_DATA_DIR": str(data_dir),
-            "IMAGINE_DEVICE": "cpu",
-        }
-    )
-    env.update(extra)
-    return env
+    return cli_env(data_dir, **({"IMAGINE_DEVICE": "cpu"} | extra))
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+_cli = functools.partial(run_cli, timeout=CLI_TIMEOUT_S)
 
 
 def _spec(seed: str, **extra: object) -> JobSpec:
-    return JobSpec(seed_text=seed, count=4, steps=2, guidance=7.5, width=64, height=64, job_seed=5, **extra)  # type: ignore[arg-type]
+    return job_spec(seed_text=seed, job_seed=5, **extra)
 
 
 async def _fill(db_path: Path) -> dict[str, str]:

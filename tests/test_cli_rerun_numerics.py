@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from bot.engine.numerics import engine_threads
-from tests.test_cli import SEED, _cli, _env, _json
+from tests.helpers import cli_json, run_cli, tiny_cli_home
+from tests.test_cli import SEED
 
 LOCAL_THREADS = engine_threads(None)  # what a CLI engine runs with: one torch thread per core
 OTHER_THREADS = LOCAL_THREADS + 1  # surely not this machine's count (1 on a one-core runner too)
@@ -25,14 +26,13 @@ OTHER_THREADS = LOCAL_THREADS + 1  # surely not this machine's count (1 on a one
 def home(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
 ) -> tuple[Path, dict[str, str]]:
-    data_dir = tmp_path_factory.mktemp("numerics-data")
-    return data_dir, _env(tiny_models, data_dir, IMAGINE_COUNT="2")
+    return tiny_cli_home(tmp_path_factory, tiny_models, "numerics-data", IMAGINE_COUNT="2")
 
 
 @pytest.fixture(scope="module")
 def job(home: tuple[Path, dict[str, str]]) -> dict[str, Any]:
     data_dir, env = home
-    return _json(_cli(["imagine", SEED, "--seed", "3", "--json"], env, data_dir))
+    return cli_json(run_cli(["imagine", SEED, "--seed", "3", "--json"], env, data_dir))
 
 
 def _as_if_rendered_with(data_dir: Path, job_id: str, **numerics: Any) -> None:
@@ -54,12 +54,12 @@ def test_the_render_record_keeps_what_decides_cpu_numerics(job: dict[str, Any]) 
 
 def test_a_local_job_reruns_without_a_warning(job: dict[str, Any], home: tuple[Path, dict[str, str]]) -> None:
     data_dir, env = home
-    shown = _cli(["show", job["job_id"]], env, data_dir)
+    shown = run_cli(["show", job["job_id"]], env, data_dir)
     assert shown.returncode == 0, shown.stderr
     assert f"torch threads {LOCAL_THREADS}" in shown.stdout
     assert "byte-identical" not in shown.stdout + shown.stderr
-    rerun = _cli(["rerun", job["job_id"], "--json"], env, data_dir)
-    assert _json(rerun)["status"] == "done"
+    rerun = run_cli(["rerun", job["job_id"], "--json"], env, data_dir)
+    assert cli_json(rerun)["status"] == "done"
     assert "byte-identical" not in rerun.stderr
 
 
@@ -69,15 +69,15 @@ def test_show_and_rerun_name_the_thread_count_that_differs(
     data_dir, env = home
     _as_if_rendered_with(data_dir, job["job_id"], torch_threads=OTHER_THREADS)
 
-    shown = _cli(["show", job["job_id"]], env, data_dir)
+    shown = run_cli(["show", job["job_id"]], env, data_dir)
     assert shown.returncode == 0, shown.stderr
     warning = [line for line in shown.stdout.splitlines() if "byte-identical" in line]
     assert warning == [
         f"  a rerun here cannot be byte-identical: torch threads {OTHER_THREADS} → {LOCAL_THREADS}"
     ], shown.stdout
 
-    rerun = _cli(["rerun", job["job_id"], "--json"], env, data_dir)
-    again = _json(rerun)  # stdout stays one JSON object
+    rerun = run_cli(["rerun", job["job_id"], "--json"], env, data_dir)
+    again = cli_json(rerun)  # stdout stays one JSON object
     assert again["status"] == "done"
     notes = [line for line in rerun.stderr.splitlines() if "byte-identical" in line]
     assert notes == [
@@ -98,5 +98,5 @@ def test_an_older_record_without_numerics_is_not_promised_identical(
         render = json.loads(render_json)
         del render["numerics"]
         conn.execute("UPDATE jobs SET render_json = ? WHERE id = ?", (json.dumps(render), job["job_id"]))
-    shown = _cli(["show", job["job_id"]], env, data_dir)
+    shown = run_cli(["show", job["job_id"]], env, data_dir)
     assert "a rerun here cannot be byte-identical: the job's record predates torch threads" in shown.stdout

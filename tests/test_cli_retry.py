@@ -8,34 +8,23 @@ bot picked up ends the CLI's wait instead of polling forever.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from bot.cli import _generate
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
 from bot.wiring import build_runner
+from tests.helpers import job_spec
 from tests.workerprocess import ProcessBackend
 
-
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "a lighthouse",
-        "count": 2,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+_spec = functools.partial(job_spec, seed_text="a lighthouse", count=2)
 
 
 async def _kill_the_first_worker(backend: ProcessBackend) -> int:

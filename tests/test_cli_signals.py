@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import _cli, _env
+from tests.helpers import run_cli, tiny_cli_env
 
 LONG_JOB = [
     "--steps",
@@ -82,7 +82,7 @@ def _rows(data_dir: Path) -> list[tuple[str, str, str | None]]:
 def test_a_signal_stops_the_render_at_its_next_step_and_marks_the_row_interrupted(
     tiny_models: tuple[Path, Path], tmp_path: Path, signum: signal.Signals
 ) -> None:
-    env = _env(tiny_models, tmp_path / "data")
+    env = tiny_cli_env(tiny_models, tmp_path / "data")
     cli = RenderingCli(env, tmp_path)
     cli.wait_rendering()
     sent = time.monotonic()
@@ -101,7 +101,7 @@ def test_a_killed_cli_job_is_shown_interrupted_by_the_next_history(
     tiny_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
     # A short lease: the dead CLI's job is taken over once it expires (45 s by default, at most 60).
-    env = _env(tiny_models, tmp_path / "data", IMAGINE_LEASE_SECONDS="2")
+    env = tiny_cli_env(tiny_models, tmp_path / "data", IMAGINE_LEASE_SECONDS="2")
     cli = RenderingCli(env, tmp_path)
     cli.wait_rendering()
     cli.process.kill()
@@ -109,7 +109,7 @@ def test_a_killed_cli_job_is_shown_interrupted_by_the_next_history(
     [(job_id, status, _)] = _rows(tmp_path / "data")
     assert status == "running"  # SIGKILL leaves no chance to clean up
     time.sleep(2.5)  # its lease runs out: nobody renews it
-    history = _cli(["history", "--json"], env, tmp_path)
+    history = run_cli(["history", "--json"], env, tmp_path)
     assert history.returncode == 0, history.stderr
     [row] = json.loads(history.stdout)
     assert (row["job_id"], row["status"], row["reason"]) == (job_id, "failed", "interrupted")
@@ -118,7 +118,7 @@ def test_a_killed_cli_job_is_shown_interrupted_by_the_next_history(
 def test_a_second_ctrl_c_exits_at_once_leaving_the_row_interrupted(
     tiny_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    env = _env(tiny_models, tmp_path / "data")
+    env = tiny_cli_env(tiny_models, tmp_path / "data")
     # One step of the tiny model at 384² takes seconds, and its decode longer: the old code sat through both.
     cli = RenderingCli(env, tmp_path, ["--width", "384", "--height", "384", "--steps", "3", "--count", "1"])
     cli.wait_rendering()
@@ -138,7 +138,7 @@ def test_a_second_ctrl_c_exits_at_once_leaving_the_row_interrupted(
 def test_the_progress_bar_is_closed_before_the_stopping_line(
     tiny_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    env = {**_env(tiny_models, tmp_path / "data"), "IMAGINE_LOG_LEVEL": "WARNING"}
+    env = {**tiny_cli_env(tiny_models, tmp_path / "data"), "IMAGINE_LOG_LEVEL": "WARNING"}
     # stderr on a terminal, so the CLI draws its bar (a pipe gets no bar).
     leader, follower = pty.openpty()
     # A terminal 100 columns wide (a new pty has 0, and tqdm then draws an empty bar).

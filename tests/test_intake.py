@@ -11,7 +11,8 @@ from bot import policy
 from bot.intake import BOT_ACTOR, ActionRequest, Admitted, ImagineRequest, Intake, Refusal, Requester
 from bot.preferences import MemberSettings, PreferenceStore
 from bot.settings import Settings
-from bot.store import HistoryStore, JobRecord, JobSpec, Tile
+from bot.store import HistoryStore, JobRecord, Tile
+from tests.helpers import job_spec
 
 GUILD, CHANNEL, NSFW_CHANNEL, ALICE, MOD = 1, 2, 3, 10, 12
 ALICE_HERE = Requester(ALICE, GUILD, CHANNEL)
@@ -23,9 +24,7 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 async def _done_job(store: HistoryStore, tmp_path: Path, **fields: object) -> JobRecord:
-    spec = JobSpec(
-        seed_text="a garden", count=2, steps=2, guidance=7.5, width=64, height=64, job_seed=1, **fields
-    )  # type: ignore[arg-type]
+    spec = job_spec(seed_text="a garden", count=2, job_seed=1, **fields)
     job = await store.create_job(spec)
     assert await store.mark_running(job.id)
     tiles = [Tile(i, f"prompt {i}", i, str(tmp_path / f"tile-{i}.png"), False) for i in (1, 2)]

@@ -27,24 +27,14 @@ from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord, JobSpec
 from bot.wiring import build_runner, engine_config_from
 from tests.conftest import tiny_settings
+from tests.helpers import job_spec, until
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spec(user_id: int | None = None, **overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 1,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-        "user_id": user_id,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+    return job_spec(user_id=user_id, **({"count": 1} | overrides))
 
 
 class PoolBackend:
@@ -112,14 +102,6 @@ async def second_engine(engine_settings: Settings) -> AsyncIterator[Engine]:
 async def store(settings: Settings) -> AsyncIterator[HistoryStore]:
     async with HistoryStore(settings.db_path) as opened:
         yield opened
-
-
-async def _wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- N slots and fairness ----------------------------------------------------------------------------
@@ -207,9 +189,7 @@ async def test_dispatcher_survives_a_full_disk_and_runs_the_job_once_space_is_ba
         await runner.start()
         try:
             # mark_running fails (SQLITE_FULL): the dispatcher logs, backs off and stays alive.
-            await _wait_until(
-                lambda: runner.dispatcher_error is not None, 15, "the dispatcher to hit the disk"
-            )
+            await until(lambda: runner.dispatcher_error is not None, 15, "the dispatcher to hit the disk")
             ok, reason = runner.health()
             assert not ok and "keeps failing" in reason
             assert not waiter.done()
@@ -232,7 +212,7 @@ async def test_shutdown_interrupts_the_render_at_its_next_step_and_requeues_the_
     runner.set_handlers(on_progress=lambda job_id, step, total, preview: steps.append(step))
     await runner.start()
     job = await runner.submit(_spec(steps=50, count=4, width=128, height=128))
-    await _wait_until(lambda: len(steps) >= 2, 60, "the render to start")
+    await until(lambda: len(steps) >= 2, 60, "the render to start")
     began = time.monotonic()
     await runner.stop(grace=0)  # must not raise after the grace period
     assert time.monotonic() - began < 10
@@ -267,12 +247,12 @@ async def test_cancel_after_the_render_ended_is_refused_and_the_job_is_saved_and
         await runner.start()
         rendered_before = engine.stats.jobs
         job = await runner.submit(_spec(count=2))
-        await _wait_until(lambda: engine.stats.jobs > rendered_before, 60, "the render to end")
+        await until(lambda: engine.stats.jobs > rendered_before, 60, "the render to end")
         await asyncio.sleep(0.3)
         assert not await runner.cancel(job.id)  # too late: its images exist
         gate.set()
         await blocker
-        await _wait_until(lambda: finished, 60, "the job to finish")
+        await until(lambda: finished, 60, "the job to finish")
         await asyncio.sleep(0.5)  # a second finish would land now
     finally:
         gate.set()

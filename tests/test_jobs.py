@@ -18,62 +18,11 @@ from bot.engine.local_backend import LocalBackend
 from bot.engine.types import InvalidRequest
 from bot.jobs import JobRunner, fair_order, request_from_job, rerun_spec
 from bot.settings import Settings
-from bot.store import HistoryStore, JobRecord, JobSpec
+from bot.store import HistoryStore, JobRecord
 from bot.wiring import build_runner
+from tests.helpers import job_spec, queued_record
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
-
-
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 4,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
-
-
-def _queued(job_id: str, user_id: int | None, created_at: float) -> JobRecord:
-    spec = _spec()
-    return JobRecord(
-        id=job_id,
-        parent_id=None,
-        action="imagine",
-        status="queued",
-        reason=None,
-        seed_text=spec.seed_text,
-        negative="",
-        count=spec.count,
-        steps=spec.steps,
-        guidance=spec.guidance,
-        width=spec.width,
-        height=spec.height,
-        job_seed=spec.job_seed,
-        expand=True,
-        safe_mode=True,
-        source_tile=None,
-        strength=None,
-        given_prompts=None,
-        given_seeds=None,
-        init_image=None,
-        user_id=user_id,
-        guild_id=None,
-        channel_id=None,
-        created_at=created_at,
-        started_at=None,
-        finished_at=None,
-        attempts=0,
-        expander={},
-        render={},
-        grid_path=None,
-        delivery="pending",
-        message_id=None,
-    )
 
 
 def _read(path: str | None) -> bytes:
@@ -89,14 +38,14 @@ def _decode(data: bytes) -> Image.Image:
 
 # -- fairness (pure) -------------------------------------------------------------------------------
 def test_fair_order_round_robins_users_and_keeps_fifo_within_a_user() -> None:
-    a1, a2, a3 = _queued("a1", 1, 1.0), _queued("a2", 1, 2.0), _queued("a3", 1, 3.0)
-    b1, c1 = _queued("b1", 2, 4.0), _queued("c1", 3, 5.0)
+    a1, a2, a3 = queued_record("a1", 1, 1.0), queued_record("a2", 1, 2.0), queued_record("a3", 1, 3.0)
+    b1, c1 = queued_record("b1", 2, 4.0), queued_record("c1", 3, 5.0)
     shuffled = [c1, a3, b1, a1, a2]
     assert [j.id for j in fair_order(shuffled, {})] == ["a1", "b1", "c1", "a2", "a3"]
 
 
 def test_fair_order_serves_the_least_recently_served_user_first() -> None:
-    a1, b1, b2 = _queued("a1", 1, 1.0), _queued("b1", 2, 2.0), _queued("b2", 2, 3.0)
+    a1, b1, b2 = queued_record("a1", 1, 1.0), queued_record("b1", 2, 2.0), queued_record("b2", 2, 3.0)
     # User 1 was just served: user 2 goes first even though user 1's job is older.
     assert [j.id for j in fair_order([a1, b1, b2], {1: 100.0})] == ["b1", "a1", "b2"]
     assert fair_order([], {}) == []
@@ -129,7 +78,7 @@ async def test_submit_runs_to_done_with_files_on_disk(runner: JobRunner, setting
         on_finished=on_finished,
     )
     await runner.start()
-    job = await runner.submit(_spec())
+    job = await runner.submit(job_spec())
     assert job.status == "queued"
     outcome = await asyncio.wait_for(runner.wait_for(job.id), 60)
 
@@ -165,7 +114,7 @@ async def test_submit_runs_to_done_with_files_on_disk(runner: JobRunner, setting
 
 @session_loop
 async def test_rerun_spec_reproduces_the_tiles(runner: JobRunner) -> None:
-    original = await runner.run_now(await runner.submit(_spec(count=2)))
+    original = await runner.run_now(await runner.submit(job_spec(count=2)))
     assert original.job.status == "done"
     again = await runner.run_now(await runner.submit(rerun_spec(original.job)))
     assert again.job.status == "done"
@@ -179,7 +128,7 @@ async def test_rerun_spec_reproduces_the_tiles(runner: JobRunner) -> None:
 @session_loop
 async def test_cancel_a_queued_job(runner: JobRunner) -> None:
     # The worker is not started: the job stays queued until cancelled.
-    job = await runner.submit(_spec())
+    job = await runner.submit(job_spec())
     waiter = runner.wait_for(job.id)
     assert await runner.cancel(job.id)
     outcome = await asyncio.wait_for(waiter, 5)
@@ -200,13 +149,13 @@ async def test_cancel_a_running_job(runner: JobRunner) -> None:
 
     runner.set_handlers(on_progress=on_progress)
     await runner.start()
-    job = await runner.submit(_spec(count=1, steps=40))
+    job = await runner.submit(job_spec(count=1, steps=40))
     outcome = await asyncio.wait_for(runner.wait_for(job.id), 60)
     assert outcome.job.status == "cancelled"
     assert outcome.job.reason == "cancelled by its owner"
     assert await cancels[0] is True
     # The worker goes on with the next job.
-    nxt = await runner.submit(_spec(count=1))
+    nxt = await runner.submit(job_spec(count=1))
     assert (await asyncio.wait_for(runner.wait_for(nxt.id), 60)).job.status == "done"
 
 
@@ -219,5 +168,5 @@ async def test_invalid_spec_is_refused_before_any_row(
     runner: JobRunner, overrides: dict[str, Any], name: str
 ) -> None:
     with pytest.raises(InvalidRequest, match=name):
-        await runner.submit(_spec(**overrides))
+        await runner.submit(job_spec(**overrides))
     assert await runner.store.count_jobs(any_user=True) == 0

@@ -4,10 +4,10 @@ next job, only for filtered jobs, its flags in the job record (real tiny engine,
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 from PIL import Image, ImageStat
@@ -17,7 +17,8 @@ from bot.engine.local_backend import LocalBackend
 from bot.engine.safety import Detection, TileVerdict
 from bot.jobs import JobRunner
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
+from tests.helpers import job_spec
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,19 +39,7 @@ class SlowFirstTileFlagger:
         return [TileVerdict(True, hit) if i == 0 else TileVerdict(False) for i in range(len(images))]
 
 
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 2,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-        "expand": False,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+_spec = functools.partial(job_spec, count=2, expand=False)
 
 
 @session_loop

@@ -7,28 +7,17 @@ real worker processes (tests/workerprocess.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
-from typing import Any
 
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
 from bot.wiring import build_runner
+from tests.helpers import job_spec
 from tests.workerprocess import ProcessBackend
 
-
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "a long render",
-        "count": 2,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 3,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+_spec = functools.partial(job_spec, seed_text="a long render", count=2, job_seed=3)
 
 
 async def _files_exist(paths: list[str | None]) -> bool:

@@ -18,7 +18,8 @@ from bot.preferences import (
     safe_mode_for_policy,
 )
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
+from tests.helpers import job_spec
 
 GUILD, OTHER_GUILD, ALICE, BOB, MOD = 1, 2, 10, 11, 12
 
@@ -103,8 +104,13 @@ async def test_settings_are_stored_logged_forgotten_and_survive_a_reopen(tmp_pat
         assert second is not None and (second.old, second.new) == ("<#7>, <#5>", "<#5>")
         # A job records private delivery and the keys that came from the member's defaults.
         job = await store.create_job(
-            JobSpec(
-                "cat", 2, 2, 7.5, 64, 64, 1, user_id=ALICE, private=True, from_defaults=("count", "private")
+            job_spec(
+                seed_text="cat",
+                count=2,
+                job_seed=1,
+                user_id=ALICE,
+                private=True,
+                from_defaults=("count", "private"),
             )
         )
         assert (job.private, job.from_defaults) == (True, ("count", "private"))

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bot.settings import SettingsError, load_settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import cli_env, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -84,18 +81,8 @@ def test_choices_are_case_insensitive(
 def test_a_default_above_its_limit_stops_every_command_before_any_row(
     tmp_path: Path, command: list[str]
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
     data = tmp_path / "data"
-    env.update({"PYTHONPATH": str(REPO_ROOT), "IMAGINE_DATA_DIR": str(data), "IMAGINE_GUIDANCE": "25"})
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", *command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli(command, cli_env(data, IMAGINE_GUIDANCE="25"), tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "error: invalid settings: IMAGINE_GUIDANCE=25.0 exceeds IMAGINE_MAX_GUIDANCE=20.0"

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bot.settings import SettingsError, load_settings
+from tests.helpers import cli_env, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "file-token-7c1e9a44d2b85f3061ae"
 
 
@@ -71,22 +68,8 @@ def test_token_file_errors_name_the_variable_not_the_token(
 
 
 def test_cli_with_an_unreadable_token_file_prints_one_error_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
-    env.update(
-        {
-            "DISCORD_TOKEN_FILE": str(tmp_path / "missing"),
-            "IMAGINE_DATA_DIR": str(tmp_path / "data"),
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "health"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = cli_env(tmp_path / "data", DISCORD_TOKEN_FILE=str(tmp_path / "missing"))
+    result = run_cli(["health"], env, tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: invalid setting DISCORD_TOKEN: cannot read DISCORD_TOKEN_FILE={tmp_path / 'missing'}: "

@@ -7,37 +7,25 @@ the worst case the shutdown budget must still fit.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot import jobs
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
 from bot.wiring import build_runner
+from tests.helpers import job_spec
 from tests.workerprocess import ProcessBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "a long render",
-        "count": 1,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 3,
-        "user_id": 1,
-        "channel_id": 2,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+_spec = functools.partial(job_spec, seed_text="a long render", count=1, job_seed=3, user_id=1, channel_id=2)
 
 
 def _compose_stop_grace_seconds() -> float:

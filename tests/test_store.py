@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -18,28 +18,17 @@ from bot.store import (
     Cooldown,
     HistoryStore,
     JobRecord,
-    JobSpec,
     QueueFull,
     QueueRefused,
     Tile,
     UserLimit,
 )
+from tests.helpers import job_spec
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def _spec(**overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 2,
-        "steps": 2,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+_spec = functools.partial(job_spec, count=2)
 
 
 def _tiles(job_id: str, count: int = 2) -> list[Tile]:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from bot.store import HistoryStore, JobSpec, StoreError, Tile
+from tests.helpers import job_spec
 
 
 def _spec(seed: str = "a lighthouse") -> JobSpec:
-    return JobSpec(seed_text=seed, count=4, steps=2, guidance=7.5, width=64, height=64, job_seed=1)
+    return job_spec(seed_text=seed, job_seed=1)
 
 
 def _tiles(job_id: str) -> list[Tile]:

@@ -55,10 +55,10 @@ def test_result_view_fits_every_allowed_count_in_discords_rows(count: int) -> No
 
     from bot.store import Tile
     from bot.ui import result_view
-    from tests.test_jobs import _queued
+    from tests.helpers import queued_record
 
     tiles = tuple(Tile(index, f"prompt {index}", index, None) for index in range(1, count + 1))
-    job = replace(_queued("abcdef0123", 1, 0.0), status="done", count=count, tiles=tiles)
+    job = replace(queued_record("abcdef0123", 1, 0.0), status="done", count=count, tiles=tiles)
     view = result_view(job)
     rows = Counter(item.row for item in view.children)
     assert max(rows.values()) <= 5 and max(rows) <= 4

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from bot.engine.types import InvalidRequest
-from bot.store import JobSpec
 from bot.uploads import SOURCE_FILE, check_declared, discard_inputs, fit_upload, stage_inputs
+from tests.helpers import job_spec
 
 
 def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -106,7 +106,7 @@ def test_declared_type_and_size_are_checked_before_download() -> None:
 
 
 def test_inputs_are_staged_in_the_new_jobs_folder_and_copied_from_a_parent(tmp_path: Path) -> None:
-    spec = JobSpec(seed_text="x", count=1, steps=2, guidance=7.5, width=64, height=64, job_seed=1)
+    spec = job_spec(seed_text="x", count=1, job_seed=1)
     assert stage_inputs(tmp_path, spec, init_image=None, mask_image=None) == spec
     first = stage_inputs(tmp_path, spec, init_image=b"source", mask_image=b"mask")
     assert first.id is not None and first.init_image == str(tmp_path / first.id / SOURCE_FILE)

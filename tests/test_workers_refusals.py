@@ -17,6 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from bot.engine.workers.protocol import ROUTE_PREFIX, version_mismatch
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +58,7 @@ async def _cli(url: str, data_dir: Path, models: tuple[Path, Path]) -> subproces
         "IMAGINE_WORKERS_TOKEN": "t0ken",
         "IMAGINE_LOG_LEVEL": "WARNING",
     }
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bot", "imagine", "a lighthouse"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    return await asyncio.to_thread(run_cli, ["imagine", "a lighthouse"], env, ROOT, 60)
 
 
 def _rows(data_dir: Path) -> list[tuple[str]]:

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from tests.cogs.conftest import RunningBot, start_bot, wait_job
-from tests.fakediscord import FakeDiscord
+from tests.fakediscord import FakeDiscord, FakeMessage
+
+
+async def _imagine_in_the_nsfw_channel(fake: FakeDiscord, seed: str) -> FakeMessage:
+    """Alice's /imagine of one image in the age-restricted channel, to its final grid message."""
+    interaction = await fake.send_slash(
+        "imagine", {"seed": seed, "count": 1}, user_id=fake.alice_id, channel_id=fake.nsfw_channel_id
+    )
+    return await interaction.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
 
 
 async def test_blocked_seed_or_negative_is_refused_before_queueing(
@@ -26,15 +34,7 @@ async def test_blocked_seed_or_negative_is_refused_before_queueing(
 async def test_age_restricted_channel_skips_the_filter_when_allowed(fake: FakeDiscord, bot_settings) -> None:
     bot = await start_bot(fake, bot_settings(allow_nsfw=True))
     try:
-        interaction = await fake.send_slash(
-            "imagine",
-            {"seed": "nude figure study", "count": 1},
-            user_id=fake.alice_id,
-            channel_id=fake.nsfw_channel_id,
-        )
-        message = await interaction.wait_final(
-            timeout=90, predicate=lambda m: bool(m.attachments and m.embeds)
-        )
+        message = await _imagine_in_the_nsfw_channel(fake, "nude figure study")
         assert not message.ephemeral
         (job,) = await bot.store.list_jobs(user_id=fake.alice_id, limit=5)
         assert job.status == "done" and not job.safe_mode
@@ -47,13 +47,7 @@ async def test_reproduce_and_post_here_take_the_filter_of_the_channel_they_land_
 ) -> None:
     bot = await start_bot(fake, bot_settings(allow_nsfw=True))
     try:
-        made = await fake.send_slash(
-            "imagine",
-            {"seed": "a castle", "count": 1},
-            user_id=fake.alice_id,
-            channel_id=fake.nsfw_channel_id,
-        )
-        result = await made.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        result = await _imagine_in_the_nsfw_channel(fake, "a castle")
         job_id = result.find_component(label="U1")["custom_id"].split(":")[2]
         unfiltered = await wait_job(bot.store, job_id, lambda j: j.delivery == "sent")
         assert not unfiltered.safe_mode
@@ -85,13 +79,7 @@ async def test_remix_follows_the_servers_always_filtered_policy(fake: FakeDiscor
 
     bot = await start_bot(fake, bot_settings(allow_nsfw=True))
     try:
-        interaction = await fake.send_slash(
-            "imagine",
-            {"seed": "a garden", "count": 1},
-            user_id=fake.alice_id,
-            channel_id=fake.nsfw_channel_id,
-        )
-        grid = await interaction.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        grid = await _imagine_in_the_nsfw_channel(fake, "a garden")
         (job,) = await bot.store.list_jobs(user_id=fake.alice_id, limit=5)
         assert not job.safe_mode
         single = await tile_message(fake, grid, 1, fake.alice_id)

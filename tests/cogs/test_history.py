@@ -7,16 +7,13 @@ from pathlib import Path
 from bot.store import JobSpec
 from tests.cogs.conftest import RunningBot, decode, imagine, wait_job
 from tests.fakediscord import FakeDiscord
+from tests.helpers import job_spec
 
 
 def _spec(fake: FakeDiscord, user_id: int, index: int) -> JobSpec:
-    return JobSpec(
+    return job_spec(
         seed_text=f"old job {index}",
         count=1,
-        steps=2,
-        guidance=7.5,
-        width=64,
-        height=64,
         job_seed=index,
         user_id=user_id,
         guild_id=fake.guild_id,

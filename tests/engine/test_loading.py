@@ -15,8 +15,9 @@ from bot.engine.executor import Engine, EngineConfig
 from bot.engine.local_backend import LocalBackend
 from bot.engine.types import GenerationRequest, ModelLoadError
 from bot.settings import Settings
-from bot.store import HistoryStore, JobSpec
+from bot.store import HistoryStore
 from bot.wiring import build_runner, engine_config_from
+from tests.helpers import job_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,9 +93,7 @@ async def test_a_job_on_an_unloadable_model_stores_a_plain_reason_and_logs_the_d
     try:
         async with HistoryStore(settings.db_path) as store:
             runner = build_runner(settings, store, LocalBackend(engine))
-            spec = JobSpec(
-                seed_text="a lighthouse", count=1, steps=2, guidance=7.5, width=64, height=64, job_seed=3
-            )
+            spec = job_spec(seed_text="a lighthouse", count=1, job_seed=3)
             job = await runner.submit(spec)
             with caplog.at_level(logging.ERROR):
                 outcome = await runner.run_now(job)

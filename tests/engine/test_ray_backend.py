@@ -27,6 +27,7 @@ from bot.jobs import JobOutcome, JobRunner
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord, JobSpec
 from bot.wiring import build_backend, build_runner
+from tests.helpers import job_spec, until
 from tests.raycluster import ROOT, RayCluster
 
 pytestmark = pytest.mark.ray
@@ -42,18 +43,7 @@ NO_RAY_WRAPPER = (
 
 
 def _spec(user_id: int | None, **overrides: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "seed_text": "Northeastern University",
-        "count": 1,
-        "steps": 6,
-        "guidance": 7.5,
-        "width": 64,
-        "height": 64,
-        "job_seed": 7,
-        "user_id": user_id,
-    }
-    values.update(overrides)
-    return JobSpec(**values)
+    return job_spec(user_id=user_id, **({"count": 1, "steps": 6} | overrides))
 
 
 class Recorder:
@@ -107,14 +97,6 @@ async def ray_runner(
             await backend.close()
 
 
-async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def run_cli(cluster: RayCluster, data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m bot ARGS` in its own PID and mount namespaces, reaching the workers only over TCP."""
     environment = {
@@ -156,7 +138,7 @@ async def test_two_members_render_at_once_on_two_replicas_in_fair_order(
     ray_runner: tuple[JobRunner, HttpBackend, Recorder],
 ) -> None:
     runner, backend, recorder = ray_runner
-    await _until(lambda: runner.backend_online and backend.capacity == 2, 30, "two replicas online")
+    await until(lambda: runner.backend_online and backend.capacity == 2, 30, "two replicas online")
     alice = [await runner.submit(_spec(1, steps=12)) for _ in range(2)]
     bob = await runner.submit(_spec(2, steps=12))
     outcomes = await asyncio.wait_for(
@@ -184,7 +166,7 @@ async def test_cancel_closes_the_stream_and_stops_the_replicas_gpu_loop(
 ) -> None:
     runner, _, recorder = ray_runner
     job = await runner.submit(_spec(1, steps=50, width=128, height=128, count=2))
-    await _until(lambda: any(p[0] == job.id for p in recorder.progress), 60, "the remote render to start")
+    await until(lambda: any(p[0] == job.id for p in recorder.progress), 60, "the remote render to start")
     assert await runner.cancel(job.id)
     began = time.monotonic()
     outcome = await asyncio.wait_for(runner.wait_for(job.id), 30)
@@ -209,9 +191,9 @@ async def test_replica_killed_mid_job_is_done_once_on_another_replica(
     ray_runner: tuple[JobRunner, HttpBackend, Recorder], ray_cluster: RayCluster
 ) -> None:
     runner, backend, recorder = ray_runner
-    await _until(lambda: runner.backend_online and backend.capacity == 2, 60, "two replicas")
+    await until(lambda: runner.backend_online and backend.capacity == 2, 60, "two replicas")
     job = await runner.submit(_spec(1, steps=50, width=128, height=128))
-    await _until(lambda: backend.running_workers and recorder.progress, 60, "the remote render to start")
+    await until(lambda: backend.running_workers and recorder.progress, 60, "the remote render to start")
     victim = backend.running_workers[0]
     os.kill(ray_cluster.host_pid(victim["pid"]), signal.SIGKILL)
     outcome = await asyncio.wait_for(runner.wait_for(job.id), 120)

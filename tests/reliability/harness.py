@@ -173,6 +173,31 @@ def _read_heartbeat(path: Path) -> dict[str, Any]:
     return beat if isinstance(beat, dict) else {}
 
 
+async def start_logged(
+    args: list[str], env: dict[str, str], workdir: Path, log_path: Path, *, prefix: tuple[str, ...] = ()
+) -> asyncio.subprocess.Process:
+    """`python -m bot ARGS` (behind `prefix`, a command that runs it) in `workdir`; output appends to `log_path`."""
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  (a local folder, once, before the spawn)
+    with log_path.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *prefix,
+            sys.executable,
+            "-m",
+            "bot",
+            *args,
+            cwd=workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+
+
+def read_log(log_path: Path) -> str:
+    """What a child wrote to its log file so far ("" before it wrote any)."""
+    return log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+
+
 class BotProcess:
     """`python -m bot <command>` in a child process; stdout and stderr go to one log file."""
 
@@ -187,19 +212,7 @@ class BotProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> BotProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                self.command,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+        self.proc = await start_logged([self.command], self.env, self.workdir, self.log_path)
         return self
 
     @property
@@ -209,7 +222,7 @@ class BotProcess:
 
     @property
     def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     async def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None

@@ -16,6 +16,7 @@ from bot.engine.validation import normalize_user_text
 from bot.store import JobSpec
 from tests.cogs.conftest import RunningBot, start_bot
 from tests.fakediscord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.helpers import job_spec
 from tests.reliability.harness import result_counts, traceback_leaks
 
 OPT_INTEGER, OPT_NUMBER, OPT_STRING = 4, 10, 3
@@ -194,17 +195,8 @@ class Runner:
             case.command, case.options, user_id=self.user(case.user), validate=False
         )
         if case.outcome == "refused":
-            try:
-                reply = await _reply(interaction)
-            except TimeoutError:
-                self.problems.append(f"{case.name}: no reply")
+            if not await self._replied_ephemerally(case.name, interaction, case.expect):
                 return
-            if not reply.ephemeral:
-                self.problems.append(f"{case.name}: reply not ephemeral: {reply.content!r}")
-            if case.expect not in _reply_text(reply):
-                self.problems.append(
-                    f"{case.name}: expected {case.expect!r}, got {_reply_text(reply)[:300]!r}"
-                )
             await asyncio.sleep(0.05)
             if await self.rows() != before:
                 self.problems.append(f"{case.name}: refused but the job table changed")
@@ -225,6 +217,19 @@ class Runner:
                     f"{case.name}: {name} stored as {getattr(newest, name)!r}, sent {value!r}"
                 )
         self.accepted[newest.id] = (case, interaction, newest.id)
+
+    async def _replied_ephemerally(self, name: str, interaction: FakeInteraction, expect: str) -> bool:
+        """Notes a problem unless the reply is ephemeral and says `expect`; False when no reply came."""
+        try:
+            reply = await _reply(interaction)
+        except TimeoutError:
+            self.problems.append(f"{name}: no reply")
+            return False
+        if not reply.ephemeral:
+            self.problems.append(f"{name}: reply not ephemeral: {reply.content!r}")
+        if expect not in _reply_text(reply):
+            self.problems.append(f"{name}: expected {expect!r}, got {_reply_text(reply)[:300]!r}")
+        return True
 
     async def _rows_above(self, before: int, timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -253,16 +258,8 @@ class Runner:
                 self.problems.append(
                     f"{name}: expected no handler, got callback {interaction.callback_types}"
                 )
-        else:
-            try:
-                reply = await _reply(interaction)
-            except TimeoutError:
-                self.problems.append(f"{name}: no reply")
-                return
-            if not reply.ephemeral:
-                self.problems.append(f"{name}: reply not ephemeral: {reply.content!r}")
-            if expect not in _reply_text(reply):
-                self.problems.append(f"{name}: expected {expect!r}, got {_reply_text(reply)[:300]!r}")
+        elif not await self._replied_ephemerally(name, interaction, expect):
+            return
         await asyncio.sleep(0.05)
         if await self.rows() != before:
             self.problems.append(f"{name}: the job table changed")
@@ -392,13 +389,10 @@ async def test_bad_inputs_are_refused_or_stored_verbatim(fake: FakeDiscord, bot_
 
 
 def _spec(user_id: int, guild_id: int, seed_text: str) -> JobSpec:
-    return JobSpec(
+    return job_spec(
         seed_text=seed_text,
         count=1,
         steps=1,
-        guidance=7.5,
-        width=64,
-        height=64,
         job_seed=1,
         user_id=user_id,
         guild_id=guild_id,

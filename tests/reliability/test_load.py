@@ -11,6 +11,7 @@ import pytest
 from bot.store import HistoryStore, JobRecord, JobSpec, Tile
 from tests.cogs.conftest import LagProbe, start_bot
 from tests.fakediscord import FakeDiscord
+from tests.helpers import job_spec
 from tests.reliability.harness import result_counts
 
 FIRST_EXTRA_USER = 1_000_000_000_000_001_000
@@ -125,13 +126,9 @@ async def test_burst_of_imagine_from_many_users(
 
 
 def _spec(index: int) -> JobSpec:
-    return JobSpec(
+    return job_spec(
         seed_text=f"concurrent write {index}",
         count=1,
-        steps=2,
-        guidance=7.5,
-        width=64,
-        height=64,
         job_seed=index,
         user_id=1000 + index % 10,
         guild_id=1,

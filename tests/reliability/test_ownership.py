@@ -14,16 +14,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.fakediscord import FakeDiscord
-from tests.reliability.harness import REPO_ROOT, TOKEN, bot_env, read_jobs, wait_for_rows
+from tests.helpers import cli_env
+from tests.reliability.harness import TOKEN, bot_env, read_jobs, read_log, start_logged, wait_for_rows
 
-NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
 
 
 def _namespaces_work() -> bool:
@@ -40,25 +40,18 @@ pytestmark = pytest.mark.skipif(
 
 
 def _cli_env(tiny_models: tuple[Path, Path], data_dir: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
     sd_path, text_path = tiny_models
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "IMAGINE_SD_MODEL": str(sd_path.resolve()),
-            "IMAGINE_TEXT_MODEL": str(text_path.resolve()),
-            "IMAGINE_DATA_DIR": str(data_dir.resolve()),
-            "IMAGINE_WIDTH": "64",
-            "IMAGINE_HEIGHT": "64",
-            "IMAGINE_DEVICE": "cpu",
-            "IMAGINE_LOG_LEVEL": "INFO",
-        }
-    )
-    env.update({f"IMAGINE_{key.upper()}": value for key, value in settings.items()})
-    return env
+    tiny = {
+        "PYTHONUNBUFFERED": "1",
+        "IMAGINE_SD_MODEL": str(sd_path.resolve()),
+        "IMAGINE_TEXT_MODEL": str(text_path.resolve()),
+        "IMAGINE_WIDTH": "64",
+        "IMAGINE_HEIGHT": "64",
+        "IMAGINE_DEVICE": "cpu",
+        "IMAGINE_LOG_LEVEL": "INFO",
+    }
+    tiny.update({f"IMAGINE_{key.upper()}": value for key, value in settings.items()})
+    return cli_env(data_dir.resolve(), **tiny)
 
 
 class Container:
@@ -72,25 +65,12 @@ class Container:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Container:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *NAMESPACE,
-                sys.executable,
-                "-m",
-                "bot",
-                *self.args,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+        self.proc = await start_logged(self.args, self.env, self.workdir, self.log_path, prefix=NAMESPACE)
         return self
 
     @property
     def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def init_pid(self) -> int:
         """The host PID of the namespace's PID 1 (the Python process; `unshare` is its parent)."""

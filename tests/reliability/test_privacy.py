@@ -18,6 +18,7 @@ from bot.bot import ImagineBot
 from bot.store import HistoryStore, JobRecord, JobSpec, Tile
 from tests.cogs.conftest import RunningBot
 from tests.fakediscord import FakeDiscord, FakeMessage
+from tests.helpers import job_spec
 
 EXTRA_USERS = [1_000_000_000_000_002_000 + i for i in range(4)]
 OTHER_GUILDS = [5_000_000_000_000_000_001, 5_000_000_000_000_000_002]
@@ -26,13 +27,9 @@ NOT_FOUND = "No job `{}` in your history."
 
 
 def _spec(user_id: int, guild_id: int, index: int) -> JobSpec:
-    return JobSpec(
+    return job_spec(
         seed_text=f"private job {index} of {user_id % 10_000}",
         count=1,
-        steps=2,
-        guidance=7.5,
-        width=64,
-        height=64,
         job_seed=index,
         user_id=user_id,
         guild_id=guild_id,
