@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 import pytest_asyncio
 
+# The shared test helpers assert too: pytest rewrites their asserts so a failure shows its values.
+pytest.register_assert_rewrite("tests.helpers")
+
 from bot.settings import Settings
 from tests.raycluster import ray_cluster  # noqa: F401  (one Ray cluster per module, `ray` tests only)
 
