@@ -18,8 +18,8 @@ import pytest_asyncio
 # The shared test helpers assert too: pytest rewrites their asserts so a failure shows its values.
 pytest.register_assert_rewrite("tests.helpers")
 
-from bot.settings import Settings
-from tests.raycluster import ray_cluster  # noqa: F401  (one Ray cluster per module, `ray` tests only)
+from bot.settings import Settings  # noqa: E402  (after the assert-rewrite registration)
+from tests.raycluster import ray_cluster  # noqa: F401, E402  (one Ray cluster per module, `ray` tests only)
 
 if TYPE_CHECKING:  # the engine imports torch: keep it out of test runs that never touch a model
     from bot.engine.executor import Engine
