@@ -277,7 +277,7 @@ class Intake:
             return Refusal(NOT_OWNER)
         if job.status != "done":
             return Refusal(f"Job `{job.id}` has no images ({job.status}).")
-        if tile is None and (action in TILE_ACTIONS or action == "post-tile"):
+        if tile is None and (action in TILE_ACTIONS or action in ("post-tile", "star")):
             return Refusal("That button has no image number.", usage=True)
         if tile is not None and not 1 <= tile <= len(job.tiles):
             return Refusal(f"Job `{job.id}` has no image {tile}.", usage=True)
@@ -328,12 +328,15 @@ class Intake:
 
     @staticmethod
     def _may_act(who: Requester, job: JobRecord, action: str) -> bool:
-        """The owner may use every action; a server manager may also Reproduce and Post here (/history).
+        """The owner may use every action; a server manager may also Reproduce and Post here (/history);
+        anyone who sees a result that is not private may star (⭐) its images.
 
         Whether a post may land in the channel is bot.policy's answer (a private result: the owner only).
         """
         if who.user_id is None or job.user_id == who.user_id:
             return True
+        if action == "star":
+            return not job.private
         return action in ("reproduce", "post") and who.manages_server
 
     async def _server_rules(self, who: Requester, guild: GuildSettings) -> Refusal | None:

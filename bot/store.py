@@ -1031,6 +1031,21 @@ class HistoryStore:
             rows = await self._fetch_locked(query, (json.dumps(list(job_ids)), other_than))
             return [await self._with_tiles(row) for row in rows]
 
+    # -- likes (⭐ on a tile, from Discord or the web gallery; a preference signal for training) ----------
+    async def toggle_like(self, user_id: int, job_id: str, idx: int) -> bool:
+        """Star or unstar one tile for this member; whether it is starred now (only existing tiles can be)."""
+        async with self._write() as db:
+            query = "DELETE FROM likes WHERE user_id = ? AND job_id = ? AND idx = ?"
+            cursor = await db.execute(query, (user_id, job_id, idx))
+            if cursor.rowcount:
+                return False
+            query = """
+                INSERT INTO likes (user_id, job_id, idx, created_at)
+                SELECT ?, job_id, idx, ? FROM tiles WHERE job_id = ? AND idx = ?
+            """
+            cursor = await db.execute(query, (user_id, time.time(), job_id, idx))
+            return cursor.rowcount == 1
+
     async def delete_jobs(self, job_ids: Sequence[str]) -> None:
         """Delete these rows (and their tiles)."""
         async with self._write() as db:

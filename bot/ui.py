@@ -33,7 +33,8 @@ def _router(interaction: discord.Interaction[Any]) -> ComponentRouter:
 
 # Actions: u = post tile alone, v = variations of a tile, rr = re-render (new image seeds),
 # rx = re-expand (new prompts), del = delete the message, post = re-post a saved grid, repro = exact re-render,
-# rmx = remix a grid (modal), rmt = remix one image (modal); the tile actions below (single-image message).
+# rmx = remix a grid (modal), rmt = remix one image (modal), star = ⭐ an image for the presser;
+# the tile actions below (single-image message).
 TILE_ACTIONS = {
     "us": "upscale-subtle",
     "uc": "upscale-creative",
@@ -47,7 +48,7 @@ TILE_ACTIONS = {
     "pd": "pan-down",
 }
 ACTION_BUTTONS = ("rmx", "rmt", *TILE_ACTIONS)
-JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", *ACTION_BUTTONS)
+JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", "star", *ACTION_BUTTONS)
 JOB_ID = r"[0-9a-f]{10}"
 
 
@@ -181,6 +182,8 @@ def tile_view(job_id: str, tile: int) -> discord.ui.View:
     view.add_item(JobButton("rmt", job_id, tile, label="Remix", emoji="✏️", row=0))
     view.add_item(JobButton("z15", job_id, tile, label="Zoom Out 1.5x", row=1))
     view.add_item(JobButton("z2", job_id, tile, label="Zoom Out 2x", row=1))
+    # ⭐ stars the image for the presser (the gallery's `liked` filter; kept as a preference signal).
+    view.add_item(JobButton("star", job_id, tile, label="Star", emoji="⭐", row=1))
     for code, arrow in (("pl", "⬅️"), ("pr", "➡️"), ("pu", "⬆️"), ("pd", "⬇️")):
         view.add_item(JobButton(code, job_id, tile, emoji=arrow, row=2))
     return view

@@ -20,8 +20,8 @@ from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import InvalidRequest
 from bot.flags import merge_flags, parse_inline_flags
-from bot.intake import ActionRequest, ImagineRequest, Refusal
-from bot.messages import SPOILER_PREFIX, result_embed, result_filename
+from bot.intake import ActionRequest, ImagineRequest, Refusal, Requester
+from bot.messages import SPOILER_PREFIX, job_page_url, result_embed, result_filename
 from bot.store import JobRecord
 from bot.ui import result_view, shown, tile_view
 from bot.uploads import check_declared, fit_upload
@@ -38,7 +38,7 @@ OPTION_LABELS = {"seed": "seed_number", "expand": "expand", "negative": "negativ
 # The buttons this cog answers: post an image or the grid, delete, and the jobs that repeat a grid.
 BUTTON_ACTIONS = {"v": "variation", "rr": "rerender", "rx": "reexpand", "repro": "reproduce"}
 POST_BUTTONS = {"u": "post-tile", "post": "post"}
-BUTTON_CODES = ("del", *POST_BUTTONS, *BUTTON_ACTIONS)
+BUTTON_CODES = ("del", "star", *POST_BUTTONS, *BUTTON_ACTIONS)
 
 
 class ImagineCog(commands.Cog):
@@ -184,6 +184,9 @@ class ImagineCog(commands.Cog):
         if code == "del":
             await self._delete(interaction, job_id)
             return
+        if code == "star":
+            await self._star(interaction, who, job_id, tile)
+            return
         if code in POST_BUTTONS:
             job = await self.bot.intake.find(who, job_id, POST_BUTTONS[code], tile)
             if isinstance(job, Refusal):
@@ -204,6 +207,26 @@ class ImagineCog(commands.Cog):
             await reply_ephemeral(interaction, admitted.message)
             return
         await self.bot.start_job(interaction, admitted)
+
+    async def _star(
+        self, interaction: discord.Interaction[Any], who: Requester, job_id: str, tile: int | None
+    ) -> None:
+        """⭐ under one image: star it for the presser, or unstar it (the gallery's `liked` filter)."""
+        job = await self.bot.intake.find(who, job_id, "star", tile)
+        if isinstance(job, Refusal):
+            await reply_ephemeral(interaction, job.message)
+            return
+        assert tile is not None
+        starred = await self.bot.store.toggle_like(interaction.user.id, job.id, tile)
+        text = (
+            f"⭐ Starred image {tile} of job `{job.id}`."
+            if starred
+            else f"Star taken off image {tile} of job `{job.id}`."
+        )
+        link = job_page_url(self.settings.web_url, job.id)
+        if link:
+            text += f" In the gallery: {link}"
+        await reply_ephemeral(interaction, text)
 
     async def _delete(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         job = await self.bot.store.get_job(job_id)

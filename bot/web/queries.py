@@ -4,7 +4,6 @@ here are the same rules written for SQLite, and tests/web/test_web_policy.py che
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,17 +187,7 @@ class GalleryQueries:
 
     async def toggle_like(self, user_id: int, job_id: str, idx: int) -> bool:
         """Star or unstar one tile; returns whether it is starred now (only existing tiles can be)."""
-        async with self.store.transaction() as db:
-            query = "DELETE FROM likes WHERE user_id = ? AND job_id = ? AND idx = ?"
-            cursor = await db.execute(query, (user_id, job_id, idx))
-            if cursor.rowcount:
-                return False
-            query = """
-                INSERT INTO likes (user_id, job_id, idx, created_at)
-                SELECT ?, job_id, idx, ? FROM tiles WHERE job_id = ? AND idx = ?
-            """
-            cursor = await db.execute(query, (user_id, time.time(), job_id, idx))
-            return cursor.rowcount == 1
+        return await self.store.toggle_like(user_id, job_id, idx)
 
     async def lineage(self, job: JobRecord) -> tuple[list[JobRecord], list[JobRecord]]:
         """The job's ancestors (oldest first) and every descendant (at any depth, oldest first)."""

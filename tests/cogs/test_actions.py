@@ -15,6 +15,7 @@ TILE_LABELS = [
     "Remix",
     "Zoom Out 1.5x",
     "Zoom Out 2x",
+    "Star",
 ]
 PAN_ARROWS = ["⬅️", "➡️", "⬆️", "⬇️"]
 
@@ -92,6 +93,34 @@ async def test_single_image_buttons_start_recorded_child_jobs(fake: FakeDiscord,
             assert child.strength == strength
         for tile in child.tiles:
             assert decode(Path(tile.path).read_bytes()).size == size  # noqa: ASYNC240
+
+
+async def test_star_under_one_image_likes_it_for_the_presser_and_a_second_press_takes_it_off(
+    fake: FakeDiscord, running: RunningBot
+) -> None:
+    """Issue 18: a ⭐ button under U posts; the like is the gallery's (one `likes` table), per presser."""
+    _, grid = await imagine(fake, fake.alice_id, count=2)
+    job_id = job_id_of(grid)
+    single = await tile_message(fake, grid, 2, fake.alice_id)
+    star = button(single, "Star")
+    assert star == f"ib:star:{job_id}:2"
+
+    async def press_star(user_id: int) -> str:
+        click = await fake.click_button(single, star, user_id=user_id)
+        reply = await click.wait_final(timeout=30, predicate=lambda m: bool(m.content))
+        assert reply.ephemeral
+        return reply.content
+
+    async def likes() -> list[tuple[int, str, int]]:
+        rows = await running.store.read("SELECT user_id, job_id, idx FROM likes ORDER BY user_id")
+        return [(int(r["user_id"]), str(r["job_id"]), int(r["idx"])) for r in rows]
+
+    assert (await press_star(fake.alice_id)).startswith(f"⭐ Starred image 2 of job `{job_id}`")
+    # Another member who sees the public post may star it too: each like is the presser's own.
+    assert (await press_star(fake.bob_id)).startswith("⭐ Starred")
+    assert await likes() == sorted([(fake.alice_id, job_id, 2), (fake.bob_id, job_id, 2)])
+    assert (await press_star(fake.alice_id)).startswith("Star taken off image 2")
+    assert await likes() == [(fake.bob_id, job_id, 2)]
 
 
 async def test_grid_remix_modal_keeps_image_seeds_and_changes_only_the_text(
