@@ -3,7 +3,7 @@
 #   TORCH_SPEC   torch requirement installed first (default torch==2.13.0)
 #   TORCH_INDEX  optional wheel index for torch, e.g. https://download.pytorch.org/whl/cpu on a CPU-only box
 #                (an unpinned/unindexed torch from PyPI is the multi-GB CUDA build on Linux)
-#   EXTRAS       extras to install (default dev); scripts/test.sh (CI) adds `ray` (the scale-out tests) and `safety`, the NudeNet image
+#   EXTRAS       extras to install (default dev); scripts/test.sh (CI) adds `ray` (the scale-out tests), `train` (fine-tuning) and `safety`, the NudeNet image
 #                classifier, whose wheel carries an AGPL-3.0 licence file (README -> Image safety): an operator
 #                opts in with EXTRAS=dev,safety scripts/run.sh
 set -euo pipefail

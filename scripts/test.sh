@@ -5,8 +5,9 @@
 # (a local Ray cluster on 127.0.0.1 with two CPU replicas), which must never reach beyond this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The tests exercise the optional NudeNet classifier and Ray Serve for real: install the `safety` and `ray` extras.
-EXTRAS="${EXTRAS:-dev,safety,ray}" scripts/setup.sh
+# The tests exercise the optional NudeNet classifier, Ray Serve and fine-tuning for real: install the `safety`,
+# `ray` and `train` extras.
+EXTRAS="${EXTRAS:-dev,safety,ray,train}" scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -124,7 +124,9 @@ def train_lora(
     started_wall = time.time()
     parts = _load_components(job.base, device)
     weight_dtype = _mixed_precision_dtype(device)
-    _add_lora(parts.unet, job.hyper.rank)
+    with torch.random.fork_rng(devices=[]):  # LoRA's gaussian init draws from the global RNG: seed it
+        torch.manual_seed(job.hyper.seed)
+        _add_lora(parts.unet, job.hyper.rank)
     if device.type == "cuda":
         parts.unet.enable_gradient_checkpointing()
         parts.vae.to(dtype=weight_dtype)
