@@ -226,8 +226,11 @@ def _dpo(
     device: str,
 ) -> None:
     """TRL's DPOTrainer, sigmoid loss, against the frozen reference; no checkpoints (minutes at most)."""
-    from datasets import Dataset
+    import datasets
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
+
+    datasets.disable_progress_bars()  # the CLI prints its own summary; no per-map bars
 
     rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
     scratch = output.with_name(f".{output.name}.trainer-{os.getpid()}")
@@ -252,9 +255,10 @@ def _dpo(
             model=policy,
             ref_model=reference,
             args=config,
-            train_dataset=Dataset.from_list(rows),
+            train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tokenizer,
         )
+        trainer.remove_callback(PrinterCallback)  # a dict per logging step on stdout
         trainer.train()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
