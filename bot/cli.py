@@ -435,8 +435,8 @@ def _model_lines(job: JobRecord) -> list[str]:
         lines.append(f"image model: {render['sd_model']} (revision {render.get('sd_revision', 'unknown')})")
     if expander.get("model"):
         lines.append(
-            f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')}, "
-            f"expander version {expander.get('version', 'base')})"
+            f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')}), "
+            f"expander version {expander.get('version', 'base')}"
         )
     if render.get("device"):
         lines.append(

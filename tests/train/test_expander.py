@@ -206,4 +206,4 @@ def test_show_names_the_expander_version(tmp_path: Path) -> None:
             return found
 
     lines = _model_lines(asyncio.run(job()))
-    assert "text model: /x/expanders/picked (revision sha256:ab, expander version picked-1)" in lines
+    assert "text model: /x/expanders/picked (revision sha256:ab), expander version picked-1" in lines
