@@ -127,7 +127,7 @@ def sequence_logprobs(model: Any, tokenizer: Any, prompts: list[str], completion
         prompt_ids = tokenizer(prompt)["input_ids"]
         full_ids = prompt_ids + tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([full_ids], device=device)
-        logits = model(input_ids=ids).logits[0, :-1].float()
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, :-1].float()
         logps = torch.log_softmax(logits, dim=-1)
         targets = ids[0, 1:]
         token_logps = logps.gather(1, targets.unsqueeze(1)).squeeze(1)
