@@ -106,7 +106,9 @@ def bench_sd21_lora(device_name: str, resolution: int, steps: int) -> dict[str, 
     build_seconds = time.perf_counter() - started
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     scheduler_config = {
-        k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("algorithm_type", "solver_order")
+        k: v
+        for k, v in SCHEDULER_CONFIG.items()
+        if k not in ("algorithm_type", "solver_order", "use_karras_sigmas")
     }
     parts = _Components(
         tokenizer=None,
@@ -205,6 +207,7 @@ def main() -> int:
     parser.add_argument("--sd21-resolution", type=int, default=512)
     parser.add_argument("--sd21-steps", type=int, default=2)
     parser.add_argument("--skip-sd21", action="store_true")
+    parser.add_argument("--skip-tiny", action="store_true", help="only the SD 2.1 UNet")
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--gpt2-small", action="store_true", help="also GPT-2 small's architecture (random)")
     parser.add_argument("--gpt2-small-pairs", type=int, default=200)
@@ -217,20 +220,23 @@ def main() -> int:
     args.sd_model = args.text_model = None
     sd, text = resolve_models(args)
     print(machine_line())
-    print(
-        f"\n1. LoRA, tiny SD2 model, {args.tiny_resolution}², batch 1, rank 8, {args.device}, {args.tiny_steps} steps"
-    )
-    tiny = bench_tiny_lora(sd, args.device, args.tiny_resolution, args.tiny_steps)
-    print(
-        f"   {tiny['steps/s']:.2f} steps/s, peak memory {tiny['peak']:.0f} MiB, loss {tiny['first→last loss']}"
-    )
-    print(f"\n2. Expander DPO, tiny GPT-2, {args.pairs} pairs, 1 epoch, batch 8, cpu")
-    exp = bench_expander(text, args.pairs, gpt2_small=False)
-    print(f"   {exp['seconds']:.1f} s = {exp['s per 1000 pairs']:.1f} s per 1,000 pairs")
-    if args.gpt2_small:
-        print(f"\n2b. Expander DPO, GPT-2 small architecture (random), {args.gpt2_small_pairs} pairs, cpu")
-        small = bench_expander(text, args.gpt2_small_pairs, gpt2_small=True)
-        print(f"   {small['seconds']:.1f} s = {small['s per 1000 pairs']:.1f} s per 1,000 pairs")
+    if not args.skip_tiny:
+        print(
+            f"\n1. LoRA, tiny SD2 model, {args.tiny_resolution}², batch 1, rank 8, {args.device}, {args.tiny_steps} steps"
+        )
+        tiny = bench_tiny_lora(sd, args.device, args.tiny_resolution, args.tiny_steps)
+        print(
+            f"   {tiny['steps/s']:.2f} steps/s, peak memory {tiny['peak']:.0f} MiB, loss {tiny['first→last loss']}"
+        )
+        print(f"\n2. Expander DPO, tiny GPT-2, {args.pairs} pairs, 1 epoch, batch 8, cpu")
+        exp = bench_expander(text, args.pairs, gpt2_small=False)
+        print(f"   {exp['seconds']:.1f} s = {exp['s per 1000 pairs']:.1f} s per 1,000 pairs")
+        if args.gpt2_small:
+            print(
+                f"\n2b. Expander DPO, GPT-2 small architecture (random), {args.gpt2_small_pairs} pairs, cpu"
+            )
+            small = bench_expander(text, args.gpt2_small_pairs, gpt2_small=True)
+            print(f"   {small['seconds']:.1f} s = {small['s per 1000 pairs']:.1f} s per 1,000 pairs")
     if not args.skip_sd21:
         print(
             f"\n3. LoRA, real SD 2.1 UNet (random weights), {args.sd21_resolution}², batch 1, rank 8, "
