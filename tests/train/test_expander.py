@@ -36,6 +36,8 @@ OTHERS = (
 )
 PRESSES = ("upscale-subtle", "vary-strong", "zoom-2", "pan-left", "remix", "variation")
 
+pytest.importorskip("trl", reason="the `train` extra (scripts/test.sh installs it)")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:

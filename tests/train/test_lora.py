@@ -28,6 +28,9 @@ LOSS_DROP = 0.04
 # Measured: the LoRA's final latents are ~9 % closer (MSE) to the training latents than the base's; we ask for 5 %.
 TOWARD_DATA = 0.05
 
+pytest.importorskip("peft", reason="the `train` extra (scripts/test.sh installs it)")
+pytest.importorskip("matplotlib", reason="the `train` extra (scripts/test.sh installs it)")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:

@@ -17,6 +17,8 @@ from tests.train.test_lora import CAPTION, make_square_pictures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+pytest.importorskip("peft", reason="the `train` extra (scripts/test.sh installs it)")
+
 
 def _env(tmp_path: Path, sd: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
