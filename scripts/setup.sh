@@ -7,7 +7,8 @@
 #                (an unpinned/unindexed torch from PyPI is the multi-GB CUDA build on Linux)
 #   EXTRAS       extras to install (default dev). `safety` is the NudeNet image classifier, whose wheel carries
 #                an AGPL-3.0 licence file (README -> Image safety): an operator opts in with
-#                EXTRAS=dev,safety scripts/run.sh. scripts/test.sh installs `safety` and `ray` into .venv-test only.
+#                EXTRAS=dev,safety scripts/run.sh. scripts/test.sh installs `safety`, `ray` and `train`
+#                (fine-tuning) into .venv-test only.
 # The install marker ($VENV/.installed-<hash of pyproject.toml>) lists every extra installed since pyproject.toml
 # last changed: a set of extras already installed (dev after dev,safety) installs nothing again.
 set -euo pipefail

@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The tests exercise the optional NudeNet classifier and Ray Serve for real, so they need the `safety` and
-# `ray` extras. They get their own environment: installed into .venv, `safety` would switch NudeNet on for
+# `ray` extras, and fine-tuning the `train` extra. They get their own environment: installed into .venv, `safety` would switch NudeNet on for
 # the bot that scripts/run.sh starts from there (IMAGINE_IMAGE_CLASSIFIER=auto uses it when installed).
 venv="${TEST_VENV:-.venv-test}"
-VENV="$venv" EXTRAS="${EXTRAS:-dev,safety,ray}" scripts/setup.sh
+VENV="$venv" EXTRAS="${EXTRAS:-dev,safety,ray,train}" scripts/setup.sh
 # The web gallery's browser tests: Debian's chromium and chromium-driver, axe-core from npm (they skip if absent).
 scripts/browser-deps.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

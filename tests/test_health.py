@@ -58,6 +58,7 @@ def test_write_heartbeat_fields_and_atomicity(settings: Settings) -> None:
         "pid": os.getpid(),
         "runner_ok": True,
         "runner": "",
+        "device": None,  # the torch device of an in-process renderer (`train lora` checks it)
     }
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left behind
 

@@ -180,6 +180,7 @@ class Engine:
             tokenizer,
             model_id=self.config.text_model,
             revision=text_info["revision"],
+            version=text_info["version"],
             device=self.device,
             blocklist=self.config.blocklist,
             sampling=self.config.sampling,

@@ -50,11 +50,14 @@ class PromptExpander:
         sampling: SamplingSettings,
         count_clip_tokens: Callable[[str], int],
         clip_max_tokens: int = 75,
+        version: str = "base",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.revision = revision
+        # "base", or the version a trained folder records (bot.train.expander): which model wrote a prompt.
+        self.version = version
         self.device = device
         self.blocklist_patterns = list(blocklist)
         self.blocklist = compile_blocklist(blocklist)
@@ -71,6 +74,7 @@ class PromptExpander:
         return {
             "model": self.model_id,
             "revision": self.revision,
+            "version": self.version,
             "seed": job_seed,
             "do_sample": True,
             "max_new_tokens": s.max_new_tokens,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -245,7 +246,22 @@ def load_text_model(model_id: str, *, device: torch.device) -> tuple[Any, Any, d
         raise _load_error(model_id, "IMAGINE_TEXT_MODEL", exc) from exc
     model = model.to(device)  # type: ignore[arg-type]  # transformers' `to` wrapper confuses mypy
     model.eval()
-    return model, tokenizer, {"model": model_id, "revision": resolve_revision(model_id)}
+    info = {"model": model_id, "revision": resolve_revision(model_id), "version": expander_version(model_id)}
+    return model, tokenizer, info
+
+
+#: Written into every expander folder `python -m bot train expander` makes; its `version` names the model.
+EXPANDER_RECORD = "imagine_expander.json"
+
+
+def expander_version(model_id: str) -> str:
+    """The `version` a trained expander folder records, or "base" for any other model."""
+    try:
+        data = json.loads((Path(model_id).expanduser() / EXPANDER_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "base"
+    value = data.get("version") if isinstance(data, dict) else None
+    return str(value) if value else "base"
 
 
 class SafetyFilter:

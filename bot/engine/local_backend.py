@@ -55,6 +55,11 @@ class LocalBackend:
     def capacity(self) -> int:
         return 1
 
+    @property
+    def device(self) -> str:
+        """The torch device this process renders on (the heartbeat records it)."""
+        return str(self.engine.device)
+
     async def start(self) -> None:
         """Load the models on the GPU thread in the background; jobs queue behind the load."""
         self._load_task = asyncio.create_task(self._load(), name="load-models")
