@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.engine.mitigation import MITIGATION_HELP, MITIGATIONS, describe_mitigation
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags
@@ -37,6 +38,7 @@ CLI_OPTION_LABELS = {
     "count": "--count",
     "negative": "--negative",
     "expand": "--no-expand",
+    "mitigation": "--mitigation",
 }
 
 
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--image", type=Path, help="a PNG, JPEG or WebP picture to start every image from")
     imagine.add_argument(
         "--strength", type=float, help="with --image: how far to move away from it, 0.05 (barely) to 1"
+    )
+    imagine.add_argument(
+        "--mitigation",
+        choices=MITIGATIONS,
+        help="a bias mitigation for this job (default off): "
+        + "; ".join(f"{name}: {text}" for name, text in MITIGATION_HELP.items() if name != "off"),
     )
     imagine.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -410,6 +418,7 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
             "seed": args.job_seed,
             "negative": args.negative or None,
             "expand": False if args.no_expand else None,
+            "mitigation": args.mitigation,
         }
         merged = merge_flags(flags, options, CLI_OPTION_LABELS)
     except InvalidRequest as exc:
@@ -428,6 +437,7 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
         chaos=flags.chaos,
         with_image=args.image is not None,
         strength=args.strength,
+        mitigation=merged.get("mitigation"),
     )
     admitted = await Intake(settings, store).imagine(Requester(user_id=None), request)
     if isinstance(admitted, Refusal):
@@ -608,6 +618,8 @@ def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
         f"  seed={job.job_seed} steps={job.steps} guidance={job.guidance} size={job.width}x{job.height} "
         f"count={job.count} expand={job.expand}" + (f" negative={job.negative!r}" if job.negative else "")
     )
+    if job.mitigation:
+        print(f"  mitigation: {describe_mitigation(job.mitigation)}")
     for line in _lineage_lines(job):
         print(f"  {line}")
     if full:
@@ -630,7 +642,10 @@ def _tiny_models(directory: Path) -> int:
         sd, text = build_tiny_models(directory)
     except OSError as exc:
         raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
+    from bot.engine.tiny_models import tiny_clip_path
+
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
+    print(f"IMAGINE_AUDIT_CLIP_MODEL={tiny_clip_path(directory)}")
     return EXIT_OK
 
 

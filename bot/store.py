@@ -126,6 +126,10 @@ MIGRATIONS: tuple[str, ...] = (
         lease_expires_at = CAST(strftime('%s', 'now') AS REAL) + 60
         WHERE status = 'running';
     """,
+    # 6: the bias mitigation a job ran with and its parameters (JSON; NULL = off), so Reproduce repeats it
+    """
+    ALTER TABLE jobs ADD COLUMN mitigation TEXT;
+    """,
 )
 
 #: How long a running job's lease lasts without renewal; its owner renews it every third of that. A dead
@@ -256,6 +260,8 @@ class JobSpec:
     private: bool = False
     #: the parameters that came from the member's /settings defaults (shown in the result)
     from_defaults: tuple[str, ...] = ()
+    #: the bias mitigation and its parameters (bot/engine/mitigation.py); None = off
+    mitigation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,7 @@ class JobRecord:
     render_action: str | None = None
     private: bool = False
     from_defaults: tuple[str, ...] = ()
+    mitigation: dict[str, Any] | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -343,6 +350,7 @@ class JobRecord:
             "user_id": self.user_id,
             "guild_id": self.guild_id,
             "channel_id": self.channel_id,
+            "mitigation": self.mitigation,
         }
 
 
@@ -515,8 +523,8 @@ class HistoryStore:
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
                     given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
-                    render_action, private, from_defaults)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    render_action, private, from_defaults, mitigation)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -548,6 +556,7 @@ class HistoryStore:
                     spec.render_action,
                     int(spec.private),
                     ",".join(spec.from_defaults),
+                    json.dumps(spec.mitigation) if spec.mitigation is not None else None,
                 ),
             )
         job = await self.get_job(job_id)
@@ -1065,4 +1074,5 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         render_action=row["render_action"],
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
+        mitigation=loads(row["mitigation"]),
     )
