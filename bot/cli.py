@@ -1,5 +1,5 @@
 """The command line: imagine, history, show, rerun, upscale, vary, zoom, pan, remix, tiny-models, run, sync,
-health, workers, download-models."""
+health, workers, download-models, audit bias."""
 
 from __future__ import annotations
 
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workers.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all replicas")
     sub.add_parser("download-models", help="pre-fetch the configured models into the Hugging Face cache")
+    from bot.audit.bias import add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 
@@ -219,6 +222,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _download_models(settings)
     if args.command == "workers":
         return _deploy_workers(settings, replicas=args.replicas, timeout=args.timeout)
+    if args.command == "audit":
+        from bot.audit.bias import AuditError, main_audit
+
+        try:
+            return main_audit(args, settings)
+        except AuditError as exc:
+            raise CliError(str(exc), exc.code) from None
     return asyncio.run(_run_store_command(args, settings))
 
 
