@@ -82,7 +82,10 @@ def test_unsure_within_the_margin_and_no_person_below_the_threshold() -> None:
     classes = ClassPrompts(
         person=("p",), no_person=("n",), attributes=(GENDER, SKIN), prompts={}, person_threshold=0.5
     )
-    probabilities = {"gender": {"female": 0.9, "male": 0.1}, "skin_tone": {"lighter": 0.2, "medium": 0.7, "darker": 0.1}}
+    probabilities = {
+        "gender": {"female": 0.9, "male": 0.1},
+        "skin_tone": {"lighter": 0.2, "medium": 0.7, "darker": 0.1},
+    }
     seen = label_image(0.8, probabilities, classes)
     assert seen.labels == {"gender": "female", "skin_tone": "medium"}
     landscape = label_image(0.3, probabilities, classes)
