@@ -5,8 +5,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import numpy as np
+import pytest
+
 from bot.engine.diverse_prompts import apply_to_job, diversify, load_word_lists, spread_descriptors
+from bot.engine.executor import Engine
 from bot.engine.prompts import compile_blocklist
+from bot.engine.types import GenerationRequest
+from tests.conftest import tiny_job
 
 DOCTOR = "a photo of the face of a doctor"
 
@@ -79,3 +85,41 @@ def test_a_described_prompt_keeps_within_the_token_window() -> None:
     prompts, _ = diversify((long,), 5, count_tokens=words, max_tokens=20)
     assert words(prompts[0]) <= 20
     assert "doctor" in prompts[0] and re.search(r"(fe)?male doctor", prompts[0])
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_engine_describes_after_expansion_and_a_rerun_of_the_record_is_exact(
+    engine: Engine,
+) -> None:
+    asked = tiny_job(
+        GenerationRequest, seed_text=DOCTOR, expand=False, mitigation={"mode": "diverse-prompts"}
+    )
+    first = await engine.generate(asked)
+    assert first.render["mitigation"]["descriptors"] == spread_descriptors(4, asked.job_seed)
+    assert len(set(first.prompts)) == 4 and all(p.endswith(" doctor") for p in first.prompts)
+    # What Reproduce and `rerun` send: the recorded prompts and seeds, the same mitigation record.
+    again = await engine.generate(
+        tiny_job(
+            GenerationRequest,
+            seed_text=DOCTOR,
+            expand=False,
+            prompts=first.prompts,
+            image_seeds=first.image_seeds,
+            mitigation={"mode": "diverse-prompts"},
+        )
+    )
+    assert again.prompts == first.prompts
+    for a, b in zip(first.images, again.images, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # With expansion on, the expanded prompts are what get described (or left alone, and why).
+    expanded = await engine.generate(
+        tiny_job(GenerationRequest, seed_text=DOCTOR, mitigation={"mode": "diverse-prompts"})
+    )
+    record = expanded.render["mitigation"]
+    for prompt, descriptor, reason in zip(
+        expanded.prompts, record["descriptors"], record["left_alone"], strict=True
+    ):
+        assert (descriptor is None) == (reason is not None)
+        assert prompt.startswith("a photo of the face of") and (
+            descriptor is None or f"{descriptor} doctor" in prompt
+        )
