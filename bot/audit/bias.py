@@ -154,8 +154,9 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> AuditOpti
 def main_audit(args: argparse.Namespace, settings: Settings) -> int:
     """The CLI's `audit bias`; errors the environment causes are one line (AuditError)."""
     options = options_from_args(args, settings)
-    from bot.engine.loading import resolve_device
+    from bot.engine.loading import quiet_libraries, resolve_device
 
+    quiet_libraries()
     classifier = ZeroShotClassifier(settings.audit_clip_model, device=str(resolve_device(settings.device)))
     try:
         classifier.load()  # before any rendering: a missing classifier should not cost an hour of GPU
