@@ -145,7 +145,11 @@ def build_tiny_clip(clip_dir: Path, *, tokenizer_dir: Path) -> Path:
     model = CLIPModel(
         CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
     )
-    image_processor = CLIPImageProcessor(
+    import transformers
+
+    # The PIL backend by name where transformers has it: the default one wants torchvision and warns.
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)
+    image_processor = processor_class(
         size={"shortest_edge": _TINY_CLIP_IMAGE},
         crop_size={"height": _TINY_CLIP_IMAGE, "width": _TINY_CLIP_IMAGE},
     )
