@@ -109,3 +109,16 @@ def test_a_diverse_prompts_job_records_its_descriptors_and_reruns_exactly(
         json.loads(_cli(["show", rerun["job_id"], "--json"], env, tmp_path).stdout)["parent_id"]
         == job["job_id"]
     )
+
+
+def test_a_remote_worker_gets_the_mitigation_as_plain_data() -> None:
+    from bot.engine.mitigation import FairGuidance, mitigation_record
+    from bot.engine.types import GenerationRequest
+    from bot.engine.workers.protocol import decode_request, encode_request
+    from tests.conftest import tiny_job
+
+    request = tiny_job(
+        GenerationRequest, mitigation=mitigation_record("fair-guidance", FairGuidance(warmup_steps=3))
+    )
+    body = json.loads(json.dumps(encode_request(request, job="j1")))
+    assert decode_request(body) == ("j1", request)
