@@ -161,7 +161,7 @@ def write_report(
             if spec["binary"]:
                 title = f"{spec['label']}: |p − 0.5| per prompt, by mitigation"
                 parts.append(figure(title, _figure_b64(_compare_figure(runs, name, title))))
-        sections.insert(0, "\n".join(parts))
+        sections.append("\n".join(parts))
     result["figures"] = figures
     json_path = out / "report.json"
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
