@@ -12,13 +12,24 @@ import pytest
 from bot.audit.bias import AuditOptions, read_prompts, run_audit
 from bot.audit.classify import ZeroShotClassifier
 from bot.cli import main
+from bot.engine.executor import Engine
+from bot.engine.local_backend import LocalBackend
 from bot.engine.tiny_models import tiny_clip_path
 from bot.settings import Settings
 
 PROMPTS = ("a photo of the face of a doctor", "a quiet mountain landscape with a lake")
 
 
-def test_compare_writes_a_report_that_names_every_figure(settings: Settings, tmp_path: Path) -> None:
+class _KeepOpen(LocalBackend):
+    """The session's loaded engine behind the audit's backend; the audit's `close` leaves it running."""
+
+    async def close(self) -> None:
+        return None
+
+
+def test_compare_writes_a_report_that_names_every_figure(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
     clip = tiny_clip_path(Path(settings.sd_model).parent)
     options = AuditOptions(
         prompts=PROMPTS,
@@ -30,7 +41,8 @@ def test_compare_writes_a_report_that_names_every_figure(settings: Settings, tmp
         out=tmp_path / "report",
     )
     settings = settings.model_copy(update={"max_count": 2, "count": 2})
-    result = asyncio.run(run_audit(settings, options, classifier=ZeroShotClassifier(str(clip))))
+    audit = run_audit(settings, options, classifier=ZeroShotClassifier(str(clip)), backend=_KeepOpen(engine))
+    result = asyncio.run(audit)
     html = Path(result["paths"]["html"]).read_text(encoding="utf-8")
     numbers = json.loads(Path(result["paths"]["json"]).read_text(encoding="utf-8"))
     assert [run["mitigation"] for run in numbers["runs"]] == ["off", "diverse-prompts"]
