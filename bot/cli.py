@@ -1,5 +1,5 @@
 """The command line: imagine, history, show, rerun, upscale, vary, zoom, pan, remix, tiny-models, run, sync,
-health, workers, download-models, train."""
+health, workers, download-models, web, train, audit bias."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.engine.mitigation import MITIGATION_HELP, MITIGATIONS, describe_mitigation
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
 from bot.flags import merge_flags, parse_inline_flags
@@ -37,6 +38,7 @@ CLI_OPTION_LABELS = {
     "count": "--count",
     "negative": "--negative",
     "expand": "--no-expand",
+    "mitigation": "--mitigation",
 }
 
 
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--image", type=Path, help="a PNG, JPEG or WebP picture to start every image from")
     imagine.add_argument(
         "--strength", type=float, help="with --image: how far to move away from it, 0.05 (barely) to 1"
+    )
+    imagine.add_argument(
+        "--mitigation",
+        choices=MITIGATIONS,
+        help="a bias mitigation for this job (default off): "
+        + "; ".join(f"{name}: {text}" for name, text in MITIGATION_HELP.items() if name != "off"),
     )
     imagine.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -107,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bot.train.cli import add_train_parser  # argparse only: no torch on this path
 
     add_train_parser(sub)
+    from bot.audit.bias import add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 
@@ -231,6 +242,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(str(exc), exc.code) from None
     if args.command == "workers":
         return _deploy_workers(settings, replicas=args.replicas, timeout=args.timeout)
+    if args.command == "audit":
+        from bot.audit.bias import AuditError, main_audit
+
+        try:
+            return main_audit(args, settings)
+        except AuditError as exc:
+            raise CliError(str(exc), exc.code) from None
     return asyncio.run(_run_store_command(args, settings))
 
 
@@ -436,6 +454,7 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
             "seed": args.job_seed,
             "negative": args.negative or None,
             "expand": False if args.no_expand else None,
+            "mitigation": args.mitigation,
         }
         merged = merge_flags(flags, options, CLI_OPTION_LABELS)
     except InvalidRequest as exc:
@@ -454,6 +473,7 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
         chaos=flags.chaos,
         with_image=args.image is not None,
         strength=args.strength,
+        mitigation=merged.get("mitigation"),
     )
     admitted = await Intake(settings, store).imagine(Requester(user_id=None), request)
     if isinstance(admitted, Refusal):
@@ -637,6 +657,8 @@ def _print_job(job: JobRecord, *, as_json: bool, full: bool) -> None:
         f"  seed={job.job_seed} steps={job.steps} guidance={job.guidance} size={job.width}x{job.height} "
         f"count={job.count} expand={job.expand}" + (f" negative={job.negative!r}" if job.negative else "")
     )
+    if job.mitigation:
+        print(f"  mitigation: {describe_mitigation(job.mitigation)}")
     for line in _lineage_lines(job):
         print(f"  {line}")
     if full:
@@ -659,7 +681,10 @@ def _tiny_models(directory: Path) -> int:
         sd, text = build_tiny_models(directory)
     except OSError as exc:
         raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
+    from bot.engine.tiny_models import tiny_clip_path
+
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
+    print(f"IMAGINE_AUDIT_CLIP_MODEL={tiny_clip_path(directory)}")
     return EXIT_OK
 
 

@@ -11,12 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bot.engine.mitigation import MITIGATIONS
 from bot.engine.types import InvalidRequest
 
-ACCEPTED_FLAGS = "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`"
+ACCEPTED_FLAGS = (
+    "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`, "
+    "`--mitigation off|diverse-prompts|fair-guidance`"
+)
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0
-_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw")
+_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw", "mitigation")
 # A flag is a whole token: `--name` after a space (or at the start), the name ending at a space (or the end),
 # so `well--known`, `rock --n-- roll` and `a--b` stay text. Phones turn "--" into an em or en dash: a dash
 # counts as a flag only before a flag we know (`—ar 3:2`); any other dash (`—abandoned`) is prose.
@@ -28,7 +32,14 @@ _RATIO = re.compile(r"(\d{1,4}):(\d{1,4})")
 # `--ar` keeps the asked ratio within this fraction (2 %), or the job is refused with the size it would get.
 RATIO_TOLERANCE = 0.02
 # The option each flag overlaps with (canonical names; callers map them to their own labels).
-_OPTION_OF = {"no": "negative", "seed": "seed", "steps": "steps", "count": "count", "raw": "expand"}
+_OPTION_OF = {
+    "no": "negative",
+    "seed": "seed",
+    "steps": "steps",
+    "count": "count",
+    "raw": "expand",
+    "mitigation": "mitigation",
+}
 ASPECT_RATIOS = {"square": (1, 1), "portrait": (3, 4), "landscape": (4, 3)}
 
 
@@ -44,6 +55,8 @@ class InlineFlags:
     count: int | None = None
     chaos: int | None = None
     raw: bool = False
+    #: `--mitigation NAME` (bot/engine/mitigation.py)
+    mitigation: str | None = None
 
     @property
     def temperature(self) -> float | None:
@@ -105,6 +118,10 @@ def parse_inline_flags(text: str) -> InlineFlags:
             values["seed"] = _int_value(name, value, 0, MAX_SEED)
         elif name == "chaos":
             values["chaos"] = _int_value(name, value, 0, 100)
+        elif name == "mitigation":
+            if value.lower() not in MITIGATIONS:
+                raise _bad(f"`--mitigation` must be one of {', '.join(MITIGATIONS)}, got {value[:30]!r}")
+            values["mitigation"] = value.lower()
         else:  # steps, count: the engine applies the server's limits
             values[name] = _int_value(name, value, 1, 1000)
     seed_text = " ".join(" ".join(kept).split())
@@ -164,7 +181,7 @@ def _ratio_error(width: int, height: int, wanted: float) -> float:
 def merge_flags(flags: InlineFlags, options: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     """Options (canonical name → value or None) with the flags applied; a disagreement names both.
 
-    Canonical names: negative, seed, steps, count, expand, aspect (a name in ASPECT_RATIOS).
+    Canonical names: negative, seed, steps, count, expand, mitigation, aspect (a name in ASPECT_RATIOS).
     `labels` maps them to what the caller shows (e.g. `seed` → `seed_number`).
     """
     merged = dict(options)
@@ -174,6 +191,7 @@ def merge_flags(flags: InlineFlags, options: dict[str, Any], labels: dict[str, s
         "steps": flags.steps,
         "count": flags.count,
         "raw": False if flags.raw else None,
+        "mitigation": flags.mitigation,
     }
     for flag, value in flag_values.items():
         if value is None:

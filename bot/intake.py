@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from bot import policy
 from bot.child_jobs import TileSource, child_spec, tile_inputs
+from bot.engine.mitigation import FairGuidance, mitigation_record
 from bot.engine.types import EngineError, InvalidRequest
 from bot.flags import size_for_ratio
 from bot.preferences import (
@@ -96,6 +97,8 @@ class ImagineRequest:
     chaos: int | None = None
     with_image: bool = False
     strength: float | None = None
+    #: a bias mitigation (`--mitigation`); None = the server's default (off at the command line)
+    mitigation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ class Intake:
         p = effective_parameters(s, guild, member, wanted)
         try:
             width, height = self._size(request, p)
+            mitigation = self._mitigation(request.mitigation or guild.mitigation)
         except InvalidRequest as exc:
             return Refusal(exc.user_message, usage=True)
         spec = JobSpec(
@@ -226,6 +230,7 @@ class Intake:
             channel_id=who.channel_id,
             private=p.private,
             from_defaults=p.from_member,
+            mitigation=mitigation,
         )
         return await self._admit(Admitted(spec, notices=notices, **self._caps(guild)))
 
@@ -436,6 +441,14 @@ class Intake:
                 request.height if request.height is not None else s.height,
             )
         return size_for_aspect(p.aspect, s.width, s.height, s.max_pixels)
+
+    def _mitigation(self, mode: str) -> dict[str, Any] | None:
+        """The record a new job stores for a mitigation: fair guidance with the operator's parameters now."""
+        s = self.settings
+        fair = FairGuidance(
+            edit_scale=s.fair_edit_scale, warmup_steps=s.fair_warmup_steps, threshold=s.fair_threshold
+        )
+        return mitigation_record(mode, fair)
 
     @staticmethod
     def _owned(spec: JobSpec, who: Requester) -> JobSpec:

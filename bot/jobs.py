@@ -120,6 +120,7 @@ def request_from_job(
         mask_image=mask_image,
         action=job.render_action or job.action,
         temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
+        mitigation=job.mitigation,
     )
 
 
@@ -168,6 +169,7 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,
+        mitigation=old.mitigation,
     )
 
 

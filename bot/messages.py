@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import discord
 
+from bot.engine.mitigation import describe_mitigation
 from bot.store import JobRecord
 from bot.ui import clip, shown
 
@@ -119,6 +120,8 @@ def result_embed(job: JobRecord, *, filename: str, web_url: str | None = None) -
         embed.add_field(name="Strength", value=f"{job.strength:g}")
     if job.negative:
         embed.add_field(name="Negative", value=shown(job.negative, 1000), inline=False)
+    if job.mitigation:
+        embed.add_field(name="Bias mitigation", value=describe_mitigation(job.mitigation))
     if job.parent_id:
         embed.add_field(
             name="From", value=f"`{job.parent_id}`" + (f" tile {job.source_tile}" if job.source_tile else "")

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from bot.engine.mitigation import MITIGATIONS
 from bot.settings import Settings
 from bot.store import HistoryStore
 
@@ -61,6 +62,8 @@ class GuildSettings:
     max_pending: int | None = None
     cooldown: float | None = None
     defaults: JobDefaults = field(default_factory=JobDefaults)
+    #: the bias mitigation of the server's jobs when a job names none (bot/engine/mitigation.py)
+    mitigation: str = "off"
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,12 @@ def check_guild_value(settings: Settings, key: str, value: Any) -> Any:
                 f"IMAGINE_COOLDOWN_SECONDS={settings.cooldown_seconds:g}), got {number:g}"
             )
         return number
+    if key == "mitigation":
+        if value not in MITIGATIONS:
+            raise SettingRefused(
+                f"`mitigation` must be one of {', '.join(MITIGATIONS)}, got {str(value)[:40]!r}"
+            )
+        return value
     if key.startswith("default_") and key.removeprefix("default_") in JOB_KEYS:
         return check_job_value(settings, key.removeprefix("default_"), value)
     raise SettingRefused(f"unknown server setting `{key}`")

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     progress_interval: float = Field(2.0, ge=0.2)
     preview_every: int = Field(5, ge=0)
 
+    # Bias mitigations (README → Bias audit and mitigations). Fair guidance: Fair Diffusion's values.
+    fair_edit_scale: float = Field(4.0, ge=0.0, le=50.0)
+    fair_warmup_steps: int = Field(5, ge=0, le=1000)
+    fair_threshold: float = Field(0.95, ge=0.0, lt=1.0)
+    # The zero-shot CLIP classifier of `python -m bot audit bias` (a Hub id or a local folder).
+    audit_clip_model: str = "openai/clip-vit-large-patch14"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Render backend: `local` (the in-process GPU thread) or `ray` (Ray Serve workers at IMAGINE_WORKERS_URL,

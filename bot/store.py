@@ -173,6 +173,9 @@ MIGRATIONS: tuple[str, ...] = (
             CAST(j.job_seed AS TEXT) || ' ' ||
                 COALESCE((SELECT group_concat(image_seed, ' ') FROM tiles WHERE job_id = j.id), '')
         FROM job_search_ids m JOIN jobs j ON j.id = m.job_id;
+    # 7: the bias mitigation a job ran with and its parameters (JSON; NULL = off), so Reproduce repeats it
+    """
+    ALTER TABLE jobs ADD COLUMN mitigation TEXT;
     """,
 )
 
@@ -304,6 +307,8 @@ class JobSpec:
     private: bool = False
     #: the parameters that came from the member's /settings defaults (shown in the result)
     from_defaults: tuple[str, ...] = ()
+    #: the bias mitigation and its parameters (bot/engine/mitigation.py); None = off
+    mitigation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,7 @@ class JobRecord:
     render_action: str | None = None
     private: bool = False
     from_defaults: tuple[str, ...] = ()
+    mitigation: dict[str, Any] | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -391,6 +397,7 @@ class JobRecord:
             "user_id": self.user_id,
             "guild_id": self.guild_id,
             "channel_id": self.channel_id,
+            "mitigation": self.mitigation,
         }
 
 
@@ -587,8 +594,8 @@ class HistoryStore:
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
                     given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
-                    render_action, private, from_defaults)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    render_action, private, from_defaults, mitigation)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -620,6 +627,7 @@ class HistoryStore:
                     spec.render_action,
                     int(spec.private),
                     ",".join(spec.from_defaults),
+                    json.dumps(spec.mitigation) if spec.mitigation is not None else None,
                 ),
             )
         job = await self.get_job(job_id)
@@ -1203,4 +1211,5 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         render_action=row["render_action"],
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
+        mitigation=loads(row["mitigation"]),
     )

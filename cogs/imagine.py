@@ -108,6 +108,7 @@ class ImagineCog(commands.Cog):
             chaos=flags.chaos,
             with_image=image is not None,
             strength=strength,
+            mitigation=merged.get("mitigation"),
         )
         admitted = await self.bot.intake.imagine(requester_of(interaction), request)
         if isinstance(admitted, Refusal):

@@ -12,6 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import reply_ephemeral
+from bot.engine.mitigation import MITIGATION_HELP, MITIGATIONS
 from bot.intake import BOT_ACTOR
 from bot.preferences import (
     ASPECTS,
@@ -117,6 +118,12 @@ def server_panel(
             f"{key}: {describe(value) if value != '' else 'none'}" + ("" if mine is not None else " (bot)")
         )
     embed.add_field(name="Defaults for members", value="\n".join(defaults), inline=False)
+    embed.add_field(
+        name=f"Bias mitigation: {guild.mitigation}",
+        value="\n".join(f"**{name}**: {text}" for name, text in MITIGATION_HELP.items())
+        + "\nA job's own `--mitigation NAME` overrides it.",
+        inline=False,
+    )
     log_lines = [f"<t:{int(c.at)}:R> {_actor(c.actor_id)} {c.key}: {c.old} → {c.new}" for c in changes] or [
         "no changes yet"
     ]
@@ -146,6 +153,9 @@ def server_panel(
             label=f"Default expansion: {describe(guild.defaults.expand) if guild.defaults.expand is not None else 'bot'}",
             row=4,
         )
+    )
+    view.add_item(
+        SettingsButton("g", "mitigation", user_id, label=f"Bias mitigation: {guild.mitigation}", row=4)
     )
     return embed, view
 
@@ -458,6 +468,12 @@ class SettingsCog(commands.Cog):
                     member = await self.bot.preferences.member(guild_id, interaction.user.id)
                     values = {k: getattr(member, k) for k in ("steps", "guidance", "negative")}
                 await interaction.response.send_modal(SettingsModal(self, scope, values))
+            elif key == "mitigation" and scope == "g":
+                mode = (await self.bot.preferences.guild(guild_id)).mitigation
+                await self._set_guild(
+                    interaction, {key: MITIGATIONS[(MITIGATIONS.index(mode) + 1) % len(MITIGATIONS)]}
+                )
+                await self._refresh(interaction, scope)
             elif key == "default_expand" and scope == "g":
                 current = (await self.bot.preferences.guild(guild_id)).defaults.expand
                 following = {None: True, True: False, False: None}[current]

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
+from bot.engine.diverse_prompts import apply_to_job as diversify_job_prompts
 from bot.engine.expander import PromptExpander, SamplingSettings
+from bot.engine.fair_guidance import plan_for
 from bot.engine.loading import (
     load_inpaint_pipeline,
     load_safety_checker,
@@ -30,6 +32,7 @@ from bot.engine.loading import (
     resolve_device,
     resolve_dtype,
 )
+from bot.engine.mitigation import mitigation_mode
 from bot.engine.numerics import engine_threads, library_versions, numerics_record
 from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
@@ -314,6 +317,8 @@ class Engine:
         else:
             prompts = (seed,) * request.count
             expander_record = {"source": "seed", "expand": False}
+        prompts, mitigation = self._mitigate_prompts(request, prompts)
+        fair, not_guided = plan_for(request)
         timings["expand"] = time.perf_counter() - started
         image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
         init_image = _decoded(request.init_image, "RGB", "init_image")
@@ -333,6 +338,7 @@ class Engine:
             strength=request.strength,
             mask_image=mask_image,
             tiled_vae=request.tiled_vae,
+            fair_guidance=fair,
         )
         if init_image is not None and mask_image is not None:
             # Outside the mask the result is the source itself, not its trip through the VAE.
@@ -362,6 +368,8 @@ class Engine:
             render_record["strength"] = request.strength if request.mode == "img2img" else 1.0
         if request.mode == "outpaint":
             render_record["inpaint_model"] = self.renderer.inpaint_model
+        if request.mitigation is not None:
+            render_record["mitigation"] = fair.record() if fair else mitigation or {"not_applied": not_guided}
         timings["total"] = time.perf_counter() - started
         return GenerationResult(
             prompts=prompts,
@@ -371,6 +379,22 @@ class Engine:
             render=render_record,
             timings=timings,
             nsfw_flags=tuple(nsfw),
+        )
+
+    def _mitigate_prompts(
+        self, request: GenerationRequest, prompts: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], dict[str, Any] | None]:
+        """Diverse prompts, after expansion and before the blocklist check of what is rendered."""
+        if mitigation_mode(request.mitigation) != "diverse-prompts":
+            return prompts, None
+        assert self.renderer is not None
+        return diversify_job_prompts(
+            prompts,
+            job_seed=request.job_seed,
+            given=request.prompts is not None,
+            count_tokens=self.renderer.count_clip_tokens,
+            max_tokens=self.renderer.clip_max_tokens,
+            blocklist=self.blocklist if request.safe_mode else (),
         )
 
     def expand_sync(self, seed_text: str, count: int, job_seed: int) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from bot.engine.fair_guidance import FairGuidancePlan, guided
 from bot.engine.types import JobCancelled, OutOfMemory, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Renderer:
         strength: float = 0.6,
         mask_image: Image.Image | None = None,
         tiled_vae: bool = False,
+        fair_guidance: FairGuidancePlan | None = None,
     ) -> list[Image.Image]:
         """Render one image per prompt in one batch; tile i uses a generator seeded image_seeds[i].
 
@@ -180,7 +182,7 @@ class Renderer:
         try:
             if tiled_vae:
                 vae.enable_tiling()
-            with torch.inference_mode():
+            with torch.inference_mode(), guided(pipe, fair_guidance):
                 if init_image is None:
                     output = pipe(width=width, height=height, **common)
                 elif mask_image is None:

@@ -27,6 +27,7 @@ _GPT2_VOCAB_SIZE = 1000
 _GPT2_POSITIONS = 256
 _GPT2_FINETUNE_STEPS = 80
 _GPT2_FINETUNE_LR = 5e-3
+_TINY_CLIP_IMAGE = 32
 # The split CLIP applies before byte-level encoding (same pattern as transformers' CLIPTokenizer).
 _CLIP_SPLIT = (
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -77,7 +78,10 @@ _CORPUS: tuple[str, ...] = (
 
 
 def build_tiny_models(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
-    """Write out_dir/"sd" (SD2-style pipeline) and out_dir/"text" (GPT-2 + tokenizer); return both paths."""
+    """Write out_dir/"sd" (SD2-style pipeline) and out_dir/"text" (GPT-2 + tokenizer); return both paths.
+
+    Also out_dir/"clip" (`tiny_clip_path`): a random CLIPModel and its processor, the bias audit's classifier.
+    """
     import torch
 
     started = time.perf_counter()
@@ -91,8 +95,68 @@ def build_tiny_models(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
         _build_sd(sd_dir)
         torch.manual_seed(seed + 1)
         _build_text(text_dir)
+        torch.manual_seed(seed + 2)
+        build_tiny_clip(tiny_clip_path(out_dir), tokenizer_dir=sd_dir / "tokenizer")
     log.info("Built tiny models in %s (%.1f s)", out_dir, time.perf_counter() - started)
     return sd_dir, text_dir
+
+
+def tiny_clip_path(models_dir: Path) -> Path:
+    """Where `build_tiny_models(models_dir)` writes the tiny CLIP (IMAGINE_AUDIT_CLIP_MODEL for tests)."""
+    return Path(models_dir) / "clip"
+
+
+def build_tiny_clip(clip_dir: Path, *, tokenizer_dir: Path) -> Path:
+    """A random CLIPModel (text and vision towers, 32 wide) with a CLIPProcessor, saved to `clip_dir`.
+
+    Shaped like openai/clip-vit-large-patch14 (a ViT image tower, a causal text tower, both projected
+    into one space) at tiny widths and a 32-pixel input, with the SD tokenizer built above.
+    """
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+    )
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=_TEXT_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_CLIP_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=_TEXT_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=_TINY_CLIP_IMAGE,
+        patch_size=8,
+    )
+    model = CLIPModel(
+        CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    )
+    import transformers
+
+    # The PIL backend by name where transformers has it: the default one wants torchvision and warns.
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)
+    image_processor = processor_class(
+        size={"shortest_edge": _TINY_CLIP_IMAGE},
+        crop_size={"height": _TINY_CLIP_IMAGE, "width": _TINY_CLIP_IMAGE},
+    )
+    clip_dir = Path(clip_dir)
+    model.save_pretrained(clip_dir, safe_serialization=True)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(clip_dir)
+    return clip_dir
 
 
 # --------------------------------------------------------------------------- tokenizers

@@ -91,6 +91,8 @@ class GenerationRequest:
     action: str = "imagine"
     # GPT-2 sampling temperature for this job (`--chaos`); None = the configured one.
     temperature: float | None = None
+    # A bias mitigation and its parameters (bot/engine/mitigation.py), plain data; None = off.
+    mitigation: dict[str, Any] | None = None
 
     @property
     def mode(self) -> str:

@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bot.engine.mitigation import check_mitigation
 from bot.engine.types import BlockedText, GenerationRequest, InvalidRequest
 
 MAX_SEED_NUMBER = 2**32 - 1
@@ -131,6 +132,7 @@ def validate_request(
         isinstance(request.temperature, int | float) and 0.0 < request.temperature <= 5.0
     ):
         raise InvalidRequest(f"`temperature` must be in (0, 5], got {request.temperature!r}")
+    check_mitigation(request.mitigation)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

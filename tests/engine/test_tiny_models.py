@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from bench.gpu_sd21 import TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
-from bot.engine.tiny_models import build_tiny_models
+from bot.engine.tiny_models import build_tiny_models, tiny_clip_path
 
 BUILD_BUDGET_S = 60.0
 
@@ -58,6 +58,9 @@ def test_layout_and_build_time(built: tuple[Path, Path, float]) -> None:
         assert (sd_dir / rel).is_file(), rel
     for rel in ("config.json", "model.safetensors", "tokenizer_config.json", "vocab.json", "merges.txt"):
         assert (text_dir / rel).is_file(), rel
+    # The bias audit's tiny classifier: a CLIPModel and its processor.
+    for rel in ("config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json"):
+        assert (tiny_clip_path(sd_dir.parent) / rel).is_file(), rel
     assert elapsed < BUILD_BUDGET_S, f"build took {elapsed:.1f} s"
 
 
@@ -176,7 +179,7 @@ def test_build_is_deterministic_and_keeps_global_rng(built: tuple[Path, Path, fl
     second = _files(again_sd.parent)
     assert first.keys() == second.keys()
     weights = [name for name in first if name.endswith(".safetensors")]
-    assert len(weights) == 4
+    assert len(weights) == 5  # SD's text encoder, UNet and VAE; GPT-2; the audit's CLIP
     for name in first:
         assert first[name] == second[name], name
     assert again_text == tmp_path / "again" / "text"
