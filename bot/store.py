@@ -173,6 +173,7 @@ MIGRATIONS: tuple[str, ...] = (
             CAST(j.job_seed AS TEXT) || ' ' ||
                 COALESCE((SELECT group_concat(image_seed, ' ') FROM tiles WHERE job_id = j.id), '')
         FROM job_search_ids m JOIN jobs j ON j.id = m.job_id;
+    """,
     # 7: the bias mitigation a job ran with and its parameters (JSON; NULL = off), so Reproduce repeats it
     """
     ALTER TABLE jobs ADD COLUMN mitigation TEXT;
