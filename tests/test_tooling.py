@@ -73,6 +73,9 @@ def _project_copy(tmp_path: Path) -> tuple[Path, Path]:
     fence = root / "scripts" / "fence.sh"
     fence.write_text(_STUB + 'exec "$@"\n')
     fence.chmod(0o755)
+    browser_deps = root / "scripts" / "browser-deps.sh"  # apt and npm: not this test's business
+    browser_deps.write_text(_STUB)
+    browser_deps.chmod(0o755)
     for venv in (".venv", ".venv-test"):
         (root / venv / "bin").mkdir(parents=True)
         for tool in ("python", "ruff", "mypy"):
@@ -107,7 +110,7 @@ def test_the_tests_never_install_into_the_bots_environment(tmp_path: Path) -> No
     """Before: test.sh put `safety` into .venv, and the bot run from there switched NudeNet on."""
     root, calls = _project_copy(tmp_path)
     test_calls = _script(root, calls, "test.sh")
-    assert _installs(test_calls) == [".venv-test/bin/python -m pip install -q -e .[dev,safety,ray]"]
+    assert _installs(test_calls) == [".venv-test/bin/python -m pip install -q -e .[dev,safety,ray,train]"]
     assert not [line for line in test_calls if line.startswith(".venv/")], test_calls
     assert "scripts/fence.sh .venv-test/bin/python -m pytest" in test_calls
     run_calls = _script(root, calls, "run.sh")
