@@ -13,10 +13,13 @@ from typing import Any
 
 from bot.engine.types import InvalidRequest
 
-ACCEPTED_FLAGS = "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`"
+ACCEPTED_FLAGS = (
+    "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`, "
+    "`--model NAME`, `--lora NAME[:WEIGHT]`, `--draft`"
+)
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0
-_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw")
+_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw", "model", "lora", "draft")
 # A flag is a whole token: `--name` after a space (or at the start), the name ending at a space (or the end),
 # so `well--known`, `rock --n-- roll` and `a--b` stay text. Phones turn "--" into an em or en dash: a dash
 # counts as a flag only before a flag we know (`—ar 3:2`); any other dash (`—abandoned`) is prose.
@@ -44,6 +47,10 @@ class InlineFlags:
     count: int | None = None
     chaos: int | None = None
     raw: bool = False
+    #: a registry model name, LoRAs (`NAME` or `NAME:WEIGHT`, repeatable), Draft mode
+    model: str | None = None
+    loras: tuple[str, ...] = ()
+    draft: bool = False
 
     @property
     def temperature(self) -> float | None:
@@ -84,11 +91,11 @@ def parse_inline_flags(text: str) -> InlineFlags:
         words = text[match.end() : end].split()
         if name not in _KNOWN:
             raise _bad(f"unknown flag `--{typed[:30]}`")
-        if name in values:
+        if name in values and name != "lora":
             raise _bad(f"`--{name}` is given twice")
-        if name == "raw":
-            values["raw"] = True
-            kept.extend(words)  # `--raw` takes no value: what follows is seed text
+        if name in ("raw", "draft"):
+            values[name] = True
+            kept.extend(words)  # `--raw` and `--draft` take no value: what follows is seed text
             continue
         if name == "no":
             if not words:
@@ -105,6 +112,11 @@ def parse_inline_flags(text: str) -> InlineFlags:
             values["seed"] = _int_value(name, value, 0, MAX_SEED)
         elif name == "chaos":
             values["chaos"] = _int_value(name, value, 0, 100)
+        elif name == "model":
+            values["model"] = value[:60]
+        elif name == "lora":
+            values.setdefault("loras", ())
+            values["loras"] += (value[:80],)
         else:  # steps, count: the engine applies the server's limits
             values[name] = _int_value(name, value, 1, 1000)
     seed_text = " ".join(" ".join(kept).split())

@@ -120,6 +120,8 @@ def request_from_job(
         mask_image=mask_image,
         action=job.render_action or job.action,
         temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
+        model=job.model or "",
+        loras=job.loras,
     )
 
 
@@ -168,6 +170,8 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,
+        model=old.model,
+        loras=old.loras,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.engine.model_specs import LoraRef
 from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,11 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE jobs SET owner_instance = 'pid-' || COALESCE(owner_pid, 0),
         lease_expires_at = CAST(strftime('%s', 'now') AS REAL) + 60
         WHERE status = 'running';
+    """,
+    # 6 (models): the registry model a job runs on and its LoRAs (JSON [{"name", "weight"}])
+    """
+    ALTER TABLE jobs ADD COLUMN model TEXT;
+    ALTER TABLE jobs ADD COLUMN loras TEXT;
     """,
 )
 
@@ -256,6 +262,9 @@ class JobSpec:
     private: bool = False
     #: the parameters that came from the member's /settings defaults (shown in the result)
     from_defaults: tuple[str, ...] = ()
+    #: the registry model's name (None: the default model) and the LoRAs on it
+    model: str | None = None
+    loras: tuple[LoraRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -303,6 +312,8 @@ class JobRecord:
     render_action: str | None = None
     private: bool = False
     from_defaults: tuple[str, ...] = ()
+    model: str | None = None
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -550,6 +561,9 @@ class HistoryStore:
                     ",".join(spec.from_defaults),
                 ),
             )
+            if spec.model is not None or spec.loras:
+                query = "UPDATE jobs SET model = ?, loras = ? WHERE id = ?"
+                await db.execute(query, (spec.model, _loras_json(spec.loras), job_id))
         job = await self.get_job(job_id)
         assert job is not None
         return job
@@ -1065,4 +1079,14 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         render_action=row["render_action"],
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
+        model=row["model"],
+        loras=_loras_from(row["loras"]),
     )
+
+
+def _loras_json(loras: tuple[LoraRef, ...]) -> str | None:
+    return json.dumps([{"name": r.name, "weight": r.weight} for r in loras]) if loras else None
+
+
+def _loras_from(text: str | None) -> tuple[LoraRef, ...]:
+    return tuple(LoraRef(str(r["name"]), float(r["weight"])) for r in json.loads(text)) if text else ()

@@ -8,6 +8,8 @@ from typing import Any
 
 from PIL import Image
 
+from bot.engine.model_specs import LoraRef
+
 
 class EngineError(Exception):
     """Base of errors whose message is safe to show a user."""
@@ -91,6 +93,9 @@ class GenerationRequest:
     action: str = "imagine"
     # GPT-2 sampling temperature for this job (`--chaos`); None = the configured one.
     temperature: float | None = None
+    # The registry's model name ("" = the default model) and the LoRAs on it (README → Models).
+    model: str = ""
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def mode(self) -> str:
