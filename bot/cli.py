@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument(
         "--strength", type=float, help="with --image: how far to move away from it, 0.05 (barely) to 1"
     )
+    imagine.add_argument("--model", help="a model of the models file (default: its default model)")
+    imagine.add_argument(
+        "--lora", action="append", metavar="NAME[:WEIGHT]", help="a LoRA from IMAGINE_LORA_DIR (repeatable)"
+    )
+    imagine.add_argument("--draft", action="store_true", help="Draft mode: the models file's draft model")
     imagine.add_argument("--json", action="store_true", help="print one JSON object")
 
     history = sub.add_parser("history", help="list past jobs, newest first")
@@ -114,6 +119,7 @@ def _add_action_parsers(sub: Any) -> None:
         "zoom": "image TILE of a past job shrunk into a canvas of its size, the border painted new",
         "pan": "the canvas of image TILE of a past job grows by half on one side, the new part painted",
         "remix": "Vary (Strong) of image TILE of a past job with a new prompt",
+        "enhance": "image TILE of a Draft job at full quality on the main model",
     }
     for name, text in helps.items():
         action = sub.add_parser(name, help=text)
@@ -134,8 +140,8 @@ def _add_action_parsers(sub: Any) -> None:
 
 def _action_name(args: argparse.Namespace) -> str:
     """The action a CLI command records (the same names as the Discord buttons' jobs)."""
-    if args.command == "rerun":
-        return "rerun"
+    if args.command in ("rerun", "enhance"):
+        return str(args.command)
     if args.command == "upscale":
         return "upscale-creative" if args.creative else "upscale-subtle"
     if args.command == "vary":
@@ -147,7 +153,7 @@ def _action_name(args: argparse.Namespace) -> str:
     return "remix"
 
 
-CLI_ACTIONS = ("upscale", "vary", "zoom", "pan", "remix")
+CLI_ACTIONS = ("upscale", "vary", "zoom", "pan", "remix", "enhance")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -414,6 +420,10 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
         merged = merge_flags(flags, options, CLI_OPTION_LABELS)
     except InvalidRequest as exc:
         raise CliError(exc.user_message, EXIT_USAGE) from None
+    if args.model and flags.model and args.model.lower() != flags.model.lower():
+        raise CliError(
+            f"`--model {flags.model}` in SEED and --model {args.model} disagree: use one", EXIT_USAGE
+        )
     request = ImagineRequest(
         seed_text=flags.text,
         count=merged["count"],
@@ -428,6 +438,9 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
         chaos=flags.chaos,
         with_image=args.image is not None,
         strength=args.strength,
+        model=args.model or flags.model,
+        loras=flags.loras + tuple(args.lora or ()),
+        draft=args.draft or flags.draft,
     )
     admitted = await Intake(settings, store).imagine(Requester(user_id=None), request)
     if isinstance(admitted, Refusal):
@@ -631,6 +644,7 @@ def _tiny_models(directory: Path) -> int:
     except OSError as exc:
         raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
+    print(f"IMAGINE_MODELS_FILE={directory / 'models.toml'}")
     return EXIT_OK
 
 

