@@ -360,7 +360,7 @@ def build_tiny_model_variants(sd_dir: Path, out_dir: Path, *, seed: int = 0) -> 
         steps_offset=1,
     )
     shutil.rmtree(made[1] / "scheduler")
-    turbo.save_pretrained(made[1] / "scheduler")
+    turbo.save_pretrained(made[1] / "scheduler")  # type: ignore[attr-defined]
     index = json.loads((made[1] / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
     (made[1] / "model_index.json").write_text(json.dumps(index, indent=2))
