@@ -147,6 +147,10 @@ def server_panel(
             row=4,
         )
     )
+    # Several models (README → Models): the server's default model, cycled through the registry's.
+    view.add_item(
+        SettingsButton("g", "model", user_id, label=f"Default model: {guild.model or 'bot'}"[:80], row=4)
+    )
     return embed, view
 
 
@@ -458,6 +462,12 @@ class SettingsCog(commands.Cog):
                     member = await self.bot.preferences.member(guild_id, interaction.user.id)
                     values = {k: getattr(member, k) for k in ("steps", "guidance", "negative")}
                 await interaction.response.send_modal(SettingsModal(self, scope, values))
+            elif key == "model" and scope == "g":
+                current = (await self.bot.preferences.guild(guild_id)).model
+                names: list[str | None] = [None, *(e.name for e in self.bot.intake.registry.enabled)]
+                following = names[(names.index(current) + 1) % len(names)] if current in names else names[1]
+                await self._set_guild(interaction, {key: following})
+                await self._refresh(interaction, scope)
             elif key == "default_expand" and scope == "g":
                 current = (await self.bot.preferences.guild(guild_id)).defaults.expand
                 following = {None: True, True: False, False: None}[current]
