@@ -463,10 +463,10 @@ class SettingsCog(commands.Cog):
                     values = {k: getattr(member, k) for k in ("steps", "guidance", "negative")}
                 await interaction.response.send_modal(SettingsModal(self, scope, values))
             elif key == "model" and scope == "g":
-                current = (await self.bot.preferences.guild(guild_id)).model
+                now = (await self.bot.preferences.guild(guild_id)).model
                 names: list[str | None] = [None, *(e.name for e in self.bot.intake.registry.enabled)]
-                following = names[(names.index(current) + 1) % len(names)] if current in names else names[1]
-                await self._set_guild(interaction, {key: following})
+                chosen = names[(names.index(now) + 1) % len(names)] if now in names else names[1]
+                await self._set_guild(interaction, {key: chosen})
                 await self._refresh(interaction, scope)
             elif key == "default_expand" and scope == "g":
                 current = (await self.bot.preferences.guild(guild_id)).defaults.expand
