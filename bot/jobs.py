@@ -31,6 +31,7 @@ from bot.engine.images import compose_grid, png_bytes
 from bot.engine.safety import TileClassifier, screen_tiles
 from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
 from bot.flags import chaos_temperature
+from bot.models.queue import prefer_resident
 from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,8 @@ class JobRunner:
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._last_served: dict[int | None, float] = {}
+        #: jobs passed over for one whose model was loaded (bot/models/queue.py), by job id
+        self._passed_over: dict[str, int] = {}
         self._stopping = False
         self.recovered_at: float | None = None
         self.recent_durations: deque[float] = deque(maxlen=20)
@@ -477,6 +480,11 @@ class JobRunner:
         job = next_fair_job(queued, self._last_served, busy)
         if job is None:
             return False
+        resident_models = getattr(self.backend, "resident_models", None)
+        if resident_models is not None:
+            # Several models: a job for a loaded model may go first, within the bound (bot/models/queue.py).
+            order = fair_order(queued, self._last_served)
+            job = prefer_resident(job, order, resident_models(), self._passed_over, busy)
         await self._claim(job)
         return True
 
@@ -494,6 +502,7 @@ class JobRunner:
             self._inflight.pop(job.id, None)
             return False
         self._last_served[job.user_id] = time.monotonic()
+        self._passed_over.pop(job.id, None)
         flight.task = asyncio.create_task(self._run_job(flight), name=f"job-{job.id}")
         self._start_lease_keeper(sweep=False)
         return True
