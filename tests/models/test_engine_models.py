@@ -6,13 +6,15 @@ import json
 import shutil
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
 import torch
 
+from bot.engine.model_specs import LoraRef
 from bot.engine.types import GenerationRequest
 from bot.intake import ActionRequest, ImagineRequest, Intake, Refusal, Requester
 from bot.jobs import JobRunner
@@ -20,6 +22,9 @@ from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord
 from tests.conftest import tiny_job
 from tests.models.conftest import write_models_toml
+
+if TYPE_CHECKING:
+    from bot.engine.executor import Engine
 
 
 async def test_two_models_limit_one_unloads_the_first_before_the_second_loads(
@@ -120,6 +125,27 @@ def tile_bytes(job: JobRecord) -> list[bytes]:
     return [Path(tile.path or "").read_bytes() for tile in job.tiles]
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_lora_on_the_engine_changes_the_output_and_repeats_byte_for_byte(
+    engine: Engine, tiny_models: tuple[Path, Path]
+) -> None:
+    """The fast one (the session's engine): adapters change the picture, the same set repeats it exactly,
+    and without them the plain model's bytes come back."""
+    assert engine.config.lora_dir is not None
+    make_tiny_lora(tiny_models[0], Path(engine.config.lora_dir), "fast-ink", seed=3)
+    plain = tiny_job(GenerationRequest, count=1, expand=False)
+    styled = replace(plain, loras=(LoraRef("fast-ink", 1.0),))
+    before = (await engine.generate(plain)).images[0].tobytes()
+    first = await engine.generate(styled)
+    second = await engine.generate(styled)
+    after = (await engine.generate(plain)).images[0].tobytes()
+    assert first.images[0].tobytes() != before
+    assert second.images[0].tobytes() == first.images[0].tobytes()
+    assert after == before
+    assert first.render["loras"][0]["name"] == "fast-ink"
+
+
+@pytest.mark.heavy
 async def test_lora_changes_the_output_reruns_exactly_and_refuses_a_changed_or_wrong_kind_file(
     cli: Cli, tiny_models: tuple[Path, Path]
 ) -> None:
@@ -128,7 +154,9 @@ async def test_lora_changes_the_output_reruns_exactly_and_refuses_a_changed_or_w
     request = ImagineRequest("a castle", count=1, expand=False, job_seed=5)
 
     plain = await cli.imagine(request)
-    styled = await cli.imagine(ImagineRequest("a castle", count=1, expand=False, job_seed=5, loras=("ink:0.8",)))
+    styled = await cli.imagine(
+        ImagineRequest("a castle", count=1, expand=False, job_seed=5, loras=("ink:0.8",))
+    )
     assert isinstance(plain, JobRecord) and isinstance(styled, JobRecord)
     assert tile_bytes(plain) != tile_bytes(styled)
     (record,) = styled.render["loras"]
@@ -160,12 +188,18 @@ async def test_lora_changes_the_output_reruns_exactly_and_refuses_a_changed_or_w
     )
 
 
+@pytest.mark.heavy
 async def test_draft_then_enhance_and_a_changed_revision_refuses_rerun(
     cli: Cli, tiny_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
     draft = await cli.imagine(ImagineRequest("a fox", count=2, draft=True, expand=False))
     assert isinstance(draft, JobRecord)
-    assert (draft.model, draft.steps, draft.guidance, draft.render["model_kind"]) == ("tiny-draft", 1, 0.0, "sd-turbo")
+    assert (draft.model, draft.steps, draft.guidance, draft.render["model_kind"]) == (
+        "tiny-draft",
+        1,
+        0.0,
+        "sd-turbo",
+    )
     assert draft.render["scheduler"] == "EulerAncestralDiscreteScheduler"
     no_negative = await cli.imagine(ImagineRequest("a fox", draft=True, negative="blur"))
     assert isinstance(no_negative, Refusal) and "takes no negative prompt" in no_negative.message
@@ -176,7 +210,12 @@ async def test_draft_then_enhance_and_a_changed_revision_refuses_rerun(
 
     enhanced = await cli.action(ActionRequest(draft.id, "enhance", 2))
     assert isinstance(enhanced, JobRecord)
-    assert (enhanced.action, enhanced.parent_id, enhanced.source_tile, enhanced.model) == ("enhance", draft.id, 2, "tiny")
+    assert (enhanced.action, enhanced.parent_id, enhanced.source_tile, enhanced.model) == (
+        "enhance",
+        draft.id,
+        2,
+        "tiny",
+    )
     assert (enhanced.count, enhanced.steps, enhanced.strength) == (1, 2, 0.55)
     assert enhanced.prompts == (draft.prompts[1],) and enhanced.render["mode"] == "img2img"
     not_draft = await cli.action(ActionRequest(enhanced.id, "enhance", 1))

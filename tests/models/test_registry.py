@@ -81,18 +81,24 @@ def _lora_file(path: Path, scale: float = 1.0) -> None:
 def test_lora_library_sidecars_hashes_and_refusals(tmp_path: Path, models_file: Path) -> None:
     registry = load_registry(_settings(tmp_path))
     library = LoraLibrary(tmp_path / "loras")
-    assert library.listing() == f"There are no LoRAs on this bot (they are looked for in {tmp_path / 'loras'})."
+    assert (
+        library.listing() == f"There are no LoRAs on this bot (they are looked for in {tmp_path / 'loras'})."
+    )
     library.folder.mkdir()
     _lora_file(library.folder / "ink.safetensors")
     _lora_file(library.folder / "old.safetensors")
-    (library.folder / "old.json").write_text(json.dumps({"base": "sd1", "triggers": ["oldstyle"], "weight": 0.7}))
+    (library.folder / "old.json").write_text(
+        json.dumps({"base": "sd1", "triggers": ["oldstyle"], "weight": 0.7})
+    )
     (library.folder / "broken.safetensors").write_bytes(b"not a safetensors file at all")
     assert library.names() == ["broken", "ink", "old"]
     info = library.info("OLD")
     assert (info.name, info.family, info.triggers, info.weight) == ("old", "sd1", ("oldstyle",), 0.7)
     tiny = registry.usable(None)
     assert library.check(LoraRef("ink", 0.5), tiny).name == "ink"
-    with pytest.raises(ModelRefused, match=r"The LoRA `old` is for sd1 models; `tiny` is a sd2-768-v model\."):
+    with pytest.raises(
+        ModelRefused, match=r"The LoRA `old` is for sd1 models; `tiny` is a sd2-768-v model\."
+    ):
         library.check(LoraRef("old"), tiny)
     with pytest.raises(ModelRefused, match="is damaged or not a safetensors file"):
         library.check(LoraRef("broken"), tiny)
@@ -105,7 +111,12 @@ def test_lora_library_sidecars_hashes_and_refusals(tmp_path: Path, models_file: 
 
 def test_inline_model_lora_and_draft_flags() -> None:
     flags = parse_inline_flags("a fox --model tiny-b --lora ink:0.5 --lora old --draft in snow")
-    assert (flags.text, flags.model, flags.loras, flags.draft) == ("a fox in snow", "tiny-b", ("ink:0.5", "old"), True)
+    assert (flags.text, flags.model, flags.loras, flags.draft) == (
+        "a fox in snow",
+        "tiny-b",
+        ("ink:0.5", "old"),
+        True,
+    )
 
 
 def _job(job_id: str, user: int, model: str, at: float) -> JobRecord:
