@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest_asyncio
 
 from bot.settings import Settings
+from bot.store import JobRecord
 from tests.cogs.conftest import RunningBot, imagine, start_bot, wait_job
 from tests.fakediscord import FakeDiscord, FakeMessage
 from tests.models.conftest import write_models_toml
+
+
+def tile_bytes(job: JobRecord) -> list[bytes]:
+    return [Path(tile.path or "").read_bytes() for tile in job.tiles]
 
 
 def job_id_of(message: FakeMessage) -> str:
@@ -58,9 +63,7 @@ async def test_model_choice_autocomplete_second_model_reproduce_and_unknown(
     ]
     child = await wait_job(models_bot.store, child.id, lambda j: j.status == "done")
     assert child.model == "tiny-b" and child.action == "reproduce"
-    assert [Path(t.path or "").read_bytes() for t in child.tiles] == [
-        Path(t.path or "").read_bytes() for t in job.tiles
-    ]
+    assert tile_bytes(child) == tile_bytes(job)
 
     # An unknown model is refused before queueing, with the valid ones; nothing is written.
     before = await models_bot.store.count_jobs(any_user=True)
