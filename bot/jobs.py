@@ -31,7 +31,7 @@ from bot.engine.images import compose_grid, png_bytes
 from bot.engine.safety import TileClassifier, screen_tiles
 from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
 from bot.flags import chaos_temperature
-from bot.models.queue import prefer_resident
+from bot.models.queue import prefer_resident, settle_pass
 from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class JobRunner:
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._last_served: dict[int | None, float] = {}
         #: jobs passed over for one whose model was loaded (bot/models/queue.py), by job id
-        self._passed_over: dict[str, int] = {}
+        self._passed_over: dict[str, int | None] = {}
         self._stopping = False
         self.recovered_at: float | None = None
         self.recent_durations: deque[float] = deque(maxlen=20)
@@ -502,7 +502,7 @@ class JobRunner:
             self._inflight.pop(job.id, None)
             return False
         self._last_served[job.user_id] = time.monotonic()
-        self._passed_over.pop(job.id, None)
+        settle_pass(job, self._last_served, self._passed_over)
         flight.task = asyncio.create_task(self._run_job(flight), name=f"job-{job.id}")
         self._start_lease_keeper(sweep=False)
         return True
