@@ -2,8 +2,8 @@
 
 A pipeline keeps the adapters of the last job that used some; the next job with the same set (same files,
 by hash) only sets the weights, a job with another set (or none) unloads them first. Not fused: fusing
-would bake one weight into the UNet and make every change of weight a reload; with IMAGINE_COMPILE on, a
-change of adapter set recompiles the UNet once (PEFT's layers are ordinary modules).
+would bake one weight into the UNet and make every change of weight a reload. With IMAGINE_COMPILE on, a
+change of adapter set should cost one recompilation (PEFT's layers are ordinary modules; not measured).
 """
 
 from __future__ import annotations
@@ -77,7 +77,11 @@ class LoraSlots:
                     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
                 except Exception as exc:
                     self._drop_all(pipe)
-                    cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                    text = str(exc).strip()
+                    if "size mismatch" in text:
+                        cause = "its layer shapes differ from the model's: it was made for another base model"
+                    else:
+                        cause = text.splitlines()[0][:160] if text else type(exc).__name__
                     raise InvalidRequest(
                         f"the LoRA `{ref.name}` does not fit the model `{model_name}` ({cause})"
                     ) from exc

@@ -15,7 +15,7 @@ import pytest_asyncio
 import torch
 
 from bot.engine.model_specs import LoraRef
-from bot.engine.types import GenerationRequest
+from bot.engine.types import GenerationRequest, InvalidRequest
 from bot.intake import ActionRequest, ImagineRequest, Intake, Refusal, Requester
 from bot.jobs import JobRunner
 from bot.settings import Settings
@@ -59,7 +59,9 @@ async def test_two_models_limit_one_unloads_the_first_before_the_second_loads(
         await engine.close()
 
 
-def make_tiny_lora(sd_dir: Path, folder: Path, name: str, *, seed: int) -> Path:
+def make_tiny_lora(
+    sd_dir: Path, folder: Path, name: str, *, seed: int, cross_attention_dim: int | None = None
+) -> Path:
     """A LoRA made with peft on the tiny UNet (random B matrices, so it changes the output), saved in
     diffusers' format as `folder/NAME.safetensors`."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -67,7 +69,12 @@ def make_tiny_lora(sd_dir: Path, folder: Path, name: str, *, seed: int) -> Path:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
+    if cross_attention_dim is None:
+        unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
+    else:  # the tiny layout for another text encoder width: a LoRA that cannot fit the tiny model
+        from bot.engine.tiny_models import tiny_unet_config
+
+        unet = UNet2DConditionModel(**(tiny_unet_config() | {"cross_attention_dim": cross_attention_dim}))
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -143,6 +150,15 @@ async def test_lora_on_the_engine_changes_the_output_and_repeats_byte_for_byte(
     assert second.images[0].tobytes() == first.images[0].tobytes()
     assert after == before
     assert first.render["loras"][0]["name"] == "fast-ink"
+    # A LoRA made for another width fails its job in one sentence; the model renders on unchanged.
+    make_tiny_lora(tiny_models[0], Path(engine.config.lora_dir), "fast-wide", seed=4, cross_attention_dim=48)
+    with pytest.raises(InvalidRequest) as refused:
+        await engine.generate(replace(plain, loras=(LoraRef("fast-wide", 1.0),)))
+    assert refused.value.user_message == (
+        "the LoRA `fast-wide` does not fit the model `sd21` (its layer shapes differ from the model's: it was "
+        "made for another base model)"
+    )
+    assert (await engine.generate(plain)).images[0].tobytes() == before
 
 
 @pytest.mark.heavy
