@@ -545,6 +545,13 @@ def _model_lines(job: JobRecord) -> list[str]:
     render, expander = job.render, job.expander
     if render.get("sd_model"):
         lines.append(f"image model: {render['sd_model']} (revision {render.get('sd_revision', 'unknown')})")
+    if render.get("model_name"):
+        pinned = render.get("model_revision") or "unpinned"
+        lines.append(f"registry model: {render['model_name']} ({render.get('model_kind')}, {pinned})")
+    for lora in render.get("loras", ()):
+        lines.append(
+            f"LoRA: {lora.get('name')} weight {lora.get('weight')} (sha256 {str(lora.get('sha256'))[:16]}…)"
+        )
     if expander.get("model"):
         lines.append(f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')})")
     if render.get("device"):
