@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from bot.intake import Admitted, ImagineRequest, Requester
 from bot.settings import Settings
 from bot.store import JobRecord
 from tests.cogs.conftest import RunningBot, imagine, start_bot, wait_job
@@ -73,9 +74,27 @@ async def test_model_choice_autocomplete_second_model_reproduce_and_unknown(
     assert reply.content == "There is no model `sdxl`. Models here: `tiny`, `tiny-b`, `tiny-draft`."
     assert await models_bot.store.count_jobs(any_user=True) == before
 
+    # A manager sets the server's default model in /settings (the button cycles bot → tiny → tiny-b …);
+    # a job that names no model then gets it (asked of the intake: nothing is queued here).
+    opened = await fake.send_slash("settings", {"scope": "server"}, user_id=fake.mod_id)
+    panel = await opened.wait_final(timeout=15)
+    for expected in ("tiny", "tiny-b"):
+        custom_id = next(
+            c["custom_id"]
+            for c in panel.all_components()
+            if c.get("custom_id", "").startswith("ib:sb:g:model:")
+        )
+        panel = await (await fake.click_button(panel, custom_id, user_id=fake.mod_id)).wait_final(timeout=15)
+        assert (await models_bot.bot.preferences.guild(fake.guild_id)).model == expected
+    assert any(c.get("label") == "Default model: tiny-b" for c in panel.all_components())
+    who = Requester(fake.alice_id, guild_id=fake.guild_id, channel_id=fake.channel_id)
+    admitted = await models_bot.bot.intake.imagine(who, ImagineRequest("a fox"))
+    assert isinstance(admitted, Admitted) and admitted.spec.model == "tiny-b"
+
     listed = await fake.send_slash("models", {}, user_id=fake.alice_id)
     text = (await listed.wait_final(timeout=30)).content
     assert "`tiny` (bot default)" in text and "`tiny-draft` (`--draft`)" in text
+    assert "`tiny-b` (this server's default)" in text
     loras = await fake.send_slash("loras", {}, user_id=fake.alice_id)
     assert (await loras.wait_final(timeout=30)).content.startswith("There are no LoRAs on this bot")
 
