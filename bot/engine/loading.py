@@ -94,6 +94,14 @@ def resolve_revision(model_id: str, revision: str | None = None) -> str:
         return "unknown"
 
 
+def _is_folder(model_id: str) -> bool:
+    """A local folder (a revision pin applies to Hub ids only); a name too long for a path is none."""
+    try:
+        return Path(model_id).expanduser().is_dir()
+    except OSError:
+        return False
+
+
 def _looks_like_a_path(model_id: str) -> bool:
     """`./models/sd`, `/models/sd`, `~/sd`, `a/b/c`: meant as a folder (a Hub id is `name` or `org/name`)."""
     return model_id.startswith((".", "/", "~", "\\")) or model_id.count("/") > 1 or "\\" in model_id
@@ -134,7 +142,7 @@ def load_sd_pipeline(
     """StableDiffusionPipeline with DPM-Solver++ from the model's own scheduler config (or `scheduler`)."""
     from diffusers import StableDiffusionPipeline
 
-    pinned = {"revision": revision} if revision and not Path(model_id).expanduser().is_dir() else {}
+    pinned = {"revision": revision} if revision and not _is_folder(model_id) else {}
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             model_id, dtype=dtype, safety_checker=None, requires_safety_checker=False, **pinned
