@@ -157,3 +157,14 @@ def test_mixed_model_queues_save_swaps_and_no_job_starts_more_than_one_job_later
         plain_swaps += swaps_of(plain, "a")
         aware_swaps += swaps_of(aware, "a")
     assert aware_swaps < plain_swaps * 0.8
+
+
+def test_a_request_with_its_model_and_loras_crosses_to_the_workers_unchanged() -> None:
+    from bot.engine.types import GenerationRequest
+    from bot.engine.workers.protocol import decode_request, encode_request
+
+    request = GenerationRequest(
+        "a fox", 1, 2, 7.5, 64, 64, 3, model="tiny-b", loras=(LoraRef("ink", 0.8), LoraRef("old", 1.0))
+    )
+    body = json.loads(json.dumps(encode_request(request, job="j1")))
+    assert decode_request(body) == ("j1", request)
