@@ -161,7 +161,6 @@ async def test_lora_on_the_engine_changes_the_output_and_repeats_byte_for_byte(
     assert (await engine.generate(plain)).images[0].tobytes() == before
 
 
-@pytest.mark.heavy
 async def test_lora_changes_the_output_reruns_exactly_and_refuses_a_changed_or_wrong_kind_file(
     cli: Cli, tiny_models: tuple[Path, Path]
 ) -> None:
@@ -204,7 +203,6 @@ async def test_lora_changes_the_output_reruns_exactly_and_refuses_a_changed_or_w
     )
 
 
-@pytest.mark.heavy
 async def test_draft_then_enhance_and_a_changed_revision_refuses_rerun(
     cli: Cli, tiny_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
