@@ -29,7 +29,7 @@ from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings")
+EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings", "cogs.models")
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 # A persistent job button's handler: (interaction, button code, job id, image number).

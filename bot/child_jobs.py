@@ -12,8 +12,10 @@ from pathlib import Path
 from PIL import Image
 
 from bot.engine.images import png_bytes
+from bot.engine.model_specs import ModelEntry
 from bot.engine.outpaint import build_canvas, fit_within, outpaint_geometry, upscale_size
 from bot.engine.types import InvalidRequest
+from bot.flags import size_for_ratio
 from bot.jobs import rerun_spec
 from bot.settings import Settings
 from bot.store import JobRecord, JobSpec
@@ -56,6 +58,7 @@ def child_spec(
     prompt: str | None = None,
     prompts: dict[int, str] | None = None,
     negative: str | None = None,
+    main_model: ModelEntry | None = None,
 ) -> tuple[JobSpec, TileSource | None]:
     """The new job `action` asks for on `job` (image `tile` where it needs one), owned by `owner`.
 
@@ -84,6 +87,9 @@ def child_spec(
         return replace(base, action="reexpand", given_prompts=None), None
     assert tile is not None
     source = job.tiles[tile - 1]
+    if action == "enhance":
+        assert main_model is not None, "the intake names the main model"
+        return _enhance(settings, base, job, tile, main_model)
     if action == "variation":
         spec = replace(
             base,
@@ -98,6 +104,35 @@ def child_spec(
         )
         return spec, TileSource(source.path)
     return _tile_action(settings, job, tile, action, owner=owner, prompt=prompt)
+
+
+def _enhance(
+    settings: Settings, base: JobSpec, job: JobRecord, tile: int, main: ModelEntry
+) -> tuple[JobSpec, TileSource]:
+    """A Draft tile at full quality: its prompt, img2img from it at IMAGINE_ENHANCE_STRENGTH, one image on
+    the main model at the main model's size (the draft's aspect ratio kept) and its steps and guidance."""
+    source = job.tiles[tile - 1]
+    max_pixels = min(settings.max_pixels, main.max_pixels or settings.max_pixels)
+    width, height = size_for_ratio((job.width, job.height), main.width, main.height, max_pixels)
+    spec = replace(
+        base,
+        action="enhance",
+        model=main.name,
+        count=1,
+        steps=main.steps,
+        guidance=main.guidance,
+        width=width,
+        height=height,
+        negative="",
+        source_tile=tile,
+        strength=settings.enhance_strength,
+        given_prompts=(source.prompt,),
+        given_seeds=None,
+        init_image=None,
+        mask_image=None,
+        render_action=None,
+    )
+    return spec, TileSource(source.path)
 
 
 def _tile_action(

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a bias mitigation for this job (default off): "
         + "; ".join(f"{name}: {text}" for name, text in MITIGATION_HELP.items() if name != "off"),
     )
+    imagine.add_argument("--model", help="a model of the models file (default: its default model)")
+    imagine.add_argument(
+        "--lora", action="append", metavar="NAME[:WEIGHT]", help="a LoRA from IMAGINE_LORA_DIR (repeatable)"
+    )
+    imagine.add_argument("--draft", action="store_true", help="Draft mode: the models file's draft model")
     imagine.add_argument("--json", action="store_true", help="print one JSON object")
 
     history = sub.add_parser("history", help="list past jobs, newest first")
@@ -129,6 +134,7 @@ def _add_action_parsers(sub: Any) -> None:
         "zoom": "image TILE of a past job shrunk into a canvas of its size, the border painted new",
         "pan": "the canvas of image TILE of a past job grows by half on one side, the new part painted",
         "remix": "Vary (Strong) of image TILE of a past job with a new prompt",
+        "enhance": "image TILE of a Draft job at full quality on the main model",
     }
     for name, text in helps.items():
         action = sub.add_parser(name, help=text)
@@ -149,8 +155,8 @@ def _add_action_parsers(sub: Any) -> None:
 
 def _action_name(args: argparse.Namespace) -> str:
     """The action a CLI command records (the same names as the Discord buttons' jobs)."""
-    if args.command == "rerun":
-        return "rerun"
+    if args.command in ("rerun", "enhance"):
+        return str(args.command)
     if args.command == "upscale":
         return "upscale-creative" if args.creative else "upscale-subtle"
     if args.command == "vary":
@@ -162,7 +168,7 @@ def _action_name(args: argparse.Namespace) -> str:
     return "remix"
 
 
-CLI_ACTIONS = ("upscale", "vary", "zoom", "pan", "remix")
+CLI_ACTIONS = ("upscale", "vary", "zoom", "pan", "remix", "enhance")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -459,6 +465,10 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
         merged = merge_flags(flags, options, CLI_OPTION_LABELS)
     except InvalidRequest as exc:
         raise CliError(exc.user_message, EXIT_USAGE) from None
+    if args.model and flags.model and args.model.lower() != flags.model.lower():
+        raise CliError(
+            f"`--model {flags.model}` in SEED and --model {args.model} disagree: use one", EXIT_USAGE
+        )
     request = ImagineRequest(
         seed_text=flags.text,
         count=merged["count"],
@@ -474,6 +484,9 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
         with_image=args.image is not None,
         strength=args.strength,
         mitigation=merged.get("mitigation"),
+        model=args.model or flags.model,
+        loras=flags.loras + tuple(args.lora or ()),
+        draft=args.draft or flags.draft,
     )
     admitted = await Intake(settings, store).imagine(Requester(user_id=None), request)
     if isinstance(admitted, Refusal):
@@ -578,6 +591,13 @@ def _model_lines(job: JobRecord) -> list[str]:
     render, expander = job.render, job.expander
     if render.get("sd_model"):
         lines.append(f"image model: {render['sd_model']} (revision {render.get('sd_revision', 'unknown')})")
+    if render.get("model_name"):
+        pinned = render.get("model_revision") or "unpinned"
+        lines.append(f"registry model: {render['model_name']} ({render.get('model_kind')}, {pinned})")
+    for lora in render.get("loras", ()):
+        lines.append(
+            f"LoRA: {lora.get('name')} weight {lora.get('weight')} (sha256 {str(lora.get('sha256'))[:16]}…)"
+        )
     if expander.get("model"):
         lines.append(
             f"text model: {expander['model']} (revision {expander.get('revision', 'unknown')}), "
@@ -685,6 +705,7 @@ def _tiny_models(directory: Path) -> int:
 
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
     print(f"IMAGINE_AUDIT_CLIP_MODEL={tiny_clip_path(directory)}")
+    print(f"IMAGINE_MODELS_FILE={directory / 'models.toml'}")
     return EXIT_OK
 
 

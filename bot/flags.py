@@ -16,11 +16,11 @@ from bot.engine.types import InvalidRequest
 
 ACCEPTED_FLAGS = (
     "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`, "
-    "`--mitigation off|diverse-prompts|fair-guidance`"
+    "`--mitigation off|diverse-prompts|fair-guidance`, `--model NAME`, `--lora NAME[:WEIGHT]`, `--draft`"
 )
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0
-_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw", "mitigation")
+_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw", "mitigation", "model", "lora", "draft")
 # A flag is a whole token: `--name` after a space (or at the start), the name ending at a space (or the end),
 # so `well--known`, `rock --n-- roll` and `a--b` stay text. Phones turn "--" into an em or en dash: a dash
 # counts as a flag only before a flag we know (`—ar 3:2`); any other dash (`—abandoned`) is prose.
@@ -57,6 +57,10 @@ class InlineFlags:
     raw: bool = False
     #: `--mitigation NAME` (bot/engine/mitigation.py)
     mitigation: str | None = None
+    #: a registry model name, LoRAs (`NAME` or `NAME:WEIGHT`, repeatable), Draft mode
+    model: str | None = None
+    loras: tuple[str, ...] = ()
+    draft: bool = False
 
     @property
     def temperature(self) -> float | None:
@@ -97,11 +101,11 @@ def parse_inline_flags(text: str) -> InlineFlags:
         words = text[match.end() : end].split()
         if name not in _KNOWN:
             raise _bad(f"unknown flag `--{typed[:30]}`")
-        if name in values:
+        if name in values and name != "lora":
             raise _bad(f"`--{name}` is given twice")
-        if name == "raw":
-            values["raw"] = True
-            kept.extend(words)  # `--raw` takes no value: what follows is seed text
+        if name in ("raw", "draft"):
+            values[name] = True
+            kept.extend(words)  # `--raw` and `--draft` take no value: what follows is seed text
             continue
         if name == "no":
             if not words:
@@ -122,6 +126,11 @@ def parse_inline_flags(text: str) -> InlineFlags:
             if value.lower() not in MITIGATIONS:
                 raise _bad(f"`--mitigation` must be one of {', '.join(MITIGATIONS)}, got {value[:30]!r}")
             values["mitigation"] = value.lower()
+        elif name == "model":
+            values["model"] = value[:60]
+        elif name == "lora":
+            values.setdefault("loras", ())
+            values["loras"] += (value[:80],)
         else:  # steps, count: the engine applies the server's limits
             values[name] = _int_value(name, value, 1, 1000)
     seed_text = " ".join(" ".join(kept).split())

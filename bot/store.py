@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.engine.model_specs import LoraRef
 from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN mitigation TEXT;
     """,
+    # 8: models (README → Models): the registry model a job runs on and its LoRAs (JSON [{"name", "weight"}])
+    """
+    ALTER TABLE jobs ADD COLUMN model TEXT;
+    ALTER TABLE jobs ADD COLUMN loras TEXT;
+    """,
 )
 
 #: How long a running job's lease lasts without renewal; its owner renews it every third of that. A dead
@@ -310,6 +316,9 @@ class JobSpec:
     from_defaults: tuple[str, ...] = ()
     #: the bias mitigation and its parameters (bot/engine/mitigation.py); None = off
     mitigation: dict[str, Any] | None = None
+    #: the registry model's name (None: the default model) and the LoRAs on it
+    model: str | None = None
+    loras: tuple[LoraRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -358,6 +367,8 @@ class JobRecord:
     private: bool = False
     from_defaults: tuple[str, ...] = ()
     mitigation: dict[str, Any] | None = None
+    model: str | None = None
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -631,6 +642,9 @@ class HistoryStore:
                     json.dumps(spec.mitigation) if spec.mitigation is not None else None,
                 ),
             )
+            if spec.model is not None or spec.loras:
+                query = "UPDATE jobs SET model = ?, loras = ? WHERE id = ?"
+                await db.execute(query, (spec.model, _loras_json(spec.loras), job_id))
         job = await self.get_job(job_id)
         assert job is not None
         return job
@@ -1213,4 +1227,14 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
         mitigation=loads(row["mitigation"]),
+        model=row["model"],
+        loras=_loras_from(row["loras"]),
     )
+
+
+def _loras_json(loras: tuple[LoraRef, ...]) -> str | None:
+    return json.dumps([{"name": r.name, "weight": r.weight} for r in loras]) if loras else None
+
+
+def _loras_from(text: str | None) -> tuple[LoraRef, ...]:
+    return tuple(LoraRef(str(r["name"]), float(r["weight"])) for r in json.loads(text)) if text else ()

@@ -48,7 +48,7 @@ TILE_ACTIONS = {
     "pd": "pan-down",
 }
 ACTION_BUTTONS = ("rmx", "rmt", *TILE_ACTIONS)
-JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", "star", *ACTION_BUTTONS)
+JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", "star", "enh", *ACTION_BUTTONS)
 JOB_ID = r"[0-9a-f]{10}"
 
 
@@ -156,10 +156,15 @@ def result_view(job: JobRecord) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     row = 0
     # Discord allows 5 buttons a row and 5 rows: up to 9 images wrap U and V over two rows each.
-    for code, prefix in (("u", "U"), ("v", "V")):
+    rows = [("u", "U"), ("v", "V")]
+    if job.render.get("model_kind") == "sd-turbo":
+        # A Draft grid: Enhance each image (README → Draft); with more than 5 images E takes V's rows.
+        rows = [("u", "U"), ("enh", "E")] if len(job.tiles) > _ROW_WIDTH else [*rows, ("enh", "E")]
+    for code, prefix in rows:
         for start in range(0, len(job.tiles), _ROW_WIDTH):
             for tile in job.tiles[start : start + _ROW_WIDTH]:
-                view.add_item(JobButton(code, job.id, tile.index, label=f"{prefix}{tile.index}", row=row))
+                label = f"Enhance {tile.index}" if code == "enh" else f"{prefix}{tile.index}"
+                view.add_item(JobButton(code, job.id, tile.index, label=label, row=row))
             row += 1
     view.add_item(JobButton("rr", job.id, emoji="🔄", style=discord.ButtonStyle.primary, row=row))
     view.add_item(JobButton("rx", job.id, emoji="✨", style=discord.ButtonStyle.primary, row=row))

@@ -69,7 +69,9 @@ def engine_config_from(settings: Settings) -> EngineConfig:
     """Everything the engine needs, copied out of the settings."""
     from bot.engine.executor import EngineConfig
     from bot.engine.expander import SamplingSettings
+    from bot.models.registry import load_registry
 
+    registry = load_registry(settings)
     return EngineConfig(
         sd_model=settings.sd_model,
         text_model=settings.text_model,
@@ -90,6 +92,11 @@ def engine_config_from(settings: Settings) -> EngineConfig:
         ),
         warmup_size=(settings.width, settings.height),
         inpaint_model=settings.inpaint_model,
+        # Several models (README → Models, LoRAs and Draft): the registry, the residency bound, the LoRAs.
+        models=registry.entries if registry.path is not None else (),
+        default_model=registry.default,
+        max_resident_models=settings.max_resident_models,
+        lora_dir=str(settings.loras_path),
     )
 
 

@@ -36,7 +36,13 @@ MAX_SEED = 2**32 - 1
 # How /imagine's options are named in error messages about a clashing inline flag.
 OPTION_LABELS = {"seed": "seed_number", "expand": "expand", "negative": "negative", "aspect": "aspect"}
 # The buttons this cog answers: post an image or the grid, delete, and the jobs that repeat a grid.
-BUTTON_ACTIONS = {"v": "variation", "rr": "rerender", "rx": "reexpand", "repro": "reproduce"}
+BUTTON_ACTIONS = {
+    "v": "variation",
+    "rr": "rerender",
+    "rx": "reexpand",
+    "repro": "reproduce",
+    "enh": "enhance",
+}
 POST_BUTTONS = {"u": "post-tile", "post": "post"}
 BUTTON_CODES = ("del", "star", *POST_BUTTONS, *BUTTON_ACTIONS)
 
@@ -63,6 +69,9 @@ class ImagineCog(commands.Cog):
         expand: bool | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
+        model: str | None = None,
+        lora: str | None = None,
+        draft: bool | None = None,
     ) -> None:
         """Turn a short text into pictures: GPT-2 writes the prompts, Stable Diffusion paints them.
 
@@ -88,11 +97,21 @@ class ImagineCog(commands.Cog):
             A PNG, JPEG or WebP picture to start every image from.
         strength
             With an image: how far to move away from it, 0.05 (barely) to 1 (ignore it).
+        model
+            Which model paints (default: this server's). Also `--model NAME` in the text.
+        lora
+            A LoRA style, NAME or NAME:WEIGHT (more with `--lora` in the text).
+        draft
+            Draft mode: a fast, rough grid; press Enhance on the one you like.
         """
         # Inline `--flags` in the seed; a bad one or a clash with an option is an InvalidRequest (ephemeral).
         flags = parse_inline_flags(seed)
         given = {"negative": negative, "seed": seed_number, "steps": steps, "count": count}
         merged = merge_flags(flags, {**given, "expand": expand, "aspect": aspect}, OPTION_LABELS)
+        if model and flags.model and model.strip().lower() != flags.model.lower():
+            raise InvalidRequest(
+                f"`--model {flags.model}` in the text and the `model` option ({model}) disagree: use one"
+            )
         if image is not None:
             check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
         request = ImagineRequest(
@@ -109,6 +128,9 @@ class ImagineCog(commands.Cog):
             with_image=image is not None,
             strength=strength,
             mitigation=merged.get("mitigation"),
+            model=(model or "").strip() or flags.model,
+            loras=flags.loras + ((lora.strip(),) if lora and lora.strip() else ()),
+            draft=bool(draft) or flags.draft,
         )
         admitted = await self.bot.intake.imagine(requester_of(interaction), request)
         if isinstance(admitted, Refusal):
@@ -117,6 +139,27 @@ class ImagineCog(commands.Cog):
         spec = admitted.spec
         inputs = None if image is None else partial(self._uploaded_image, image, spec.width, spec.height)
         await self.bot.start_job(interaction, admitted, inputs=inputs)
+
+    @imagine.autocomplete("model")
+    async def _model_choices(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The enabled models of the registry whose name or description has the typed text."""
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(name=_choice_label(entry.name, entry.description), value=entry.name)
+            for entry in self.bot.intake.registry.enabled
+            if typed in entry.name.lower() or typed in entry.description.lower()
+        ][:25]
+
+    @imagine.autocomplete("lora")
+    async def _lora_choices(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """LoRAs in IMAGINE_LORA_DIR whose name has the typed text (before any `:WEIGHT`)."""
+        typed = current.strip().split(":")[0].lower()
+        names = await asyncio.to_thread(self.bot.intake.loras.names)
+        return [app_commands.Choice(name=name, value=name) for name in names if typed in name.lower()][:25]
 
     async def _uploaded_image(
         self, attachment: discord.Attachment, width: int, height: int
@@ -294,6 +337,11 @@ class ImagineCog(commands.Cog):
             view=result_view(job),
         )
         await interaction.followup.send("Posted.", ephemeral=True)
+
+
+def _choice_label(name: str, description: str) -> str:
+    """An autocomplete label: the name and its description, within Discord's 100 characters."""
+    return f"{name} — {description}"[:100] if description else name
 
 
 async def _encode_saved(path: str | None, upload_limit: int) -> EncodedImage:

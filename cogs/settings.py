@@ -157,6 +157,10 @@ def server_panel(
     view.add_item(
         SettingsButton("g", "mitigation", user_id, label=f"Bias mitigation: {guild.mitigation}", row=4)
     )
+    # Several models (README → Models): the server's default model, cycled through the registry's.
+    view.add_item(
+        SettingsButton("g", "model", user_id, label=f"Default model: {guild.model or 'bot'}"[:80], row=4)
+    )
     return embed, view
 
 
@@ -473,6 +477,11 @@ class SettingsCog(commands.Cog):
                 await self._set_guild(
                     interaction, {key: MITIGATIONS[(MITIGATIONS.index(mode) + 1) % len(MITIGATIONS)]}
                 )
+            elif key == "model" and scope == "g":
+                now = (await self.bot.preferences.guild(guild_id)).model
+                names: list[str | None] = [None, *(e.name for e in self.bot.intake.registry.enabled)]
+                chosen = names[(names.index(now) + 1) % len(names)] if now in names else names[1]
+                await self._set_guild(interaction, {key: chosen})
                 await self._refresh(interaction, scope)
             elif key == "default_expand" and scope == "g":
                 current = (await self.bot.preferences.guild(guild_id)).defaults.expand

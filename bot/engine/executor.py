@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import gc
 import io
@@ -33,10 +34,12 @@ from bot.engine.loading import (
     resolve_dtype,
 )
 from bot.engine.mitigation import mitigation_mode
+from bot.engine.model_specs import DEFAULT_MODEL_NAME, ModelEntry
 from bot.engine.numerics import engine_threads, library_versions, numerics_record
 from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
+from bot.engine.residency import Resident, ResidentModels
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
@@ -74,6 +77,25 @@ class EngineConfig:
     torch_threads: int | None = None
     # A dedicated inpainting checkpoint for Zoom Out/Pan; None = the base model's UNet.
     inpaint_model: str | None = None
+    # The model registry (bot/models/registry.py); empty = `sd_model` alone, named `sd21`.
+    models: tuple[ModelEntry, ...] = ()
+    default_model: str = ""
+    max_resident_models: int = 1
+    lora_dir: str | None = None
+
+    def model_entries(self) -> tuple[ModelEntry, ...]:
+        """The registry's entries, or today's one model."""
+        return self.models or (ModelEntry(DEFAULT_MODEL_NAME, self.sd_model),)
+
+    def entry(self, name: str) -> ModelEntry:
+        """The entry `name` names ("" = the default); InvalidRequest for an unknown or disabled one."""
+        entries = self.model_entries()
+        wanted = (name or self.default_model or entries[0].name).lower()
+        for entry in entries:
+            if entry.name.lower() == wanted and entry.enabled:
+                return entry
+        valid = ", ".join(e.name for e in entries if e.enabled)
+        raise InvalidRequest(f"`model` must be one of {valid}, got {name[:40]!r}")
 
 
 @dataclass
@@ -101,6 +123,8 @@ class Engine:
         self._seed_tokenizer: Any | None = None
         self.model_info: dict[str, Any] = {}
         self.stats = GpuStats()
+        #: the loaded models (IMAGINE_MAX_RESIDENT_MODELS, least recently used out first)
+        self.models = ResidentModels(config.max_resident_models, self._load_entry, self.device)
         # Compiled here, not at load: the member's own text is checked before a job is queued.
         self.blocklist = compile_blocklist(config.blocklist)
 
@@ -121,8 +145,11 @@ class Engine:
         """Load both models on the GPU thread from synchronous code (a Ray replica's constructor)."""
         self.run_sync(self._load_sync)
 
-    def _load_sync(self) -> None:
-        """Load every model, or none: a failed load leaves the engine unloaded, and the next call retries."""
+    def _load_sync(self, model: str = "") -> None:
+        """Load every model, or none: a failed load leaves the engine unloaded, and the next call retries.
+
+        `model`: the registry model to load first (a job's own; "" = the default).
+        """
         if self.renderer is not None:
             return
         quiet_libraries()
@@ -130,7 +157,7 @@ class Engine:
             torch.set_num_threads(engine_threads(self.config.torch_threads))
         started = time.perf_counter()
         try:
-            renderer, expander, safety, model_info = self._load_models()
+            renderer, expander, safety, model_info = self._load_models(model)
         except Exception as exc:
             # The traceback holds the half-built pipeline in its frames: drop those locals so a failed
             # load does not keep gigabytes of weights on the device until the next attempt.
@@ -156,16 +183,20 @@ class Engine:
             time.perf_counter() - started,
         )
 
-    def _load_models(self) -> tuple[Renderer, PromptExpander, Any | None, dict[str, Any]]:
+    def _load_entry(self, entry: ModelEntry) -> tuple[Renderer, dict[str, Any]]:
+        """One registry model as a renderer (the dedicated inpainting checkpoint goes with the default)."""
         pipe, sd_info = load_sd_pipeline(
-            self.config.sd_model,
+            entry.source,
             device=self.device,
             dtype=self.dtype,
             low_vram=self.config.low_vram,
             compile_mode=self.config.compile,
+            revision=entry.revision,
+            scheduler=entry.scheduler,
+            setting="IMAGINE_SD_MODEL" if not self.config.models else f"models.{entry.name}.source",
         )
         inpaint_pipe = None
-        if self.config.inpaint_model:
+        if self.config.inpaint_model and entry.name == self.config.entry("").name:
             inpaint_pipe = load_inpaint_pipeline(
                 self.config.inpaint_model, base=pipe, device=self.device, dtype=self.dtype
             )
@@ -177,6 +208,11 @@ class Engine:
             inpaint_pipe=inpaint_pipe,
             inpaint_model=self.config.inpaint_model or "base",
         )
+        return renderer, sd_info
+
+    def _load_models(self, model: str = "") -> tuple[Renderer, PromptExpander, Any | None, dict[str, Any]]:
+        resident = self.models.get(self.config.entry(model))
+        renderer, sd_info, pipe = resident.renderer, resident.info, resident.renderer.pipe
         model, tokenizer, text_info = load_text_model(self.config.text_model, device=self.device)
         expander = PromptExpander(
             model,
@@ -187,13 +223,14 @@ class Engine:
             device=self.device,
             blocklist=self.config.blocklist,
             sampling=self.config.sampling,
-            count_clip_tokens=renderer.count_clip_tokens,
+            # The tokenizer alone, not the renderer: an unloaded model's weights must not stay reachable.
+            count_clip_tokens=functools.partial(clip_token_count, pipe.tokenizer),
             clip_max_tokens=renderer.clip_max_tokens,
         )
         if self._seed_tokenizer is None:
             # From now on `validate` refuses an over-long seed before its row is written (the bot path).
             # Set before the rest is published: harmless alone, and `validate` only reads it.
-            self._seed_tokenizer = load_seed_tokenizer(self.config.sd_model)
+            self._seed_tokenizer = load_seed_tokenizer(self.config.entry("").source)
         safety = None
         if self.config.safety_checker:
             safety = load_safety_checker(
@@ -228,6 +265,7 @@ class Engine:
         checks the seed fits CLIP's window, so an over-long seed never becomes a row.
         """
         validate_request(request, self.config.limits, self.blocklist)
+        self.config.entry(request.model)
         tokenizer = self._seed_tokenizer
         if tokenizer is not None:
             count = functools.partial(clip_token_count, tokenizer)
@@ -240,7 +278,7 @@ class Engine:
         this one is used on the event loop's thread, the pipeline's on the GPU thread.
         """
         if self._seed_tokenizer is None:
-            self._seed_tokenizer = load_seed_tokenizer(self.config.sd_model)
+            self._seed_tokenizer = load_seed_tokenizer(self.config.entry("").source)
 
     async def generate(
         self,
@@ -270,13 +308,18 @@ class Engine:
     ) -> GenerationResult:
         """The job itself; must run on the GPU thread."""
         assert threading.current_thread().name.startswith("gpu"), "model work must run on the GPU thread"
-        self._load_sync()
+        self._load_sync(request.model)
         assert self.renderer is not None and self.expander is not None
         started = time.perf_counter()
         if self.stats.last_end is not None:
             self.stats.idle_gaps.append(started - self.stats.last_end)
         try:
-            return self._generate_checked(request, on_progress, cancel, started)
+            resident = self._model_for(request)
+            loras = resident.loras.apply(
+                resident.renderer.pipe, request.loras, self.config.lora_dir, resident.entry.name
+            )
+            result = self._generate_checked(request, on_progress, cancel, started)
+            return dataclasses.replace(result, render=self._model_record(result.render, resident, loras))
         except EngineError:
             raise
         except Exception as exc:
@@ -289,6 +332,45 @@ class Engine:
             self.stats.last_end = end
             self.stats.busy_seconds += end - started
             self.stats.jobs += 1
+
+    def _model_for(self, request: GenerationRequest) -> Resident:
+        """The job's model, loaded (swapping out the least recently used one if need be)."""
+        entry = self.config.entry(request.model)
+        resident = self.models.peek(entry.name)
+        if resident is None or resident.entry != entry:
+            # Drop the engine's own reference first, so the unloaded model's memory is really freed.
+            self.renderer = None
+            try:
+                resident = self.models.get(entry)
+            except Exception as exc:
+                _clear_traceback_frames(exc)
+                free_device_memory(self.device)
+                if isinstance(exc, ModelLoadError):
+                    log.error("%s", exc.detail)
+                raise
+            gc.collect()
+            gc.freeze()
+        else:
+            resident = self.models.get(entry)
+        self.renderer = resident.renderer
+        return resident
+
+    def _model_record(
+        self, render: dict[str, Any], resident: Resident, loras: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The render record of the job's model: its registry name, kind and revision, and its LoRAs."""
+        entry = resident.entry
+        record = {
+            **render,
+            "sd_model": entry.source,
+            "sd_revision": resident.info["revision"],
+            "model_name": entry.name,
+            "model_kind": entry.kind,
+            "model_revision": entry.revision,
+        }
+        if loras:
+            record["loras"] = loras
+        return record
 
     def _generate_checked(
         self,

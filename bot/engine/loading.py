@@ -78,7 +78,7 @@ def folder_content_hash(folder: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def resolve_revision(model_id: str) -> str:
+def resolve_revision(model_id: str, revision: str | None = None) -> str:
     """Commit hash for a cached Hub model, a content hash for a local folder."""
     path = Path(model_id).expanduser()
     if path.is_dir():
@@ -86,11 +86,21 @@ def resolve_revision(model_id: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot = snapshot_download(model_id, local_files_only=True, allow_patterns=["*.json"])
+        snapshot = snapshot_download(
+            model_id, revision=revision, local_files_only=True, allow_patterns=["*.json"]
+        )
         return Path(snapshot).name
     except Exception:  # the revision is informative; never fail a load over it
         log.debug("could not resolve the revision of %s", model_id, exc_info=True)
         return "unknown"
+
+
+def _is_folder(model_id: str) -> bool:
+    """A local folder (a revision pin applies to Hub ids only); a name too long for a path is none."""
+    try:
+        return Path(model_id).expanduser().is_dir()
+    except OSError:
+        return False
 
 
 def _looks_like_a_path(model_id: str) -> bool:
@@ -138,17 +148,26 @@ def _load_error(model_id: str, setting: str, exc: BaseException) -> ModelLoadErr
 
 
 def load_sd_pipeline(
-    model_id: str, *, device: torch.device, dtype: torch.dtype, low_vram: bool, compile_mode: str
+    model_id: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    low_vram: bool,
+    compile_mode: str,
+    revision: str | None = None,
+    scheduler: str = "dpm++",
+    setting: str = "IMAGINE_SD_MODEL",
 ) -> tuple[Any, dict[str, Any]]:
-    """StableDiffusionPipeline with DPM-Solver++ from the model's own scheduler config."""
+    """StableDiffusionPipeline with DPM-Solver++ from the model's own scheduler config (or `scheduler`)."""
     from diffusers import StableDiffusionPipeline
 
+    pinned = {"revision": revision} if revision and not _is_folder(model_id) else {}
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            model_id, dtype=dtype, safety_checker=None, requires_safety_checker=False
+            model_id, dtype=dtype, safety_checker=None, requires_safety_checker=False, **pinned
         )
     except Exception as exc:
-        raise _load_error(model_id, "IMAGINE_SD_MODEL", exc) from exc
+        raise _load_error(model_id, setting, exc) from exc
     loaded_dtype = pipe.unet.dtype
     if loaded_dtype != dtype:
         # diffusers < 0.40 ignored `dtype=` (it read only `torch_dtype=`): never record one dtype and run another.
@@ -156,7 +175,7 @@ def load_sd_pipeline(
             f"IMAGINE_SD_MODEL={model_id!r} loaded as {loaded_dtype}, not the requested {dtype}: "
             "upgrade diffusers (>= 0.40)"
         )
-    _use_dpm_solver(pipe)
+    use_scheduler(pipe, scheduler)
     if low_vram and device.type == "cuda":
         pipe.enable_attention_slicing()
         pipe.enable_model_cpu_offload()
@@ -172,7 +191,7 @@ def load_sd_pipeline(
                 log.info("fused QKV projections unavailable", exc_info=True)
         if compile_mode != "off":
             _compile(pipe, compile_mode)
-    info = {"model": model_id, "revision": resolve_revision(model_id)}
+    info = {"model": model_id, "revision": resolve_revision(model_id, revision)}
     return pipe, info
 
 
@@ -199,6 +218,21 @@ def load_inpaint_pipeline(model_id: str, *, base: Any, device: torch.device, dty
     _use_dpm_solver(pipe)
     pipe.unet.to(device)
     return pipe
+
+
+def use_scheduler(pipe: Any, name: str) -> None:
+    """The registry's scheduler: dpm++ (today's), euler-a (trailing timesteps, SD-Turbo) or the model's own."""
+    if name == "euler-a":
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
+            pipe.scheduler.config, timestep_spacing="trailing"
+        )
+        pipe.set_progress_bar_config(disable=True)
+    elif name == "model":
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        _use_dpm_solver(pipe)
 
 
 def _use_dpm_solver(pipe: Any) -> None:

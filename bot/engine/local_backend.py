@@ -79,6 +79,10 @@ class LocalBackend:
     async def close(self) -> None:
         await self.engine.close()
 
+    def resident_models(self) -> tuple[str, ...]:
+        """The models loaded now (the runner prefers jobs for them, within a bound)."""
+        return self.engine.models.names()
+
     def validate(self, request: GenerationRequest) -> None:
         self.engine.validate(request)
 

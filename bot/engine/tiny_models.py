@@ -97,6 +97,8 @@ def build_tiny_models(out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
         _build_text(text_dir)
         torch.manual_seed(seed + 2)
         build_tiny_clip(tiny_clip_path(out_dir), tokenizer_dir=sd_dir / "tokenizer")
+        # Several models (README → Models): a second model and a draft model, and a models.toml for them.
+        build_tiny_model_variants(sd_dir, out_dir, seed=seed)
     log.info("Built tiny models in %s (%.1f s)", out_dir, time.perf_counter() - started)
     return sd_dir, text_dir
 
@@ -357,6 +359,77 @@ def tiny_vae_config() -> dict[str, Any]:
         "act_fn": "silu",
         "sample_size": 768,
     }
+
+
+TINY_MODELS_TOML = """# The tiny models of `python -m bot tiny-models` (random weights: the images are noise).
+default = "tiny"
+draft = "tiny-draft"
+
+[models.tiny]
+source = "./sd"
+kind = "sd2-768-v"
+width = 64
+height = 64
+steps = 2
+description = "tiny SD 2 (the default)"
+
+[models.tiny-b]
+source = "./sd-b"
+kind = "sd2-512"
+width = 64
+height = 64
+steps = 2
+description = "a second tiny SD 2"
+
+[models.tiny-draft]
+source = "./draft"
+kind = "sd-turbo"
+width = 64
+height = 64
+steps = 1
+max_steps = 4
+guidance = 0.0
+scheduler = "euler-a"
+description = "tiny draft model (SD-Turbo's scheduler)"
+"""
+
+
+def build_tiny_model_variants(sd_dir: Path, out_dir: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """out_dir/"sd-b" (the tiny SD with another UNet) and out_dir/"draft" (another UNet and SD-Turbo's
+    scheduler config: Euler, trailing timesteps), and out_dir/"models.toml" naming all three."""
+    import shutil
+
+    import torch
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+
+    made = []
+    for offset, name in ((11, "sd-b"), (12, "draft")):
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(sd_dir, target)
+        shutil.rmtree(target / "unet")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + offset)
+            unet = UNet2DConditionModel(**tiny_unet_config())
+        unet.save_pretrained(target / "unet", safe_serialization=True)  # type: ignore[attr-defined]
+        made.append(target)
+    turbo = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    shutil.rmtree(made[1] / "scheduler")
+    turbo.save_pretrained(made[1] / "scheduler")  # type: ignore[attr-defined]
+    index = json.loads((made[1] / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    (made[1] / "model_index.json").write_text(json.dumps(index, indent=2))
+    (out_dir / "models.toml").write_text(TINY_MODELS_TOML)
+    return made[0], made[1]
 
 
 def build_tiny_inpaint_model(sd_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:

@@ -8,6 +8,8 @@ from typing import Any
 
 from PIL import Image
 
+from bot.engine.model_specs import LoraRef
+
 
 class EngineError(Exception):
     """Base of errors whose message is safe to show a user."""
@@ -93,6 +95,9 @@ class GenerationRequest:
     temperature: float | None = None
     # A bias mitigation and its parameters (bot/engine/mitigation.py), plain data; None = off.
     mitigation: dict[str, Any] | None = None
+    # The registry's model name ("" = the default model) and the LoRAs on it (README → Models).
+    model: str = ""
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def mode(self) -> str:

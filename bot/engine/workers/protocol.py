@@ -24,6 +24,7 @@ import dataclasses
 from typing import Any
 
 from bot.engine.backend import RenderOutput
+from bot.engine.model_specs import LoraRef
 from bot.engine.types import (
     BlockedText,
     EngineError,
@@ -107,6 +108,12 @@ def decode_request(body: object) -> tuple[str, GenerationRequest]:
     for name in _TUPLE_FIELDS:
         if values.get(name) is not None:
             values[name] = tuple(values[name])
+    if values.get("loras"):
+        # Several models and LoRAs: each LoRA travels as {"name", "weight"}.
+        try:
+            values["loras"] = tuple(LoraRef(str(r["name"]), float(r["weight"])) for r in values["loras"])
+        except (TypeError, KeyError, ValueError):
+            raise ProtocolError("`loras` must be a list of {name, weight}") from None
     try:
         request = GenerationRequest(**values)
     except TypeError as exc:
