@@ -16,7 +16,9 @@ from bot.intake import ImagineRequest, Intake, Refusal, Requester
 from bot.preferences import PreferenceStore, SettingRefused, check_guild_value
 from bot.settings import Settings
 from bot.store import HistoryStore
-from tests.test_cli import _cli, _env, _json
+from tests.helpers import cli_json as _json
+from tests.helpers import run_cli as _cli
+from tests.helpers import tiny_cli_env as _env
 
 GUILD, CHANNEL, ALICE = 1, 2, 10
 DOCTOR = "a photo of the face of a doctor"
