@@ -14,9 +14,13 @@ from typing import Any
 from bot.engine.types import InvalidRequest
 
 ACCEPTED_FLAGS = "`--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`, `--chaos 0..100`, `--raw`"
+# Midjourney parity, second round (issue 22): seamless tiling and repeated jobs.
+ACCEPTED_FLAGS += ", `--tile`, `--repeat N`"
+MAX_REPEAT = 100  # the operator's IMAGINE_MAX_PERMUTATIONS caps the jobs; this only bounds the number
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0
-_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw")
+_KNOWN: tuple[str, ...] = ("ar", "no", "seed", "steps", "count", "chaos", "raw")
+_KNOWN += ("tile", "repeat")  # issue 22
 # A flag is a whole token: `--name` after a space (or at the start), the name ending at a space (or the end),
 # so `well--known`, `rock --n-- roll` and `a--b` stay text. Phones turn "--" into an em or en dash: a dash
 # counts as a flag only before a flag we know (`—ar 3:2`); any other dash (`—abandoned`) is prose.
@@ -44,6 +48,9 @@ class InlineFlags:
     count: int | None = None
     chaos: int | None = None
     raw: bool = False
+    # issue 22: seamless tiling; how many times to queue the job (new seeds each time)
+    tile: bool = False
+    repeat: int | None = None
 
     @property
     def temperature(self) -> float | None:
@@ -86,6 +93,10 @@ def parse_inline_flags(text: str) -> InlineFlags:
             raise _bad(f"unknown flag `--{typed[:30]}`")
         if name in values:
             raise _bad(f"`--{name}` is given twice")
+        if name == "tile":  # issue 22: takes no value, like --raw
+            values["tile"] = True
+            kept.extend(words)
+            continue
         if name == "raw":
             values["raw"] = True
             kept.extend(words)  # `--raw` takes no value: what follows is seed text
@@ -105,6 +116,8 @@ def parse_inline_flags(text: str) -> InlineFlags:
             values["seed"] = _int_value(name, value, 0, MAX_SEED)
         elif name == "chaos":
             values["chaos"] = _int_value(name, value, 0, 100)
+        elif name == "repeat":  # issue 22
+            values["repeat"] = _int_value(name, value, 1, MAX_REPEAT)
         else:  # steps, count: the engine applies the server's limits
             values[name] = _int_value(name, value, 1, 1000)
     seed_text = " ".join(" ".join(kept).split())

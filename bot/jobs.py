@@ -120,6 +120,7 @@ def request_from_job(
         mask_image=mask_image,
         action=job.render_action or job.action,
         temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
+        tiling=job.tiling,
     )
 
 
@@ -165,6 +166,7 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         render_action=old.render_action or old.action,
         # A private job's children are private too (member /settings: delivered to the presser alone).
         private=old.private,
+        tiling=old.tiling,
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,
@@ -341,10 +343,13 @@ class JobRunner:
     def _limits_for(self, spec: JobSpec) -> dict[str, Any]:
         """Queue limits for `spec`: per-user ones apply only to Discord users (the CLI has none)."""
         per_user = spec.user_id is not None
+        # Issue 22: the later siblings of one /imagine (permutations, --repeat) are part of one request, so
+        # the cooldown started by the first one does not refuse them.
+        sibling = spec.group_id is not None and spec.id != spec.group_id
         return {
             "max_pending_per_user": self.max_pending_per_user if per_user else None,
             "max_queue": self.max_queue,
-            "cooldown_seconds": self.cooldown_seconds if per_user else 0.0,
+            "cooldown_seconds": self.cooldown_seconds if per_user and not sibling else 0.0,
         }
 
     async def submit(

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(500, ge=10, le=6000)
     # Upscale, Zoom Out and Pan results (larger than a grid tile) are capped at this many pixels.
     max_output_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    # `{a, b}` permutations and `--repeat N` in one /imagine: at most this many jobs (issue 22); above 4
+    # the member confirms with a button first.
+    max_permutations: int = Field(4, ge=1, le=40)
 
     # Prompt expander
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))

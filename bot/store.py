@@ -126,6 +126,13 @@ MIGRATIONS: tuple[str, ...] = (
         lease_expires_at = CAST(strftime('%s', 'now') AS REAL) + 60
         WHERE status = 'running';
     """,
+    # 6 (issue 22): jobs of one /imagine with `{a, b}` permutations or `--repeat` are siblings (group_id
+    # is the first one's id); `--tile` renders seamlessly tiling images.
+    """
+    ALTER TABLE jobs ADD COLUMN group_id TEXT;
+    ALTER TABLE jobs ADD COLUMN tiling INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_group ON jobs (group_id);
+    """,
 )
 
 #: How long a running job's lease lasts without renewal; its owner renews it every third of that. A dead
@@ -256,6 +263,10 @@ class JobSpec:
     private: bool = False
     #: the parameters that came from the member's /settings defaults (shown in the result)
     from_defaults: tuple[str, ...] = ()
+    #: issue 22: the first sibling's id when one /imagine queued several jobs (permutations, --repeat)
+    group_id: str | None = None
+    #: issue 22: `--tile`, seamless tiling (circular padding)
+    tiling: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,6 +314,8 @@ class JobRecord:
     render_action: str | None = None
     private: bool = False
     from_defaults: tuple[str, ...] = ()
+    group_id: str | None = None
+    tiling: bool = False
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -343,6 +356,8 @@ class JobRecord:
             "user_id": self.user_id,
             "guild_id": self.guild_id,
             "channel_id": self.channel_id,
+            "group_id": self.group_id,
+            "tile": self.tiling,
         }
 
 
@@ -515,8 +530,9 @@ class HistoryStore:
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
                     given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
-                    render_action, private, from_defaults)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    render_action, private, from_defaults, group_id, tiling)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                    ?, ?)
             """
             await db.execute(
                 query,
@@ -548,6 +564,8 @@ class HistoryStore:
                     spec.render_action,
                     int(spec.private),
                     ",".join(spec.from_defaults),
+                    spec.group_id,
+                    int(spec.tiling),
                 ),
             )
         job = await self.get_job(job_id)
@@ -980,6 +998,13 @@ class HistoryStore:
             query = "DELETE FROM jobs WHERE id = ?"
             await db.executemany(query, [(job_id,) for job_id in job_ids])
 
+    async def sibling_jobs(self, group_id: str) -> list[JobRecord]:
+        """The jobs one /imagine queued together (permutations, --repeat), in the order they were queued."""
+        query = "SELECT * FROM jobs WHERE group_id = ? ORDER BY created_at, rowid"
+        async with self._lock:
+            rows = await self._fetch_locked(query, (group_id,))
+            return [await self._with_tiles(row) for row in rows]
+
     # -- meta ----------------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         query = "SELECT value FROM meta WHERE key = ?"
@@ -1065,4 +1090,6 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         render_action=row["render_action"],
         private=bool(row["private"]),
         from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
+        group_id=row["group_id"],
+        tiling=bool(row["tiling"]),
     )

@@ -332,6 +332,7 @@ class Engine:
             strength=request.strength,
             mask_image=mask_image,
             tiled_vae=request.tiled_vae,
+            **({"tiling": True} if request.tiling else {}),
         )
         if init_image is not None and mask_image is not None:
             # Outside the mask the result is the source itself, not its trip through the VAE.
@@ -359,6 +360,8 @@ class Engine:
         }
         if request.mode != "txt2img":
             render_record["strength"] = request.strength if request.mode == "img2img" else 1.0
+        if request.tiling:
+            render_record["tile"] = True  # issue 22: only on tiled jobs, so older records read the same
         if request.mode == "outpaint":
             render_record["inpaint_model"] = self.renderer.inpaint_model
         timings["total"] = time.perf_counter() - started

@@ -91,6 +91,8 @@ class GenerationRequest:
     action: str = "imagine"
     # GPT-2 sampling temperature for this job (`--chaos`); None = the configured one.
     temperature: float | None = None
+    # `--tile` (issue 22): circular padding in the UNet's and the VAE's convolutions, for this job only.
+    tiling: bool = False
 
     @property
     def mode(self) -> str:
