@@ -106,6 +106,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn)
 
+    async def on_gpu_thread(self, fn: Callable[[], T]) -> T:
+        """Await `fn` run on the GPU thread (model work beside rendering: /shorten, tests)."""
+        await self.load()
+        return await self._on_gpu(fn)
+
     def run_sync(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the GPU thread from synchronous code (CLI, benchmarks)."""
         return self._executor.submit(fn).result()
