@@ -51,13 +51,13 @@ def imagine_requests(
         requests.append(
             ImagineRequest(
                 seed_text=flags.text,
-                count=merged["count"],
-                steps=merged["steps"],
-                negative=merged["negative"],
+                count=merged.get("count"),
+                steps=merged.get("steps"),
+                negative=merged.get("negative"),
                 aspect=merged.get("aspect"),
                 ratio=merged["ratio"],
-                job_seed=merged["seed"],
-                expand=merged["expand"],
+                job_seed=merged.get("seed"),
+                expand=merged.get("expand"),
                 chaos=flags.chaos,
                 tiling=flags.tile,
                 repeat=flags.repeat,

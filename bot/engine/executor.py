@@ -34,6 +34,8 @@ from bot.engine.numerics import engine_threads, library_versions, numerics_recor
 from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
+from bot.engine.shorten import ShortenResult
+from bot.engine.shorten import shorten as shorten_prompt
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
@@ -379,6 +381,17 @@ class Engine:
             timings=timings,
             nsfw_flags=tuple(nsfw),
         )
+
+    async def shorten(self, text: str) -> ShortenResult:
+        """/shorten (issue 22): word weights from the SD text encoder, on the GPU thread."""
+        return await self.on_gpu_thread(lambda: self.shorten_sync(text))
+
+    def shorten_sync(self, text: str) -> ShortenResult:
+        """GPU thread: the pipeline's own tokenizer and text encoder (never used from another thread)."""
+        self._load_sync()
+        assert self.renderer is not None
+        pipe = self.renderer.pipe
+        return shorten_prompt(pipe.tokenizer, pipe.text_encoder, text, self.device)
 
     def expand_sync(self, seed_text: str, count: int, job_seed: int) -> tuple[str, ...]:
         """Prompts only (tests, benchmarks); GPU thread."""
