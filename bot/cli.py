@@ -669,11 +669,15 @@ def _tiny_models(directory: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if directory.exists() and not directory.is_dir():
         raise CliError(f"{directory} is a file: give a folder for the tiny models", EXIT_USAGE)
+    from bot.engine.tiny_describe import build_tiny_describe_models
+
     try:
         sd, text = build_tiny_models(directory)
+        caption, clip = build_tiny_describe_models(directory, sd / "tokenizer")  # issue 22: /describe
     except OSError as exc:
         raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
+    print(f"IMAGINE_CAPTION_MODEL={caption}\nIMAGINE_DESCRIBE_CLIP_MODEL={clip}")
     return EXIT_OK
 
 

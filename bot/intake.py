@@ -245,6 +245,36 @@ class Intake:
         )
         return await self._admit(Admitted(spec, notices=notices, **self._caps(guild)))
 
+    async def describe(self, who: Requester, filename: str) -> Admitted | Refusal:
+        """Issue 22: /describe, a job of kind `describe` (prompts from a picture, no images) through the queue."""
+        s = self.settings
+        if s.caption_model is None:
+            return Refusal("/describe is off on this bot: its operator has not set IMAGINE_CAPTION_MODEL.")
+        guild, member = await self._stored(who)
+        refusal = await self._server_rules(who, guild)
+        if refusal is not None:
+            return refusal
+        wanted = dict.fromkeys(("count", "steps", "guidance", "negative", "aspect", "expand"))
+        p = effective_parameters(s, guild, member, wanted)
+        name = " ".join(filename.split())[:80] or "image"
+        spec = JobSpec(
+            seed_text=f"/describe {name}",
+            count=1,
+            steps=p.steps,
+            guidance=p.guidance,
+            width=s.width,
+            height=s.height,
+            job_seed=0,
+            expand=False,
+            safe_mode=self._filtered(who, guild),
+            action="describe",
+            user_id=who.user_id,
+            guild_id=who.guild_id,
+            channel_id=who.channel_id,
+            private=p.private,
+        )
+        return await self._admit(Admitted(spec, **self._caps(guild)))
+
     async def imagine_many(self, who: Requester, requests: Sequence[ImagineRequest]) -> Batch | Refusal:
         """Issue 22: the jobs of one /imagine with `{a, b}` permutations (one request each) and `--repeat N`.
 

@@ -729,6 +729,8 @@ class JobRunner:
         # Beside the job's inputs (source image, mask), which stay where they were staged before it queued.
         staging = attempt_dir.with_name(f".{attempt_dir.name}.partial")
         staging.mkdir(parents=True)
+        if job.action == "describe":  # issue 22: prompts and no images; the grid shown is the source
+            return _describe_files(job, output, staging, attempt_dir)
         try:
             tiles: list[Tile] = []
             decoded: list[Image.Image] = []
@@ -804,6 +806,22 @@ class JobRunner:
                 await self.on_finished(outcome)
             except Exception:
                 log.exception("delivering job %s failed", outcome.job.id)
+
+
+def _describe_files(
+    job: JobRecord, output: RenderOutput, staging: Path, attempt_dir: Path
+) -> tuple[list[Tile], Path, bytes]:
+    """A /describe job's record: one tile row per prompt (no image file), its source image as the grid."""
+    try:
+        assert job.init_image is not None
+        grid_png = Path(job.init_image).read_bytes()
+        (staging / "grid.png").write_bytes(grid_png)
+        os.rename(staging, attempt_dir)
+    except BaseException:
+        _drop_attempt(staging)
+        raise
+    tiles = [Tile(index, prompt, 0, None) for index, prompt in enumerate(output.prompts, start=1)]
+    return tiles, attempt_dir / "grid.png", grid_png
 
 
 def _drop_attempt(folder: Path) -> None:

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # `{a, b}` permutations and `--repeat N` in one /imagine: at most this many jobs (issue 22); above 4
     # the member confirms with a button first.
     max_permutations: int = Field(4, ge=1, le=40)
+    # /describe (issue 22): a BLIP-family captioner and a CLIP model (transformers ids or folders); /describe
+    # is off until IMAGINE_CAPTION_MODEL is set.
+    caption_model: str | None = None
+    describe_clip_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
     # Prompt expander
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))

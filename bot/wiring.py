@@ -90,6 +90,8 @@ def engine_config_from(settings: Settings) -> EngineConfig:
         ),
         warmup_size=(settings.width, settings.height),
         inpaint_model=settings.inpaint_model,
+        caption_model=settings.caption_model,
+        describe_clip_model=settings.describe_clip_model,
     )
 
 

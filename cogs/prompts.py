@@ -1,10 +1,13 @@
-"""/shorten (issue 22): which words of a prompt matter, and shorter prompts to imagine with one press."""
+"""/shorten and /describe (issue 22): which words of a prompt matter; prompts that would draw a picture."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -17,6 +20,7 @@ from bot.flags import parse_inline_flags
 from bot.intake import Refusal
 from bot.permutations import has_permutations
 from bot.ui import shown
+from bot.uploads import check_declared, fit_upload
 
 if TYPE_CHECKING:
     from bot.bot import ImagineBot
@@ -93,11 +97,70 @@ async def imagine_prompts(
     await start_batch(bot, interaction, batch, None)
 
 
+# Buttons under a /describe result (bot.describe_ui): Imagine N, Imagine all.
+DESCRIBE_BUTTONS = ("di", "dia")
+
+
 class PromptToolsCog(commands.Cog):
-    """Prompt tools: /shorten."""
+    """Prompt tools: /shorten, /describe."""
 
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.register_job_buttons(DESCRIBE_BUTTONS, self.on_describe_button)
+
+    async def cog_unload(self) -> None:
+        self.bot.unregister_job_buttons(DESCRIBE_BUTTONS)
+
+    @app_commands.command(name="describe")
+    @app_commands.guild_only()
+    async def describe(self, interaction: discord.Interaction[ImagineBot], image: discord.Attachment) -> None:
+        """Get four prompts that would draw a picture, each with a button to imagine it.
+
+        Parameters
+        ----------
+        image
+            A PNG, JPEG or WebP picture.
+        """
+        check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
+        admitted = await self.bot.intake.describe(requester_of(interaction), image.filename)
+        if isinstance(admitted, Refusal):
+            await reply_ephemeral(interaction, admitted.message)
+            return
+        spec = admitted.spec
+        inputs = partial(self._uploaded_image, image, spec.width, spec.height)
+        await self.bot.start_job(interaction, admitted, inputs=inputs)
+
+    async def _uploaded_image(
+        self, attachment: discord.Attachment, width: int, height: int
+    ) -> tuple[bytes | None, bytes | None]:
+        """The same checks and fitting as an /imagine image prompt (bot.uploads), off the loop."""
+        settings = self.bot.settings
+        try:
+            data = await asyncio.wait_for(attachment.read(), settings.image_download_timeout)
+        except TimeoutError:
+            raise InvalidRequest("`image` took too long to download; try a smaller file") from None
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            raise InvalidRequest("`image` could not be downloaded from Discord; try again") from exc
+        fitted = await asyncio.to_thread(
+            fit_upload, data, width=width, height=height, max_side=settings.max_image_side
+        )
+        return fitted, None
+
+    async def on_describe_button(
+        self, interaction: discord.Interaction[Any], code: str, job_id: str, tile: int | None
+    ) -> None:
+        """Imagine N / Imagine all under a /describe result: the owner's, through the one intake."""
+        job = await self.bot.intake.find(requester_of(interaction), job_id, "describe-imagine", tile)
+        if isinstance(job, Refusal):
+            await reply_ephemeral(interaction, job.message)
+            return
+        if job.action != "describe":
+            await reply_ephemeral(interaction, "That button belongs to a /describe result.")
+            return
+        prompts = job.prompts if code == "dia" or tile is None else (job.prompts[tile - 1],)
+        await imagine_prompts(self.bot, interaction, prompts)
 
     @app_commands.command(name="shorten")
     @app_commands.guild_only()

@@ -73,6 +73,9 @@ class EngineConfig:
     torch_threads: int | None = None
     # A dedicated inpainting checkpoint for Zoom Out/Pan; None = the base model's UNet.
     inpaint_model: str | None = None
+    # /describe (issue 22): None = off
+    caption_model: str | None = None
+    describe_clip_model: str | None = None
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Engine:
         self.stats = GpuStats()
         # Compiled here, not at load: the member's own text is checked before a job is queued.
         self.blocklist = compile_blocklist(config.blocklist)
+        self._describer: Any | None = None  # /describe models, loaded on the first describe job
 
     # -- thread plumbing -------------------------------------------------------------------------
     async def _on_gpu(self, fn: Callable[[], T]) -> T:
@@ -301,6 +305,8 @@ class Engine:
         started: float,
     ) -> GenerationResult:
         assert self.renderer is not None and self.expander is not None
+        if request.action == "describe":  # issue 22: prompts from a picture, no rendering
+            return self._describe_checked(request, started)
         seed = request.seed_text.strip()
         check_seed_tokens(seed, self.renderer.count_clip_tokens, self.renderer.clip_max_tokens)
         timings: dict[str, float] = {}
@@ -380,6 +386,48 @@ class Engine:
             render=render_record,
             timings=timings,
             nsfw_flags=tuple(nsfw),
+        )
+
+    def _describe_checked(self, request: GenerationRequest, started: float) -> GenerationResult:
+        """/describe: caption + CLIP-ranked modifiers → four prompts (GPU thread)."""
+        from bot.engine.describe import Describer
+
+        config = self.config
+        if config.caption_model is None or config.describe_clip_model is None:
+            raise InvalidRequest("/describe is off on this bot (IMAGINE_CAPTION_MODEL is not set)")
+        if self._describer is None:
+            assert self.renderer is not None
+            self._describer = Describer(
+                config.caption_model,
+                config.describe_clip_model,
+                device=self.device,
+                dtype=self.renderer.dtype,
+            )
+        image = _decoded(request.init_image, "RGB", "init_image")
+        if image is None:
+            raise InvalidRequest("/describe needs an image")
+        renderer = self.renderer
+        assert renderer is not None
+        result = self._describer.describe(
+            image,
+            blocklist=self.blocklist if request.safe_mode else (),
+            fits=lambda text: renderer.count_clip_tokens(text) <= renderer.clip_max_tokens,
+        )
+        timings = {"describe": time.perf_counter() - started, "total": time.perf_counter() - started}
+        return GenerationResult(
+            prompts=result.prompts,
+            image_seeds=(0,) * len(result.prompts),
+            images=(),
+            expander={"source": "describe", "caption": result.caption, "ranked": result.ranked},
+            render={
+                "mode": "describe",
+                "action": "describe",
+                "caption_model": config.caption_model,
+                "clip_model": config.describe_clip_model,
+                "device": self.model_info["device"],
+                "versions": self.model_info["versions"],
+            },
+            timings=timings,
         )
 
     async def shorten(self, text: str) -> ShortenResult:
