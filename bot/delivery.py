@@ -411,7 +411,7 @@ class Deliverer:
     ) -> dict[str, Any]:
         if withheld is not None:
             return {"content": withheld}
-        if job.action == "describe" and job.status == "done" and encoded is not None:
+        if (job.render_action or job.action) == "describe" and job.status == "done" and encoded is not None:
             return describe_payload(job, encoded, buttons=buttons)  # issue 22
         if job.status == "done" and all_tiles_flagged(job):
             return {"content": all_flagged_text(job)}

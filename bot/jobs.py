@@ -729,7 +729,9 @@ class JobRunner:
         # Beside the job's inputs (source image, mask), which stay where they were staged before it queued.
         staging = attempt_dir.with_name(f".{attempt_dir.name}.partial")
         staging.mkdir(parents=True)
-        if job.action == "describe":  # issue 22: prompts and no images; the grid shown is the source
+        if (
+            job.render_action or job.action
+        ) == "describe":  # issue 22: prompts, no images; the grid is the source
             return _describe_files(job, output, staging, attempt_dir)
         try:
             tiles: list[Tile] = []

@@ -156,7 +156,7 @@ class PromptToolsCog(commands.Cog):
         if isinstance(job, Refusal):
             await reply_ephemeral(interaction, job.message)
             return
-        if job.action != "describe":
+        if (job.render_action or job.action) != "describe":
             await reply_ephemeral(interaction, "That button belongs to a /describe result.")
             return
         prompts = job.prompts if code == "dia" or tile is None else (job.prompts[tile - 1],)
