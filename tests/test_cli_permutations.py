@@ -10,7 +10,7 @@ import pytest
 from tests.test_cli import _cli, _env
 
 
-@pytest.mark.heavy  # ~50 s on the shared 2-core box (one model load, four renders)
+@pytest.mark.heavy  # 10 s on a quiet 2-core box, ~50 s on a busy one (one model load, four renders)
 def test_imagine_runs_each_permutation_and_prints_a_json_line_per_job(
     tmp_path: Path, tiny_models: tuple[Path, Path]
 ) -> None:

@@ -24,14 +24,12 @@ def describe_models(
     )
 
 
-@pytest.mark.parametrize(
-    "with_buttons", [False, pytest.param(True, marks=pytest.mark.heavy)], ids=["prompts", "buttons"]
-)
+@pytest.mark.parametrize("with_buttons", [False, True], ids=["prompts", "buttons"])
 async def test_describe_gives_four_prompts_with_working_buttons(
     fake: FakeDiscord, bot_settings, describe_models: tuple[Path, Path], with_buttons: bool
 ) -> None:
-    """Four distinct prompts and their buttons; with_buttons (heavy, ~55 s here): Imagine 2, another
-    member's press, Imagine all."""
+    """Four distinct prompts and their buttons; with_buttons: Imagine 2, another member's press, Imagine all
+    (~5 s on a quiet box)."""
     caption, clip = describe_models
     running = await start_bot(
         fake, bot_settings(caption_model=str(caption), describe_clip_model=str(clip), max_pending_per_user=6)
