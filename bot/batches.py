@@ -99,7 +99,10 @@ async def start_batch(
             lines.append(f"not queued: {shown(admitted.spec.seed_text, 60)} — {exc}")
             continue
         lines.append(f"`{job.id}` {shown(job.seed_text, 80)}")
-    await bot.deliverer.update_positions()
+    try:
+        await bot.deliverer.update_positions()
+    except Exception:  # the rows are queued and the worker will run them: say so below regardless
+        log.exception("queue positions of group %s unknown; its jobs are queued", first.id)
     where = "in your DMs" if first.private else "here"
     summary = (
         f"Queued {len(batch.jobs)} jobs, one after another (`{first.id}` shows its progress above; "

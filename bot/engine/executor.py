@@ -345,7 +345,7 @@ class Engine:
             strength=request.strength,
             mask_image=mask_image,
             tiled_vae=request.tiled_vae,
-            **({"tiling": True} if request.tiling else {}),
+            tiling=request.tiling,
         )
         if init_image is not None and mask_image is not None:
             # Outside the mask the result is the source itself, not its trip through the VAE.
