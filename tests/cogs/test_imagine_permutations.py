@@ -118,3 +118,14 @@ async def test_tile_flag_is_recorded(fake: FakeDiscord, running: RunningBot) -> 
     job = await wait_job(running.store, await _first_grid(interaction), lambda j: j.delivery == "sent")
     assert job.tiling and job.render["tile"] is True and job.to_json()["tile"] is True
     assert job.seed_text == "moss texture" and job.group_id is None
+
+
+async def test_the_pending_cap_must_hold_the_whole_batch(fake: FakeDiscord, bot_settings) -> None:
+    running = await start_bot(fake, bot_settings(max_pending_per_user=3))
+    try:
+        interaction = await fake.send_slash("imagine", {"seed": "{a, b, c, d} cat"}, user_id=fake.alice_id)
+        reply = await refusal(interaction)
+        assert "it is 4 jobs and you have 0 waiting (the limit is 3)" in reply.content
+        assert await running.store.count_jobs(any_user=True) == 0
+    finally:
+        await running.stop()
