@@ -143,6 +143,8 @@ async def load_request(job: JobRecord) -> GenerationRequest:
 
 def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
     """A new job that re-renders `old` exactly: its prompts, image seeds and parameters."""
+    # Issue 22: a /describe job's "tiles" are its four prompts, not images: it describes its source again.
+    described = (old.render_action or old.action) == "describe"
     return JobSpec(
         seed_text=old.seed_text,
         count=old.count,
@@ -158,8 +160,8 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         parent_id=old.id,
         source_tile=old.source_tile,
         strength=old.strength,
-        given_prompts=old.prompts,
-        given_seeds=tuple(tile.image_seed for tile in old.tiles),
+        given_prompts=None if described else old.prompts,
+        given_seeds=None if described else tuple(tile.image_seed for tile in old.tiles),
         init_image=old.init_image,
         mask_image=old.mask_image,
         chaos=old.chaos,

@@ -73,6 +73,16 @@ async def test_describe_gives_four_prompts_with_working_buttons(
         first = await running.store.get_job(job_id_of(grid))
         siblings = await running.store.sibling_jobs(first.group_id)
         assert [j.seed_text for j in siblings] == list(prompts)
+        # Reproduce from /history: the same four prompts again, recorded and delivered as a describe.
+        detail = await fake.send_slash("history", {"job": job.id}, user_id=fake.alice_id)
+        card = await detail.wait_final(timeout=10, predicate=lambda m: bool(m.embeds))
+        repro = await fake.click_button(
+            card, card.find_component(label="Reproduce")["custom_id"], user_id=fake.alice_id
+        )
+        again = await repro.wait_final(timeout=60, predicate=lambda m: bool(m.embeds and m.buttons))
+        copy = await wait_job(running.store, job_id_of(again), lambda j: j.status == "done")
+        assert copy.action == "reproduce" and copy.parent_id == job.id and copy.prompts == prompts
+        assert [b["label"] for b in again.buttons][-1] == "Imagine all"
     finally:
         await running.stop()
 
