@@ -29,7 +29,8 @@ from bot.ui import HistoryPageButton, HistorySelect, JobButton
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings", "cogs.models")
+EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings", "cogs.models")
+EXTENSIONS += ("cogs.prompts",)  # issue 22: /shorten, /describe
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 # A persistent job button's handler: (interaction, button code, job id, image number).

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from bot.engine.mitigation import MITIGATION_HELP, MITIGATIONS, describe_mitigation
 from bot.engine.types import EngineError, InvalidRequest, ModelLoadError
 from bot.engine.validation import normalize_user_text
-from bot.flags import merge_flags, parse_inline_flags
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import HistoryStore, JobRecord, JobSpec, StoreError, describe_database_error
 
@@ -275,7 +274,10 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
             return EXIT_OK
         old: JobRecord | None = None
         if args.command == "imagine":
-            spec = await _imagine_spec(args, settings, store)
+            specs = await _imagine_specs(args, settings, store)
+            if len(specs) > 1:  # issue 22: permutations and --repeat, one job after another
+                return await _generate_each(settings, store, specs, as_json=args.json)
+            spec = specs[0]
         elif args.command in CLI_ACTIONS:
             spec = await _action_spec(args, settings, store)
         else:  # rerun
@@ -306,6 +308,43 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
         return code
 
 
+async def _generate_each(
+    settings: Settings, store: HistoryStore, specs: list[JobSpec], *, as_json: bool
+) -> int:
+    """Issue 22: the sibling jobs of one `imagine` (permutations, --repeat), one after another; with --json
+    one JSON object per job and line. 0 when every job is done; a signal stops the rest."""
+    from bot.uploads import discard_inputs
+    from bot.wiring import build_backend
+
+    worst = EXIT_OK
+    backend = build_backend(settings)  # loaded once for all the jobs
+    try:
+        for index, spec in enumerate(specs):
+            if not as_json:
+                print(f"job {index + 1} of {len(specs)}: {spec.seed_text}", file=sys.stderr)
+            try:
+                code = await _generate(
+                    settings,
+                    store,
+                    spec,
+                    as_json=as_json,
+                    backend=backend,
+                    json_line=True,
+                    close_backend=False,
+                )
+            except BaseException:
+                for later in specs[index:]:  # staged inputs of the jobs that will never have a row
+                    if later.id is not None and await store.get_job(later.id) is None:
+                        await asyncio.to_thread(discard_inputs, settings.images_dir, later)
+                raise
+            if code > 128:  # stopped by a signal: the rest stay unqueued
+                return code
+            worst = max(worst, code)
+    finally:
+        await backend.close()
+    return worst
+
+
 async def _generate(
     settings: Settings,
     store: HistoryStore,
@@ -313,6 +352,8 @@ async def _generate(
     *,
     as_json: bool,
     backend: RenderBackend | None = None,
+    json_line: bool = False,
+    close_backend: bool = True,
 ) -> int:
     """Render `spec` here and print the job; `backend` (tests) replaces the one IMAGINE_BACKEND names."""
     from bot.engine.backend import BackendUnavailable
@@ -364,8 +405,9 @@ async def _generate(
                 bar.close()
             await store.set_delivery_none(job.id)
     finally:
-        await backend.close()
-    _print_job(outcome.job, as_json=as_json, full=True)
+        if close_backend:
+            await backend.close()
+    _print_job(outcome.job, as_json=as_json, full=not (as_json and json_line))
     if stopped_by:
         return 128 + stopped_by[0]
     if outcome.job.status != "done":
@@ -446,14 +488,15 @@ class _ProgressBar:
                 self._bar.close()
 
 
-async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> JobSpec:
-    """The job `imagine` asks for, through the intake: options, plus the same inline `--flags` in SEED as
-    /imagine takes, and an optional picture to start from (`--image`, `--strength`)."""
-    from bot.intake import ImagineRequest, Intake, Refusal, Requester
+async def _imagine_specs(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> list[JobSpec]:
+    """The jobs `imagine` asks for, through the intake: options, plus the same inline `--flags` in SEED as
+    /imagine takes, `{a, b}` permutations and `--repeat N` (one job each; no confirmation at the command
+    line), and an optional picture to start from (`--image`, `--strength`)."""
+    from bot.batches import imagine_requests
+    from bot.intake import Intake, Refusal, Requester
     from bot.uploads import fit_upload, stage_inputs
 
     try:
-        flags = parse_inline_flags(args.seed_text)
         options = {
             "count": args.count,
             "steps": args.steps,
@@ -462,52 +505,47 @@ async def _imagine_spec(args: argparse.Namespace, settings: Settings, store: His
             "expand": False if args.no_expand else None,
             "mitigation": args.mitigation,
         }
-        merged = merge_flags(flags, options, CLI_OPTION_LABELS)
+        requests = imagine_requests(
+            args.seed_text,
+            options,
+            CLI_OPTION_LABELS,
+            max_jobs=settings.max_permutations,
+            guidance=args.guidance,
+            width=args.width,
+            height=args.height,
+            with_image=args.image is not None,
+            strength=args.strength,
+            model=args.model,
+            loras=tuple(args.lora or ()),
+            draft=args.draft,
+        )
     except InvalidRequest as exc:
         raise CliError(exc.user_message, EXIT_USAGE) from None
-    if args.model and flags.model and args.model.lower() != flags.model.lower():
-        raise CliError(
-            f"`--model {flags.model}` in SEED and --model {args.model} disagree: use one", EXIT_USAGE
-        )
-    request = ImagineRequest(
-        seed_text=flags.text,
-        count=merged["count"],
-        steps=merged["steps"],
-        guidance=args.guidance,
-        negative=merged["negative"],
-        ratio=merged["ratio"],
-        width=args.width,
-        height=args.height,
-        job_seed=merged["seed"],
-        expand=merged["expand"],
-        chaos=flags.chaos,
-        with_image=args.image is not None,
-        strength=args.strength,
-        mitigation=merged.get("mitigation"),
-        model=args.model or flags.model,
-        loras=flags.loras + tuple(args.lora or ()),
-        draft=args.draft or flags.draft,
-    )
-    admitted = await Intake(settings, store).imagine(Requester(user_id=None), request)
-    if isinstance(admitted, Refusal):
-        raise CliError(admitted.message, EXIT_USAGE if admitted.usage else EXIT_FAILED)
+    batch = await Intake(settings, store).imagine_many(Requester(user_id=None), requests)
+    if isinstance(batch, Refusal):
+        raise CliError(batch.message, EXIT_USAGE if batch.usage else EXIT_FAILED)
+    specs = [admitted.spec for admitted in batch.jobs]
     if args.image is None:
-        return admitted.spec
-    spec = admitted.spec
+        return specs
     try:
         data = await asyncio.to_thread(args.image.read_bytes)
     except OSError as exc:
         raise CliError(f"cannot read --image {args.image}: {exc.strerror or exc}", EXIT_USAGE) from None
+    staged = []
     try:
-        fitted = await asyncio.to_thread(
-            fit_upload, data, width=spec.width, height=spec.height, max_side=settings.max_image_side
-        )
-        # Its own copy of the picture in its own folder: `rerun` stays exact if the file goes.
-        return await asyncio.to_thread(
-            stage_inputs, settings.images_dir, spec, init_image=fitted, mask_image=None
-        )
+        for spec in specs:
+            fitted = await asyncio.to_thread(
+                fit_upload, data, width=spec.width, height=spec.height, max_side=settings.max_image_side
+            )
+            # Its own copy of the picture in its own folder: `rerun` stays exact if the file goes.
+            staged.append(
+                await asyncio.to_thread(
+                    stage_inputs, settings.images_dir, spec, init_image=fitted, mask_image=None
+                )
+            )
     except InvalidRequest as exc:
         raise CliError(exc.user_message.replace("`image`", "`--image`"), EXIT_USAGE) from None
+    return staged
 
 
 async def _action_spec(args: argparse.Namespace, settings: Settings, store: HistoryStore) -> JobSpec:
@@ -697,8 +735,11 @@ def _tiny_models(directory: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if directory.exists() and not directory.is_dir():
         raise CliError(f"{directory} is a file: give a folder for the tiny models", EXIT_USAGE)
+    from bot.engine.tiny_describe import build_tiny_describe_models
+
     try:
         sd, text = build_tiny_models(directory)
+        caption, clip = build_tiny_describe_models(directory, sd / "tokenizer")  # issue 22: /describe
     except OSError as exc:
         raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
     from bot.engine.tiny_models import tiny_clip_path
@@ -706,6 +747,7 @@ def _tiny_models(directory: Path) -> int:
     print(f"IMAGINE_SD_MODEL={sd}\nIMAGINE_TEXT_MODEL={text}")
     print(f"IMAGINE_AUDIT_CLIP_MODEL={tiny_clip_path(directory)}")
     print(f"IMAGINE_MODELS_FILE={directory / 'models.toml'}")
+    print(f"IMAGINE_CAPTION_MODEL={caption}\nIMAGINE_DESCRIBE_CLIP_MODEL={clip}")
     return EXIT_OK
 
 

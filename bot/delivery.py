@@ -15,6 +15,7 @@ import discord
 from PIL import Image
 
 from bot import policy
+from bot.describe_ui import describe_payload
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.safety import TileClassifier
 from bot.jobs import JobOutcome, JobRunner
@@ -410,6 +411,8 @@ class Deliverer:
     ) -> dict[str, Any]:
         if withheld is not None:
             return {"content": withheld}
+        if (job.render_action or job.action) == "describe" and job.status == "done" and encoded is not None:
+            return describe_payload(job, encoded, buttons=buttons)  # issue 22
         if job.status == "done" and all_tiles_flagged(job):
             return {"content": all_flagged_text(job)}
         if job.status != "done" or encoded is None:

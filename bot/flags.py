@@ -20,7 +20,23 @@ ACCEPTED_FLAGS = (
 )
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0
-_KNOWN = ("ar", "no", "seed", "steps", "count", "chaos", "raw", "mitigation", "model", "lora", "draft")
+_KNOWN: tuple[str, ...] = (
+    "ar",
+    "no",
+    "seed",
+    "steps",
+    "count",
+    "chaos",
+    "raw",
+    "mitigation",
+    "model",
+    "lora",
+    "draft",
+)
+# Midjourney parity, second round (issue 22): seamless tiling and repeated jobs.
+ACCEPTED_FLAGS += ", `--tile`, `--repeat N`"
+MAX_REPEAT = 100  # the operator's IMAGINE_MAX_PERMUTATIONS caps the jobs; this only bounds the number
+_KNOWN += ("tile", "repeat")  # issue 22
 # A flag is a whole token: `--name` after a space (or at the start), the name ending at a space (or the end),
 # so `well--known`, `rock --n-- roll` and `a--b` stay text. Phones turn "--" into an em or en dash: a dash
 # counts as a flag only before a flag we know (`—ar 3:2`); any other dash (`—abandoned`) is prose.
@@ -61,6 +77,9 @@ class InlineFlags:
     model: str | None = None
     loras: tuple[str, ...] = ()
     draft: bool = False
+    # issue 22: seamless tiling; how many times to queue the job (new seeds each time)
+    tile: bool = False
+    repeat: int | None = None
 
     @property
     def temperature(self) -> float | None:
@@ -103,9 +122,9 @@ def parse_inline_flags(text: str) -> InlineFlags:
             raise _bad(f"unknown flag `--{typed[:30]}`")
         if name in values and name != "lora":
             raise _bad(f"`--{name}` is given twice")
-        if name in ("raw", "draft"):
+        if name in ("raw", "draft", "tile"):
             values[name] = True
-            kept.extend(words)  # `--raw` and `--draft` take no value: what follows is seed text
+            kept.extend(words)  # `--raw`, `--draft` and `--tile` take no value: what follows is seed text
             continue
         if name == "no":
             if not words:
@@ -131,6 +150,8 @@ def parse_inline_flags(text: str) -> InlineFlags:
         elif name == "lora":
             values.setdefault("loras", ())
             values["loras"] += (value[:80],)
+        elif name == "repeat":  # issue 22
+            values["repeat"] = _int_value(name, value, 1, MAX_REPEAT)
         else:  # steps, count: the engine applies the server's limits
             values[name] = _int_value(name, value, 1, 1000)
     seed_text = " ".join(" ".join(kept).split())

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -44,7 +45,7 @@ from bot.preferences import (
     effective_parameters,
 )
 from bot.settings import Settings
-from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused
+from bot.store import HistoryStore, JobRecord, JobSpec, QueueRefused, new_job_id
 from bot.uploads import discard_inputs, stage_inputs
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ ACTIONS = (*REPEAT_ACTIONS, "remix", *TILE_ACTIONS)
 BOT_ACTOR = 0
 NOT_OWNER = "Only the person who asked for these images can use their buttons."
 GONE = "That job doesn't exist (any more)."
+# Issue 22: one /imagine that makes more jobs than this asks the member to confirm first.
+CONFIRM_ABOVE = 4
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class ImagineRequest:
     model: str | None = None
     loras: tuple[str, ...] = ()
     draft: bool = False
+    # issue 22: `--tile` (seamless tiling); `--repeat N` (N jobs with new seeds, see `imagine_many`)
+    tiling: bool = False
+    repeat: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,15 @@ class Admitted:
     #: the server's own (tighter) caps, enforced again atomically when the row is written
     max_pending: int | None = None
     cooldown: float | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Issue 22: the sibling jobs of one /imagine (permutations, --repeat), each admitted on its own."""
+
+    jobs: tuple[Admitted, ...]
+    #: more than CONFIRM_ABOVE jobs: the member confirms with a button before any is queued
+    confirm: bool = False
 
 
 @dataclass(frozen=True)
@@ -272,8 +287,91 @@ class Intake:
             mitigation=mitigation,
             model=choice.entry.name,
             loras=choice.loras,
+            tiling=request.tiling,
         )
         return await self._admit(Admitted(spec, notices=notices, **self._caps(guild)))
+
+    async def describe(self, who: Requester, filename: str) -> Admitted | Refusal:
+        """Issue 22: /describe, a job of kind `describe` (prompts from a picture, no images) through the queue."""
+        s = self.settings
+        if s.caption_model is None:
+            return Refusal("/describe is off on this bot: its operator has not set IMAGINE_CAPTION_MODEL.")
+        guild, member = await self._stored(who)
+        refusal = await self._server_rules(who, guild)
+        if refusal is not None:
+            return refusal
+        wanted = dict.fromkeys(("count", "steps", "guidance", "negative", "aspect", "expand"))
+        p = effective_parameters(s, guild, member, wanted)
+        name = " ".join(filename.split())[:80] or "image"
+        spec = JobSpec(
+            seed_text=f"/describe {name}",
+            count=1,
+            steps=p.steps,
+            guidance=p.guidance,
+            width=s.width,
+            height=s.height,
+            job_seed=0,
+            expand=False,
+            safe_mode=self._filtered(who, guild),
+            action="describe",
+            user_id=who.user_id,
+            guild_id=who.guild_id,
+            channel_id=who.channel_id,
+            private=p.private,
+        )
+        return await self._admit(Admitted(spec, **self._caps(guild)))
+
+    async def imagine_many(self, who: Requester, requests: Sequence[ImagineRequest]) -> Batch | Refusal:
+        """Issue 22: the jobs of one /imagine with `{a, b}` permutations (one request each) and `--repeat N`.
+
+        At most IMAGINE_MAX_PERMUTATIONS jobs; a member's pending cap must have room for all of them (no
+        half-queued batch). Every job passes `imagine`'s rules; the jobs are siblings (`group_id` is the
+        first one's id) and each is an ordinary row of the member's, so the fair queue serves them in turn
+        with everyone else's. A repeat gets a new job seed (the given `--seed`, then one image count on
+        for each repeat, so the repeats of a seeded job are reproducible too).
+        """
+        limit = self.settings.max_permutations
+        total = sum(request.repeat or 1 for request in requests)
+        if total > limit:
+            return Refusal(
+                f"That asks for {total} jobs; the limit is {limit} (IMAGINE_MAX_PERMUTATIONS).", usage=True
+            )
+        admitted: list[Admitted] = []
+        for request in requests:
+            for index in range(request.repeat or 1):
+                seed = request.job_seed
+                if index and seed is not None:
+                    seed = (seed + index * max(1, request.count or self.settings.count)) % (MAX_SEED + 1)
+                answer = await self.imagine(who, replace(request, job_seed=seed))
+                if isinstance(answer, Refusal):
+                    return answer
+                admitted.append(answer)
+        if len(admitted) > 1 and who.user_id is not None:
+            refusal = await self._room_for(who, admitted)
+            if refusal is not None:
+                return refusal
+        if len(admitted) > 1:
+            group = new_job_id()
+            ids = [group, *(new_job_id() for _ in admitted[1:])]
+            admitted = [
+                replace(a, spec=replace(a.spec, id=job_id, group_id=group))
+                for a, job_id in zip(admitted, ids, strict=True)
+            ]
+        return Batch(tuple(admitted), confirm=len(admitted) > CONFIRM_ABOVE)
+
+    async def _room_for(self, who: Requester, admitted: Sequence[Admitted]) -> Refusal | None:
+        """The member's pending cap (the bot's, or the server's tighter one) must hold the whole batch."""
+        caps = [self.settings.max_pending_per_user]
+        if admitted[0].max_pending is not None:
+            caps.append(admitted[0].max_pending)
+        cap = min(caps)
+        mine = sum(1 for job in await self.store.pending_jobs() if job.user_id == who.user_id)
+        if mine + len(admitted) > cap:
+            return Refusal(
+                f"Can't start that: it is {len(admitted)} jobs and you have {mine} waiting "
+                f"(the limit is {cap}); use fewer permutations or wait for your jobs to finish."
+            )
+        return None
 
     async def action(self, who: Requester, request: ActionRequest) -> Admitted | Refusal:
         """A new job from a past one: 🔄, ✨, V, Reproduce, Remix, Upscale, Vary, Zoom, Pan; and the CLI's."""

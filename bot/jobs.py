@@ -124,6 +124,7 @@ def request_from_job(
         mitigation=job.mitigation,
         model=job.model or "",
         loras=job.loras,
+        tiling=job.tiling,
     )
 
 
@@ -146,6 +147,8 @@ async def load_request(job: JobRecord) -> GenerationRequest:
 
 def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
     """A new job that re-renders `old` exactly: its prompts, image seeds and parameters."""
+    # Issue 22: a /describe job's "tiles" are its four prompts, not images: it describes its source again.
+    described = (old.render_action or old.action) == "describe"
     return JobSpec(
         seed_text=old.seed_text,
         count=old.count,
@@ -161,14 +164,15 @@ def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rer
         parent_id=old.id,
         source_tile=old.source_tile,
         strength=old.strength,
-        given_prompts=old.prompts,
-        given_seeds=tuple(tile.image_seed for tile in old.tiles),
+        given_prompts=None if described else old.prompts,
+        given_seeds=None if described else tuple(tile.image_seed for tile in old.tiles),
         init_image=old.init_image,
         mask_image=old.mask_image,
         chaos=old.chaos,
         render_action=old.render_action or old.action,
         # A private job's children are private too (member /settings: delivered to the presser alone).
         private=old.private,
+        tiling=old.tiling,
         user_id=user_id if user_id is not None else old.user_id,
         guild_id=old.guild_id,
         channel_id=old.channel_id,
@@ -350,10 +354,13 @@ class JobRunner:
     def _limits_for(self, spec: JobSpec) -> dict[str, Any]:
         """Queue limits for `spec`: per-user ones apply only to Discord users (the CLI has none)."""
         per_user = spec.user_id is not None
+        # Issue 22: the later siblings of one /imagine (permutations, --repeat) are part of one request, so
+        # the cooldown started by the first one does not refuse them.
+        sibling = spec.group_id is not None and spec.id != spec.group_id
         return {
             "max_pending_per_user": self.max_pending_per_user if per_user else None,
             "max_queue": self.max_queue,
-            "cooldown_seconds": self.cooldown_seconds if per_user else 0.0,
+            "cooldown_seconds": self.cooldown_seconds if per_user and not sibling else 0.0,
         }
 
     async def submit(
@@ -740,6 +747,10 @@ class JobRunner:
         # Beside the job's inputs (source image, mask), which stay where they were staged before it queued.
         staging = attempt_dir.with_name(f".{attempt_dir.name}.partial")
         staging.mkdir(parents=True)
+        if (
+            job.render_action or job.action
+        ) == "describe":  # issue 22: prompts, no images; the grid is the source
+            return _describe_files(job, output, staging, attempt_dir)
         try:
             tiles: list[Tile] = []
             decoded: list[Image.Image] = []
@@ -815,6 +826,22 @@ class JobRunner:
                 await self.on_finished(outcome)
             except Exception:
                 log.exception("delivering job %s failed", outcome.job.id)
+
+
+def _describe_files(
+    job: JobRecord, output: RenderOutput, staging: Path, attempt_dir: Path
+) -> tuple[list[Tile], Path, bytes]:
+    """A /describe job's record: one tile row per prompt (no image file), its source image as the grid."""
+    try:
+        assert job.init_image is not None
+        grid_png = Path(job.init_image).read_bytes()
+        (staging / "grid.png").write_bytes(grid_png)
+        os.rename(staging, attempt_dir)
+    except BaseException:
+        _drop_attempt(staging)
+        raise
+    tiles = [Tile(index, prompt, 0, None) for index, prompt in enumerate(output.prompts, start=1)]
+    return tiles, attempt_dir / "grid.png", grid_png
 
 
 def _drop_attempt(folder: Path, *, remove_empty_job_folder: bool = False) -> None:

@@ -126,6 +126,13 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(500, ge=10, le=6000)
     # Upscale, Zoom Out and Pan results (larger than a grid tile) are capped at this many pixels.
     max_output_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    # `{a, b}` permutations and `--repeat N` in one /imagine: at most this many jobs (issue 22); above 4
+    # the member confirms with a button first.
+    max_permutations: int = Field(4, ge=1, le=40)
+    # /describe (issue 22): a BLIP-family captioner and a CLIP model (transformers ids or folders); /describe
+    # is off until IMAGINE_CAPTION_MODEL is set.
+    caption_model: str | None = None
+    describe_clip_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
     # Prompt expander
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))

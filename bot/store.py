@@ -184,6 +184,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN model TEXT;
     ALTER TABLE jobs ADD COLUMN loras TEXT;
     """,
+    # 9 (issue 22): jobs of one /imagine with `{a, b}` permutations or `--repeat` are siblings (group_id
+    # is the first one's id); `--tile` renders seamlessly tiling images.
+    """
+    ALTER TABLE jobs ADD COLUMN group_id TEXT;
+    ALTER TABLE jobs ADD COLUMN tiling INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_group ON jobs (group_id);
+    """,
 )
 
 #: How long a running job's lease lasts without renewal; its owner renews it every third of that. A dead
@@ -319,6 +326,10 @@ class JobSpec:
     #: the registry model's name (None: the default model) and the LoRAs on it
     model: str | None = None
     loras: tuple[LoraRef, ...] = ()
+    #: issue 22: the first sibling's id when one /imagine queued several jobs (permutations, --repeat)
+    group_id: str | None = None
+    #: issue 22: `--tile`, seamless tiling (circular padding)
+    tiling: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,6 +380,8 @@ class JobRecord:
     mitigation: dict[str, Any] | None = None
     model: str | None = None
     loras: tuple[LoraRef, ...] = ()
+    group_id: str | None = None
+    tiling: bool = False
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -410,6 +423,8 @@ class JobRecord:
             "guild_id": self.guild_id,
             "channel_id": self.channel_id,
             "mitigation": self.mitigation,
+            "group_id": self.group_id,
+            "tile": self.tiling,
         }
 
 
@@ -606,8 +621,9 @@ class HistoryStore:
                 INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
                     width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
                     given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
-                    render_action, private, from_defaults, mitigation)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    render_action, private, from_defaults, mitigation, group_id, tiling)
+                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                    ?, ?, ?)
             """
             await db.execute(
                 query,
@@ -640,6 +656,8 @@ class HistoryStore:
                     int(spec.private),
                     ",".join(spec.from_defaults),
                     json.dumps(spec.mitigation) if spec.mitigation is not None else None,
+                    spec.group_id,
+                    int(spec.tiling),
                 ),
             )
             if spec.model is not None or spec.loras:
@@ -1126,6 +1144,13 @@ class HistoryStore:
                 )
         return presses
 
+    async def sibling_jobs(self, group_id: str) -> list[JobRecord]:
+        """The jobs one /imagine queued together (permutations, --repeat), in the order they were queued."""
+        query = "SELECT * FROM jobs WHERE group_id = ? ORDER BY created_at, rowid"
+        async with self._lock:
+            rows = await self._fetch_locked(query, (group_id,))
+            return [await self._with_tiles(row) for row in rows]
+
     # -- meta ----------------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         query = "SELECT value FROM meta WHERE key = ?"
@@ -1229,6 +1254,8 @@ def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
         mitigation=loads(row["mitigation"]),
         model=row["model"],
         loras=_loras_from(row["loras"]),
+        group_id=row["group_id"],
+        tiling=bool(row["tiling"]),
     )
 
 

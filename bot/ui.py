@@ -48,7 +48,9 @@ TILE_ACTIONS = {
     "pd": "pan-down",
 }
 ACTION_BUTTONS = ("rmx", "rmt", *TILE_ACTIONS)
-JOB_ACTIONS = ("u", "v", "rr", "rx", "del", "post", "repro", "star", "enh", *ACTION_BUTTONS)
+JOB_ACTIONS: tuple[str, ...] = ("u", "v", "rr", "rx", "del", "post", "repro", "star", "enh", *ACTION_BUTTONS)
+# Issue 22: under a /describe result, Imagine N (di, with N) and Imagine all (dia).
+JOB_ACTIONS += ("dia", "di")
 JOB_ID = r"[0-9a-f]{10}"
 
 

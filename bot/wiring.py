@@ -97,6 +97,8 @@ def engine_config_from(settings: Settings) -> EngineConfig:
         default_model=registry.default,
         max_resident_models=settings.max_resident_models,
         lora_dir=str(settings.loras_path),
+        caption_model=settings.caption_model,
+        describe_clip_model=settings.describe_clip_model,
     )
 
 

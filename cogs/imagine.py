@@ -15,12 +15,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import policy
+from bot.batches import ConfirmBatchView, imagine_requests, start_batch
 from bot.bot import reply_ephemeral, requester_of
 from bot.delivery import is_dead_token, upload_budget
 from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import InvalidRequest
-from bot.flags import merge_flags, parse_inline_flags
-from bot.intake import ActionRequest, ImagineRequest, Refusal, Requester
+from bot.intake import ActionRequest, Refusal, Requester
 from bot.messages import SPOILER_PREFIX, job_page_url, result_embed, result_filename
 from bot.store import JobRecord
 from bot.ui import result_view, shown, tile_view
@@ -104,41 +104,36 @@ class ImagineCog(commands.Cog):
         draft
             Draft mode: a fast, rough grid; press Enhance on the one you like.
         """
-        # Inline `--flags` in the seed; a bad one or a clash with an option is an InvalidRequest (ephemeral).
-        flags = parse_inline_flags(seed)
+        # `{a, b}` permutations (issue 22) first, then each one's inline `--flags`; a bad flag, a clash
+        # with an option or too many permutations is an InvalidRequest (ephemeral).
         given = {"negative": negative, "seed": seed_number, "steps": steps, "count": count}
-        merged = merge_flags(flags, {**given, "expand": expand, "aspect": aspect}, OPTION_LABELS)
-        if model and flags.model and model.strip().lower() != flags.model.lower():
-            raise InvalidRequest(
-                f"`--model {flags.model}` in the text and the `model` option ({model}) disagree: use one"
-            )
-        if image is not None:
-            check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
-        request = ImagineRequest(
-            seed_text=flags.text,
-            count=merged["count"],
-            steps=merged["steps"],
+        requests = imagine_requests(
+            seed,
+            {**given, "expand": expand, "aspect": aspect},
+            OPTION_LABELS,
+            max_jobs=self.settings.max_permutations,
             guidance=guidance,
-            negative=merged["negative"],
-            aspect=merged["aspect"],
-            ratio=merged["ratio"],
-            job_seed=merged["seed"],
-            expand=merged["expand"],
-            chaos=flags.chaos,
             with_image=image is not None,
             strength=strength,
-            mitigation=merged.get("mitigation"),
-            model=(model or "").strip() or flags.model,
-            loras=flags.loras + ((lora.strip(),) if lora and lora.strip() else ()),
-            draft=bool(draft) or flags.draft,
+            model=model,
+            loras=(lora.strip(),) if lora and lora.strip() else (),
+            draft=bool(draft),
         )
-        admitted = await self.bot.intake.imagine(requester_of(interaction), request)
-        if isinstance(admitted, Refusal):
-            await reply_ephemeral(interaction, admitted.message)
+        if image is not None:
+            check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
+        batch = await self.bot.intake.imagine_many(requester_of(interaction), requests)
+        if isinstance(batch, Refusal):
+            await reply_ephemeral(interaction, batch.message)
             return
-        spec = admitted.spec
+        spec = batch.jobs[0].spec
         inputs = None if image is None else partial(self._uploaded_image, image, spec.width, spec.height)
-        await self.bot.start_job(interaction, admitted, inputs=inputs)
+        if len(batch.jobs) == 1:
+            await self.bot.start_job(interaction, batch.jobs[0], inputs=inputs)
+        elif batch.confirm:
+            view = ConfirmBatchView(self.bot, batch, inputs)
+            await interaction.response.send_message(view.question(batch), view=view, ephemeral=True)
+        else:
+            await start_batch(self.bot, interaction, batch, inputs)
 
     @imagine.autocomplete("model")
     async def _model_choices(

@@ -40,6 +40,8 @@ from bot.engine.outpaint import composite
 from bot.engine.prompts import compile_blocklist
 from bot.engine.renderer import Renderer, clip_token_count, free_device_memory, is_out_of_memory
 from bot.engine.residency import Resident, ResidentModels
+from bot.engine.shorten import ShortenResult
+from bot.engine.shorten import shorten as shorten_prompt
 from bot.engine.types import (
     EngineError,
     GenerationRequest,
@@ -97,6 +99,10 @@ class EngineConfig:
         valid = ", ".join(e.name for e in entries if e.enabled)
         raise InvalidRequest(f"`model` must be one of {valid}, got {name[:40]!r}")
 
+    # /describe (issue 22): None = off
+    caption_model: str | None = None
+    describe_clip_model: str | None = None
+
 
 @dataclass
 class GpuStats:
@@ -127,11 +133,17 @@ class Engine:
         self.models = ResidentModels(config.max_resident_models, self._load_entry, self.device)
         # Compiled here, not at load: the member's own text is checked before a job is queued.
         self.blocklist = compile_blocklist(config.blocklist)
+        self._describer: Any | None = None  # /describe models, loaded on the first describe job
 
     # -- thread plumbing -------------------------------------------------------------------------
     async def _on_gpu(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn)
+
+    async def on_gpu_thread(self, fn: Callable[[], T]) -> T:
+        """Await `fn` run on the GPU thread (model work beside rendering: /shorten, tests)."""
+        await self.load()
+        return await self._on_gpu(fn)
 
     def run_sync(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the GPU thread from synchronous code (CLI, benchmarks)."""
@@ -380,6 +392,8 @@ class Engine:
         started: float,
     ) -> GenerationResult:
         assert self.renderer is not None and self.expander is not None
+        if request.action == "describe":  # issue 22: prompts from a picture, no rendering
+            return self._describe_checked(request, started)
         seed = request.seed_text.strip()
         check_seed_tokens(seed, self.renderer.count_clip_tokens, self.renderer.clip_max_tokens)
         timings: dict[str, float] = {}
@@ -421,6 +435,7 @@ class Engine:
             mask_image=mask_image,
             tiled_vae=request.tiled_vae,
             fair_guidance=fair,
+            tiling=request.tiling,
         )
         if init_image is not None and mask_image is not None:
             # Outside the mask the result is the source itself, not its trip through the VAE.
@@ -448,6 +463,8 @@ class Engine:
         }
         if request.mode != "txt2img":
             render_record["strength"] = request.strength if request.mode == "img2img" else 1.0
+        if request.tiling:
+            render_record["tile"] = True  # issue 22: only on tiled jobs, so older records read the same
         if request.mode == "outpaint":
             render_record["inpaint_model"] = self.renderer.inpaint_model
         if request.mitigation is not None:
@@ -478,6 +495,59 @@ class Engine:
             max_tokens=self.renderer.clip_max_tokens,
             blocklist=self.blocklist if request.safe_mode else (),
         )
+
+    def _describe_checked(self, request: GenerationRequest, started: float) -> GenerationResult:
+        """/describe: caption + CLIP-ranked modifiers → four prompts (GPU thread)."""
+        from bot.engine.describe import Describer
+
+        config = self.config
+        if config.caption_model is None or config.describe_clip_model is None:
+            raise InvalidRequest("/describe is off on this bot (IMAGINE_CAPTION_MODEL is not set)")
+        if self._describer is None:
+            assert self.renderer is not None
+            self._describer = Describer(
+                config.caption_model,
+                config.describe_clip_model,
+                device=self.device,
+                dtype=self.renderer.dtype,
+            )
+        image = _decoded(request.init_image, "RGB", "init_image")
+        if image is None:
+            raise InvalidRequest("/describe needs an image")
+        renderer = self.renderer
+        assert renderer is not None
+        result = self._describer.describe(
+            image,
+            blocklist=self.blocklist if request.safe_mode else (),
+            fits=lambda text: renderer.count_clip_tokens(text) <= renderer.clip_max_tokens,
+        )
+        timings = {"describe": time.perf_counter() - started, "total": time.perf_counter() - started}
+        return GenerationResult(
+            prompts=result.prompts,
+            image_seeds=(0,) * len(result.prompts),
+            images=(),
+            expander={"source": "describe", "caption": result.caption, "ranked": result.ranked},
+            render={
+                "mode": "describe",
+                "action": "describe",
+                "caption_model": config.caption_model,
+                "clip_model": config.describe_clip_model,
+                "device": self.model_info["device"],
+                "versions": self.model_info["versions"],
+            },
+            timings=timings,
+        )
+
+    async def shorten(self, text: str) -> ShortenResult:
+        """/shorten (issue 22): word weights from the SD text encoder, on the GPU thread."""
+        return await self.on_gpu_thread(lambda: self.shorten_sync(text))
+
+    def shorten_sync(self, text: str) -> ShortenResult:
+        """GPU thread: the pipeline's own tokenizer and text encoder (never used from another thread)."""
+        self._load_sync()
+        assert self.renderer is not None
+        pipe = self.renderer.pipe
+        return shorten_prompt(pipe.tokenizer, pipe.text_encoder, text, self.device)
 
     def expand_sync(self, seed_text: str, count: int, job_seed: int) -> tuple[str, ...]:
         """Prompts only (tests, benchmarks); GPU thread."""

@@ -14,6 +14,7 @@ from PIL import Image
 from bot.engine.backend import CancelToken, ProgressEvents, RenderOutput
 from bot.engine.executor import Engine
 from bot.engine.images import png_bytes
+from bot.engine.shorten import ShortenResult
 from bot.engine.types import EngineError, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class LocalBackend:
         if self._load_error is not None:
             return True, f"local GPU thread (last model load failed: {self._load_error})"
         return True, f"local GPU thread on {self.engine.device}"
+
+    async def shorten(self, text: str) -> ShortenResult:
+        """/shorten (issue 22) on this GPU thread; remote workers have no such call yet."""
+        return await self.engine.shorten(text)
 
     async def render(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -139,11 +139,13 @@ class Renderer:
         mask_image: Image.Image | None = None,
         tiled_vae: bool = False,
         fair_guidance: FairGuidancePlan | None = None,
+        tiling: bool = False,
     ) -> list[Image.Image]:
         """Render one image per prompt in one batch; tile i uses a generator seeded image_seeds[i].
 
         No init image: text to image. An init image: img2img at `strength` (resized to width×height).
         An init image and a mask: outpainting (white in the mask is painted, from pure noise).
+        `tiling`: seamless tiling (`--tile`), circular padding in the UNet and the VAE for this call only.
         """
         generator_device = "cpu" if self.device.type == "mps" else self.device.type
         generators = [torch.Generator(device=generator_device).manual_seed(int(s)) for s in image_seeds]
@@ -179,6 +181,8 @@ class Renderer:
         }
         vae = pipe.vae
         hooks = _stop_inside_steps(pipe, cancel) if self.device.type != "cuda" else []
+        # The UNet and VAE are shared by every pipeline: the padding is restored in `finally`.
+        restore_padding = circular_padding(pipe.unet, pipe.vae) if tiling else None
         try:
             if tiled_vae:
                 vae.enable_tiling()
@@ -207,6 +211,8 @@ class Renderer:
             for hook in hooks:
                 hook.remove()
             pipe._interrupt = False
+            if restore_padding is not None:
+                restore_padding()
             if tiled_vae:
                 # The VAE is shared by every pipeline: plain jobs must not pay for tiling.
                 vae.disable_tiling()
@@ -239,3 +245,31 @@ def _fitted(image: Image.Image, width: int, height: int, mode: str = "RGB") -> I
     if image.size == (width, height):
         return image
     return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def circular_padding(*models: torch.nn.Module) -> Callable[[], None]:
+    """Make every padded Conv2d of `models` wrap around (seamless tiles); returns the function that undoes it.
+
+    torch's Conv2d pads with `F.pad(mode=padding_mode)` for any mode but zeros, so switching the mode is
+    all it takes; attention and nearest upsampling already commute with a circular shift, so the whole
+    UNet and decoder then treat the latent as a torus and the picture's edges continue each other.
+    """
+    changed: list[tuple[torch.nn.Conv2d, Any]] = []
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d) and any(int(p) > 0 for p in _padding_of(module)):
+                changed.append((module, module.padding_mode))
+                module.padding_mode = "circular"
+
+    def restore() -> None:
+        for module, mode in changed:
+            module.padding_mode = mode
+
+    return restore
+
+
+def _padding_of(module: torch.nn.Conv2d) -> tuple[int, ...]:
+    padding = module.padding
+    if isinstance(padding, str):  # "same" / "valid": resolved per call, circular works for "same" too
+        return (1,) if padding == "same" else (0,)
+    return tuple(int(p) for p in padding)

@@ -98,6 +98,8 @@ class GenerationRequest:
     # The registry's model name ("" = the default model) and the LoRAs on it (README → Models).
     model: str = ""
     loras: tuple[LoraRef, ...] = ()
+    # `--tile` (issue 22): circular padding in the UNet's and the VAE's convolutions, for this job only.
+    tiling: bool = False
 
     @property
     def mode(self) -> str:

@@ -1,0 +1,126 @@
+"""Issue 22: the cost of /describe, /shorten and `--tile` relative to a plain grid, on the same loaded engine.
+
+Interleaved reps on one GPU thread (`Engine.generate`): a plain grid (`--count` images, `--steps` steps);
+a /describe job (caption with the BLIP model, CLIP ranking of the modifier lists, four prompts) on a picture
+the size of one tile; /shorten of a 12-word prompt (one text-encoder batch of 13); the same grid with
+`--tile`. The first /describe loads its models: that one-off cost is printed on its own. Default models:
+the tiny random ones (built into --tiny-dir when absent), so the figures are about the code around the
+models and the architectures' shapes at tiny scale, not about real checkpoints. Reports; exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench._common import (
+    Summary,
+    add_common_args,
+    engine_config,
+    load_engine,
+    offline,
+    print_table,
+    resolve_models,
+    setup_logging,
+)
+
+SHORTEN_PROMPT = "a red fox sitting in deep snow at golden hour, oil painting, highly detailed"
+
+
+def describe_models(args: argparse.Namespace, sd_model: str) -> tuple[str, str]:
+    if args.caption_model and args.clip_model:
+        return args.caption_model, args.clip_model
+    tiny: Path = args.tiny_dir
+    if not (tiny / "caption" / "config.json").is_file() or not (tiny / "clip" / "config.json").is_file():
+        from bot.engine.tiny_describe import build_tiny_describe_models
+
+        print(f"building tiny /describe models into {tiny} …", flush=True)
+        build_tiny_describe_models(tiny, Path(sd_model) / "tokenizer")
+    return str(tiny / "caption"), str(tiny / "clip")
+
+
+def picture(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height))
+    image.putdata([((x * 4) % 256, (y * 4) % 256, 128) for y in range(height) for x in range(width)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def run(args: argparse.Namespace) -> int:
+    from bot.engine.executor import Engine
+    from bot.engine.types import GenerationRequest
+
+    sd, _ = resolve_models(args)
+    caption, clip = describe_models(args, sd)
+    config = replace(engine_config(args), caption_model=caption, describe_clip_model=clip)
+    engine = Engine(config)
+    loaded = await load_engine(engine, args)
+    print(
+        f"models loaded in {loaded:.1f} s; device {engine.device}; {args.count} × {args.width}×{args.height}, "
+        f"{args.steps} steps, {args.reps} interleaved reps"
+    )
+    grid = GenerationRequest(
+        seed_text="Northeastern University",
+        count=args.count,
+        steps=args.steps,
+        guidance=args.guidance,
+        width=args.width,
+        height=args.height,
+        job_seed=1,
+    )
+    tiled = replace(grid, tiling=True)
+    describe = replace(
+        grid, action="describe", count=1, init_image=picture(args.width, args.height), expand=False
+    )
+
+    started = time.perf_counter()
+    await engine.generate(describe)
+    first_describe = time.perf_counter() - started
+    await engine.generate(grid)  # warm-up
+    await engine.generate(tiled)
+    await engine.shorten(SHORTEN_PROMPT)
+
+    times: dict[str, list[float]] = {"grid": [], "describe": [], "shorten": [], "grid --tile": []}
+    for rep in range(args.reps):
+        for name, call in (
+            ("grid", lambda r=rep: engine.generate(replace(grid, job_seed=100 + r))),
+            ("describe", lambda: engine.generate(describe)),
+            ("shorten", lambda: engine.shorten(SHORTEN_PROMPT)),
+            ("grid --tile", lambda r=rep: engine.generate(replace(tiled, job_seed=100 + r))),
+        ):
+            begun = time.perf_counter()
+            await call()
+            times[name].append(time.perf_counter() - begun)
+    await engine.close()
+    base = Summary.of(times["grid"]).median
+    rows = []
+    for name, values in times.items():
+        s = Summary.of(values)
+        rows.append((name, s.median * 1000, s.minimum * 1000, s.maximum * 1000, s.median / base))
+    print_table(("call", "median ms", "min ms", "max ms", "× plain grid"), rows)
+    print(f"first /describe (loads BLIP + CLIP): {first_describe * 1000:.0f} ms")
+    return 0
+
+
+def main() -> int:
+    offline()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser, reps=7)
+    parser.add_argument("--caption-model", help="BLIP captioner id or folder (default: tiny)")
+    parser.add_argument("--clip-model", help="CLIP model id or folder (default: tiny)")
+    args = parser.parse_args()
+    setup_logging(args.verbose)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

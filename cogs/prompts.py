@@ -1,0 +1,193 @@
+"""/shorten and /describe (issue 22): which words of a prompt matter; prompts that would draw a picture."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.batches import ConfirmBatchView, imagine_requests, start_batch
+from bot.bot import reply_ephemeral, requester_of
+from bot.engine.shorten import ShortenResult
+from bot.engine.types import InvalidRequest
+from bot.flags import parse_inline_flags
+from bot.intake import Refusal
+from bot.permutations import has_permutations
+from bot.ui import shown
+from bot.uploads import check_declared, fit_upload
+
+if TYPE_CHECKING:
+    from bot.bot import ImagineBot
+
+log = logging.getLogger(__name__)
+
+# An interaction token lives 15 minutes; the buttons stop a little before it does.
+BUTTON_SECONDS = 14 * 60.0
+WEIGHT_BAR = 10
+
+
+def shorten_text(result: ShortenResult) -> str:
+    """The words by weight (a bar each), then the numbered shorter prompts."""
+    lines = ["**Words by importance** (how far the prompt's CLIP embedding moves without each):"]
+    for word, weight in result.ranked():
+        bar = "█" * max(1 if weight > 0 else 0, round(weight * WEIGHT_BAR))
+        lines.append(f"`{weight:4.2f}` {bar} {shown(word, 40)}")
+    if result.prompts:
+        lines.append("\n**Shorter prompts:**")
+        lines.extend(f"**{n}.** {shown(prompt, 300)}" for n, prompt in enumerate(result.prompts, start=1))
+    else:
+        lines.append("\nThe prompt is too short to shorten.")
+    text = "\n".join(lines)
+    return text if len(text) <= 1900 else text[:1897] + "…"
+
+
+class ImaginePromptView(discord.ui.View):
+    """**Imagine N** buttons: each starts /imagine with prompt N (the member's defaults apply)."""
+
+    def __init__(self, bot: ImagineBot, prompts: tuple[str, ...], *, all_button: bool = False) -> None:
+        super().__init__(timeout=BUTTON_SECONDS)
+        self.bot = bot
+        self.prompts = prompts
+        for number in range(1, len(prompts) + 1):
+            button: discord.ui.Button[ImaginePromptView] = discord.ui.Button(
+                label=f"Imagine {number}", style=discord.ButtonStyle.primary, custom_id=f"ib-prompt:{number}"
+            )
+            button.callback = self._callback(number)  # type: ignore[method-assign]
+            self.add_item(button)
+        if all_button and len(prompts) > 1:
+            every: discord.ui.Button[ImaginePromptView] = discord.ui.Button(
+                label="Imagine all", style=discord.ButtonStyle.success, custom_id="ib-prompt:all"
+            )
+            every.callback = self._callback(None)  # type: ignore[method-assign]
+            self.add_item(every)
+
+    def _callback(self, number: int | None) -> Any:
+        async def pressed(interaction: discord.Interaction[Any]) -> None:
+            try:
+                chosen = self.prompts if number is None else (self.prompts[number - 1],)
+                await imagine_prompts(self.bot, interaction, chosen)
+            except Exception as exc:
+                await self.bot.on_interaction_error(interaction, exc)
+
+        return pressed
+
+
+async def imagine_prompts(
+    bot: ImagineBot, interaction: discord.Interaction[Any], prompts: tuple[str, ...]
+) -> None:
+    """/imagine with each of `prompts` as typed (braces kept literal), through the one intake."""
+    requests = []
+    for prompt in prompts:
+        literal = prompt.replace("\\", "\\\\").replace("{", "\\{").replace("}", "\\}")
+        requests.extend(imagine_requests(literal, {}, {}, max_jobs=bot.settings.max_permutations))
+    batch = await bot.intake.imagine_many(requester_of(interaction), requests)
+    if isinstance(batch, Refusal):
+        await reply_ephemeral(interaction, batch.message)
+        return
+    if batch.confirm:
+        view = ConfirmBatchView(bot, batch, None)
+        await interaction.response.send_message(view.question(batch), view=view, ephemeral=True)
+        return
+    await start_batch(bot, interaction, batch, None)
+
+
+# Buttons under a /describe result (bot.describe_ui): Imagine N, Imagine all.
+DESCRIBE_BUTTONS = ("di", "dia")
+
+
+class PromptToolsCog(commands.Cog):
+    """Prompt tools: /shorten, /describe."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.register_job_buttons(DESCRIBE_BUTTONS, self.on_describe_button)
+
+    async def cog_unload(self) -> None:
+        self.bot.unregister_job_buttons(DESCRIBE_BUTTONS)
+
+    @app_commands.command(name="describe")
+    @app_commands.guild_only()
+    async def describe(self, interaction: discord.Interaction[ImagineBot], image: discord.Attachment) -> None:
+        """Get four prompts that would draw a picture, each with a button to imagine it.
+
+        Parameters
+        ----------
+        image
+            A PNG, JPEG or WebP picture.
+        """
+        check_declared(image.content_type, image.size, upload_limit=interaction.filesize_limit)
+        admitted = await self.bot.intake.describe(requester_of(interaction), image.filename)
+        if isinstance(admitted, Refusal):
+            await reply_ephemeral(interaction, admitted.message)
+            return
+        spec = admitted.spec
+        inputs = partial(self._uploaded_image, image, spec.width, spec.height)
+        await self.bot.start_job(interaction, admitted, inputs=inputs)
+
+    async def _uploaded_image(
+        self, attachment: discord.Attachment, width: int, height: int
+    ) -> tuple[bytes | None, bytes | None]:
+        """The same checks and fitting as an /imagine image prompt (bot.uploads), off the loop."""
+        settings = self.bot.settings
+        try:
+            data = await asyncio.wait_for(attachment.read(), settings.image_download_timeout)
+        except TimeoutError:
+            raise InvalidRequest("`image` took too long to download; try a smaller file") from None
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            raise InvalidRequest("`image` could not be downloaded from Discord; try again") from exc
+        fitted = await asyncio.to_thread(
+            fit_upload, data, width=width, height=height, max_side=settings.max_image_side
+        )
+        return fitted, None
+
+    async def on_describe_button(
+        self, interaction: discord.Interaction[Any], code: str, job_id: str, tile: int | None
+    ) -> None:
+        """Imagine N / Imagine all under a /describe result: the owner's, through the one intake."""
+        job = await self.bot.intake.find(requester_of(interaction), job_id, "describe-imagine", tile)
+        if isinstance(job, Refusal):
+            await reply_ephemeral(interaction, job.message)
+            return
+        if (job.render_action or job.action) != "describe":
+            await reply_ephemeral(interaction, "That button belongs to a /describe result.")
+            return
+        prompts = job.prompts if code == "dia" or tile is None else (job.prompts[tile - 1],)
+        await imagine_prompts(self.bot, interaction, prompts)
+
+    @app_commands.command(name="shorten")
+    @app_commands.guild_only()
+    async def shorten(
+        self, interaction: discord.Interaction[ImagineBot], prompt: app_commands.Range[str, 1, 1000]
+    ) -> None:
+        """Find which words of a prompt matter, and get shorter prompts to imagine.
+
+        Parameters
+        ----------
+        prompt
+            The prompt to analyse; inline --flags are left out of the analysis.
+        """
+        text = parse_inline_flags(prompt).text
+        if has_permutations(text):
+            raise InvalidRequest("/shorten takes one prompt: write it without `{…}` permutations")
+        shorten = getattr(self.bot.backend, "shorten", None)
+        if shorten is None:
+            await reply_ephemeral(
+                interaction, "/shorten needs the local GPU worker; this bot renders remotely."
+            )
+            return
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        result: ShortenResult = await shorten(text)
+        view = ImaginePromptView(self.bot, result.prompts)
+        await interaction.followup.send(shorten_text(result), view=view, ephemeral=True, wait=True)
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(PromptToolsCog(bot))
