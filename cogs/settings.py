@@ -477,6 +477,7 @@ class SettingsCog(commands.Cog):
                 await self._set_guild(
                     interaction, {key: MITIGATIONS[(MITIGATIONS.index(mode) + 1) % len(MITIGATIONS)]}
                 )
+                await self._refresh(interaction, scope)
             elif key == "model" and scope == "g":
                 now = (await self.bot.preferences.guild(guild_id)).model
                 names: list[str | None] = [None, *(e.name for e in self.bot.intake.registry.enabled)]
