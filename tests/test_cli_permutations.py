@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import _cli, _env
+from tests.helpers import run_cli as _cli
+from tests.helpers import tiny_cli_env as _env
 
 
 @pytest.mark.heavy  # 10 s on a quiet 2-core box, ~50 s on a busy one (one model load, four renders)
