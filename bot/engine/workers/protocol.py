@@ -108,8 +108,8 @@ def decode_request(body: object) -> tuple[str, GenerationRequest]:
     for name in _TUPLE_FIELDS:
         if values.get(name) is not None:
             values[name] = tuple(values[name])
-    if values.get("loras"):
-        # Several models and LoRAs: each LoRA travels as {"name", "weight"}.
+    if values.get("loras") is not None:
+        # Several models and LoRAs: each LoRA travels as {"name", "weight"}; none is an empty tuple.
         try:
             values["loras"] = tuple(LoraRef(str(r["name"]), float(r["weight"])) for r in values["loras"])
         except (TypeError, KeyError, ValueError):
