@@ -49,6 +49,10 @@ if CHROMIUM is None or CHROMEDRIVER is None:
         "Debian's chromium and chromium-driver are not installed (scripts/browser-deps.sh installs them)",
         allow_module_level=True,
     )
+if not AXE.is_file():
+    pytest.skip(
+        "axe-core is not installed (scripts/browser-deps.sh installs it from npm)", allow_module_level=True
+    )
 
 
 def _free_port() -> int:
