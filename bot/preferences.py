@@ -66,6 +66,8 @@ class GuildSettings:
     mitigation: str = "off"
     #: the registry model jobs here use when they name none (None: the bot's default model)
     model: str | None = None
+    #: whether `python -m bot train expander` may learn from this server's button presses (README → Fine-tuning)
+    learn_from_choices: bool = True
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ def check_guild_value(settings: Settings, key: str, value: Any) -> Any:
         return value
     if key.startswith("default_") and key.removeprefix("default_") in JOB_KEYS:
         return check_job_value(settings, key.removeprefix("default_"), value)
+    if key == "learn_from_choices":
+        if not isinstance(value, bool):
+            raise SettingRefused(f"`learn_from_choices` must be on or off, got {str(value)[:40]!r}")
+        return value
     if key == "model":
         # Checked against the registry by the panel; a name that leaves the registry later is ignored.
         return str(value).strip()[:40] or None if value is not None else None

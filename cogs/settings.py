@@ -124,6 +124,12 @@ def server_panel(
         + "\nA job's own `--mitigation NAME` overrides it.",
         inline=False,
     )
+    embed.add_field(
+        name=f"Learn from choices: {describe(guild.learn_from_choices)}",
+        value="Which image members here pick (U, Upscale, Vary, Zoom, Pan, Remix) may teach the prompt writer "
+        "(`python -m bot train expander`); off keeps this server's picks out of training.",
+        inline=False,
+    )
     log_lines = [f"<t:{int(c.at)}:R> {_actor(c.actor_id)} {c.key}: {c.old} → {c.new}" for c in changes] or [
         "no changes yet"
     ]
@@ -160,6 +166,16 @@ def server_panel(
     # Several models (README → Models): the server's default model, cycled through the registry's.
     view.add_item(
         SettingsButton("g", "model", user_id, label=f"Default model: {guild.model or 'bot'}"[:80], row=4)
+    )
+    # Fine-tuning (README → Fine-tuning): may the expander learn from which tiles members here pick?
+    view.add_item(
+        SettingsButton(
+            "g",
+            "learn_from_choices",
+            user_id,
+            label=f"Learn from choices: {describe(guild.learn_from_choices)}",
+            row=4,
+        )
     )
     return embed, view
 
@@ -483,6 +499,10 @@ class SettingsCog(commands.Cog):
                 names: list[str | None] = [None, *(e.name for e in self.bot.intake.registry.enabled)]
                 chosen = names[(names.index(now) + 1) % len(names)] if now in names else names[1]
                 await self._set_guild(interaction, {key: chosen})
+                await self._refresh(interaction, scope)
+            elif key == "learn_from_choices" and scope == "g":
+                learning = (await self.bot.preferences.guild(guild_id)).learn_from_choices
+                await self._set_guild(interaction, {key: not learning})
                 await self._refresh(interaction, scope)
             elif key == "default_expand" and scope == "g":
                 current = (await self.bot.preferences.guild(guild_id)).defaults.expand

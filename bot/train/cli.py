@@ -291,14 +291,31 @@ def _train_expander(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def _learnable(store: Any, presses: list[Any]) -> list[Any]:
+    """Only presses from servers that let the bot learn from their choices (/settings → server)."""
+    from bot.preferences import PreferenceStore
+
+    preferences = PreferenceStore(store)
+    guilds = {p.guild_id for p in presses if p.guild_id is not None}
+    off = {g for g in guilds if not (await preferences.guild(g)).learn_from_choices}
+    if off:
+        print(
+            f"note: left out the presses of {len(off)} server(s) that turned learning from choices off",
+            file=sys.stderr,
+        )
+    return [p for p in presses if p.guild_id not in off]
+
+
 async def _collect(settings: Settings, *, guild: int | None, all_servers: bool) -> tuple[list[Any], str]:
     from bot.store import HistoryStore
 
     async with HistoryStore(settings.db_path) as store:
         if guild is not None or all_servers:
-            presses = await store.tile_presses(guild_id=guild, all_guilds=all_servers)
+            presses = await _learnable(
+                store, await store.tile_presses(guild_id=guild, all_guilds=all_servers)
+            )
             return presses, ("every server" if all_servers else f"server {guild}")
-        everywhere = await store.tile_presses(guild_id=None, all_guilds=True)
+        everywhere = await _learnable(store, await store.tile_presses(guild_id=None, all_guilds=True))
     servers = sorted({p.guild_id for p in everywhere}, key=lambda g: (g is not None, g or 0))
     if len(servers) > 1:
         named = ", ".join("the CLI" if g is None else str(g) for g in servers)

@@ -209,3 +209,31 @@ def test_show_names_the_expander_version(tmp_path: Path) -> None:
 
     lines = _model_lines(asyncio.run(job()))
     assert "text model: /x/expanders/picked (revision sha256:ab), expander version picked-1" in lines
+
+
+def test_a_server_that_turned_learning_off_gives_no_pairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/settings → server → Learn from choices: off keeps that server's presses out of training."""
+    from bot.preferences import PreferenceStore
+
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
+    db = tmp_path / "history.sqlite3"
+    asyncio.run(write_history(db, 5))
+
+    async def learning(on: bool) -> None:
+        async with HistoryStore(db) as store:
+            await PreferenceStore(store).change_guild(GUILD, 1, "learn_from_choices", on)
+
+    asyncio.run(learning(False))
+    assert main(["train", "expander", "--guild", str(GUILD)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "note: left out the presses of 1 server(s) that turned learning from choices off" in err
+    assert err[-1].startswith(f"error: server {GUILD} has 0 preference pair(s)")
+    asyncio.run(learning(True))
+    assert main(["train", "expander", "--guild", str(GUILD)]) == 1
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(f"error: server {GUILD} has 15 preference pair(s)")
+    )
