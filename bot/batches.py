@@ -49,6 +49,8 @@ def imagine_requests(
     `loras` and `draft` as the command's own options give them (joined with `--model`, `--lora`, `--draft`
     in the text); `fixed` the ImagineRequest fields no flag touches (guidance, width, height, with_image,
     strength)."""
+    if not isinstance(seed, str):  # a client that sends another type: the same sentence as the flags parser's
+        raise InvalidRequest(f"`seed` must be text, got {type(seed).__name__}")
     requests = []
     for text in expand_permutations(seed, limit=max_jobs):
         flags = parse_inline_flags(text)
