@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bot.cli import main
+from bot.cli import leave_if_signalled, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    leave_if_signalled(code)
+    sys.exit(code)

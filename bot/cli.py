@@ -186,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.wiring import configure_logging
 
         configure_logging(settings)
-        return _dispatch(args, settings)
+        try:
+            return _dispatch(args, settings)
+        finally:
+            if _SIGNALLED:
+                _exit_on_next_signal(_SIGNALLED[0])
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -417,6 +421,37 @@ async def _generate(
     return EXIT_OK
 
 
+# The first Ctrl-C or SIGTERM of this process, once one came (the render thread may still be finishing).
+_SIGNALLED: list[int] = []
+
+
+def _exit_on_next_signal(first: int) -> None:
+    """After the event loop closed (it takes its handlers with it): the interpreter may still wait for the
+    render thread to leave its step, and a second Ctrl-C must then exit at once, as it does while the loop
+    runs, not raise KeyboardInterrupt in the interpreter's shutdown."""
+
+    def leave(signum: int, frame: Any) -> None:
+        os._exit(128 + first)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread (tests calling main in one)
+            signal.signal(signum, leave)
+
+
+def leave_if_signalled(code: int) -> None:
+    """`python -m bot`: once Ctrl-C or SIGTERM stopped this process and its command is done, leave now.
+
+    The interpreter's own shutdown (torch's threads, module teardown) can take a while, and late in it the
+    signal handlers are reset to the default: a second Ctrl-C there would kill the process by signal
+    instead of exiting with the code the first one set. Nothing is left to do here: the store is closed.
+    """
+    if _SIGNALLED:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def _stop_on_signals(
     runner: Any, store: HistoryStore, job_id: str, *, bar: _ProgressBar | None, quiet: bool
 ) -> list[int]:
@@ -434,6 +469,8 @@ def _stop_on_signals(
         if bar is not None:
             bar.close()  # before any line of ours, or it lands on the bar's line
         received.append(signum)
+        if not _SIGNALLED:
+            _SIGNALLED.append(signum)
         if len(received) == 1:
             tasks.append(asyncio.ensure_future(runner.stop(grace=0)))
             if not quiet:
