@@ -15,6 +15,11 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 if [ ! -f .cache/npm/node_modules/axe-core/axe.min.js ]; then
+  if ! command -v npm >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing npm (apt), for axe-core" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  fi
   if command -v npm >/dev/null; then
     npm install --prefix .cache/npm --no-audit --no-fund --silent "axe-core@${AXE_VERSION}" >/dev/null
   else
