@@ -3,7 +3,6 @@ ones (BlipForConditionalGeneration, CLIPModel) so the real code paths run offlin
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 WORDS = [
@@ -49,7 +48,8 @@ WORDS = [
 
 
 def build_tiny_describe_models(out_dir: Path, sd_tokenizer: Path, *, seed: int = 0) -> tuple[Path, Path]:
-    """Write out_dir/"caption" (BLIP) and out_dir/"clip" (CLIP, reusing the tiny SD tokenizer); return both."""
+    """Write out_dir/"caption" (BLIP) and, unless it is there already, out_dir/"clip" (the tiny CLIP of
+    `tiny_models.build_tiny_clip`, with the tiny SD tokenizer, which the bias audit uses too); return both."""
     import torch
     from transformers import (
         BertTokenizer,
@@ -57,10 +57,9 @@ def build_tiny_describe_models(out_dir: Path, sd_tokenizer: Path, *, seed: int =
         BlipForConditionalGeneration,
         BlipImageProcessor,
         BlipProcessor,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
     )
+
+    from bot.engine.tiny_models import build_tiny_clip
 
     out_dir = Path(out_dir)
     caption_dir, clip_dir = out_dir / "caption", out_dir / "clip"
@@ -98,38 +97,6 @@ def build_tiny_describe_models(out_dir: Path, sd_tokenizer: Path, *, seed: int =
         BlipForConditionalGeneration(config).eval().save_pretrained(caption_dir)
 
         torch.manual_seed(seed + 1)
-        clip_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
-            source = sd_tokenizer / name
-            if source.is_file():
-                shutil.copy(source, clip_dir / name)
-        from transformers import CLIPTokenizer
-
-        clip_tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-            clip_dir
-        )
-        clip_config = CLIPConfig(
-            text_config={
-                "vocab_size": len(clip_tokenizer),
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_attention_heads": 4,
-                "num_hidden_layers": 2,
-                "max_position_embeddings": 77,
-                "eos_token_id": clip_tokenizer.eos_token_id,
-                "bos_token_id": clip_tokenizer.bos_token_id,
-                "pad_token_id": clip_tokenizer.pad_token_id,
-            },
-            vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_attention_heads": 4,
-                "num_hidden_layers": 2,
-                "image_size": 32,
-                "patch_size": 8,
-            },
-            projection_dim=32,
-        )
-        CLIPModel(clip_config).eval().save_pretrained(clip_dir)
+        if not (clip_dir / "config.json").is_file():  # `tiny-models` already wrote the one tiny CLIP there
+            build_tiny_clip(clip_dir, tokenizer_dir=sd_tokenizer)
     return caption_dir, clip_dir
