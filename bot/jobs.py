@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from PIL import Image
 from bot.engine.backend import BackendUnavailable, CancelToken, RenderBackend, RenderOutput, WorkerLost
 from bot.engine.images import compose_grid, png_bytes
 from bot.engine.safety import TileClassifier, screen_tiles
-from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled
+from bot.engine.types import EngineError, GenerationRequest, InvalidRequest, JobCancelled, params_of
 from bot.flags import chaos_temperature
 from bot.models.queue import prefer_resident, settle_pass
 from bot.store import FINAL_STATES, HistoryStore, JobRecord, JobSpec, QueueRefused, Tile
@@ -104,27 +104,15 @@ def request_from_job(
     The input images travel as bytes (workers may be remote); `load_request` reads them from the job's files.
     """
     return GenerationRequest(
-        seed_text=job.seed_text,
-        count=job.count,
-        steps=job.steps,
-        guidance=job.guidance,
-        width=job.width,
-        height=job.height,
-        job_seed=job.job_seed,
-        negative=job.negative,
-        expand=job.expand,
+        **params_of(job),
         prompts=job.given_prompts,
         image_seeds=job.given_seeds,
         init_image=init_image,
         strength=job.strength if job.strength is not None else 0.6,
-        safe_mode=job.safe_mode,
         mask_image=mask_image,
         action=job.render_action or job.action,
         temperature=chaos_temperature(job.chaos) if job.chaos is not None else None,
-        mitigation=job.mitigation,
         model=job.model or "",
-        loras=job.loras,
-        tiling=job.tiling,
     )
 
 
@@ -145,41 +133,28 @@ async def load_request(job: JobRecord) -> GenerationRequest:
     return request_from_job(job, init_image=init_image, mask_image=mask_image)
 
 
+SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(JobSpec))
+
+
 def rerun_spec(old: JobRecord, *, user_id: int | None = None, action: str = "rerun") -> JobSpec:
     """A new job that re-renders `old` exactly: its prompts, image seeds and parameters."""
     # Issue 22: a /describe job's "tiles" are its four prompts, not images: it describes its source again.
     described = (old.render_action or old.action) == "describe"
-    return JobSpec(
-        seed_text=old.seed_text,
-        count=old.count,
-        steps=old.steps,
-        guidance=old.guidance,
-        width=old.width,
-        height=old.height,
-        job_seed=old.job_seed,
-        negative=old.negative,
-        expand=old.expand,
-        safe_mode=old.safe_mode,
+    spec = {name: getattr(old, name) for name in SPEC_FIELDS}
+    spec.update(
+        id=None,
         action=action,
         parent_id=old.id,
-        source_tile=old.source_tile,
-        strength=old.strength,
         given_prompts=None if described else old.prompts,
         given_seeds=None if described else tuple(tile.image_seed for tile in old.tiles),
-        init_image=old.init_image,
-        mask_image=old.mask_image,
-        chaos=old.chaos,
         render_action=old.render_action or old.action,
         # A private job's children are private too (member /settings: delivered to the presser alone).
-        private=old.private,
-        tiling=old.tiling,
         user_id=user_id if user_id is not None else old.user_id,
-        guild_id=old.guild_id,
-        channel_id=old.channel_id,
-        mitigation=old.mitigation,
-        model=old.model,
-        loras=old.loras,
+        # A rerun is one job of its own: not a sibling of the original's batch, no defaults applied.
+        group_id=None,
+        from_defaults=(),
     )
+    return JobSpec(**spec)
 
 
 def fair_order(pending: list[JobRecord], last_served: dict[int | None, float]) -> list[JobRecord]:

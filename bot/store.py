@@ -12,13 +12,14 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from bot.engine.model_specs import LoraRef
+from bot.engine.types import JobParams
 from bot.engine.validation import normalize_user_text
 
 log = logging.getLogger(__name__)
@@ -288,19 +289,12 @@ class Tile:
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """Everything a new job row needs."""
+class JobSpec(JobParams):
+    """A new job row: its parameters (`JobParams`, the one definition) and what the row adds.
 
-    seed_text: str
-    count: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    job_seed: int
-    negative: str = ""
-    expand: bool = True
-    safe_mode: bool = True
+    Its columns are its field names (`_SPEC_COLUMNS`), so a field added here needs only its migration.
+    """
+
     action: str = "imagine"
     parent_id: str | None = None
     source_tile: int | None = None
@@ -321,67 +315,32 @@ class JobSpec:
     private: bool = False
     #: the parameters that came from the member's /settings defaults (shown in the result)
     from_defaults: tuple[str, ...] = ()
-    #: the bias mitigation and its parameters (bot/engine/mitigation.py); None = off
-    mitigation: dict[str, Any] | None = None
-    #: the registry model's name (None: the default model) and the LoRAs on it
+    #: the registry model's name (None: the default model)
     model: str | None = None
-    loras: tuple[LoraRef, ...] = ()
     #: issue 22: the first sibling's id when one /imagine queued several jobs (permutations, --repeat)
     group_id: str | None = None
-    #: issue 22: `--tile`, seamless tiling (circular padding)
-    tiling: bool = False
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    """A job row with its tiles."""
+@dataclass(frozen=True, kw_only=True)
+class JobRecord(JobSpec):
+    """A stored job row with its tiles: the spec it was created from and what happened to it since."""
 
     id: str
-    parent_id: str | None
-    action: str
     status: str
-    reason: str | None
-    seed_text: str
-    negative: str
-    count: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    job_seed: int
-    expand: bool
-    safe_mode: bool
-    source_tile: int | None
-    strength: float | None
-    given_prompts: tuple[str, ...] | None
-    given_seeds: tuple[int, ...] | None
-    init_image: str | None
-    user_id: int | None
-    guild_id: int | None
-    channel_id: int | None
+    reason: str | None = None
     created_at: float
-    started_at: float | None
-    finished_at: float | None
-    attempts: int
-    expander: dict[str, Any]
-    render: dict[str, Any]
-    grid_path: str | None
-    delivery: str
-    message_id: int | None
-    tiles: tuple[Tile, ...] = field(default=())
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    expander: dict[str, Any] = field(default_factory=dict)
+    render: dict[str, Any] = field(default_factory=dict)
+    grid_path: str | None = None
+    delivery: str = "pending"
+    message_id: int | None = None
+    tiles: tuple[Tile, ...] = ()
     # Set when Discord refused both the interaction edit and the channel post (delivery is then 'none').
     undelivered_reason: str | None = None
     delivery_claimed_at: float | None = None
-    mask_image: str | None = None
-    chaos: int | None = None
-    render_action: str | None = None
-    private: bool = False
-    from_defaults: tuple[str, ...] = ()
-    mitigation: dict[str, Any] | None = None
-    model: str | None = None
-    loras: tuple[LoraRef, ...] = ()
-    group_id: str | None = None
-    tiling: bool = False
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -617,52 +576,11 @@ class HistoryStore:
             )
             if refusal is not None:
                 raise refusal
-            query = """
-                INSERT INTO jobs (id, parent_id, action, status, seed_text, negative, count, steps, guidance,
-                    width, height, job_seed, expand, safe_mode, source_tile, strength, given_prompts,
-                    given_seeds, init_image, user_id, guild_id, channel_id, created_at, mask_image, chaos,
-                    render_action, private, from_defaults, mitigation, group_id, tiling)
-                VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                    ?, ?, ?)
-            """
-            await db.execute(
-                query,
-                (
-                    job_id,
-                    spec.parent_id,
-                    spec.action,
-                    spec.seed_text,
-                    spec.negative,
-                    spec.count,
-                    spec.steps,
-                    spec.guidance,
-                    spec.width,
-                    spec.height,
-                    spec.job_seed,
-                    int(spec.expand),
-                    int(spec.safe_mode),
-                    spec.source_tile,
-                    spec.strength,
-                    json.dumps(list(spec.given_prompts)) if spec.given_prompts is not None else None,
-                    json.dumps(list(spec.given_seeds)) if spec.given_seeds is not None else None,
-                    spec.init_image,
-                    spec.user_id,
-                    spec.guild_id,
-                    spec.channel_id,
-                    now,
-                    spec.mask_image,
-                    spec.chaos,
-                    spec.render_action,
-                    int(spec.private),
-                    ",".join(spec.from_defaults),
-                    json.dumps(spec.mitigation) if spec.mitigation is not None else None,
-                    spec.group_id,
-                    int(spec.tiling),
-                ),
-            )
-            if spec.model is not None or spec.loras:
-                query = "UPDATE jobs SET model = ?, loras = ? WHERE id = ?"
-                await db.execute(query, (spec.model, _loras_json(spec.loras), job_id))
+            values = {name: _encode(name, getattr(spec, name)) for name in _SPEC_COLUMNS}
+            values.update(id=job_id, status="queued", created_at=now)
+            columns = ", ".join(values)
+            marks = ", ".join("?" * len(values))
+            await db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
         job = await self.get_job(job_id)
         assert job is not None
         return job
@@ -1204,59 +1122,48 @@ def _dumps(value: Any) -> str:
     return json.dumps(_json_safe(value), allow_nan=False)
 
 
-def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
-    def loads(value: str | None) -> Any:
-        return json.loads(value) if value else None
+#: A field's column where the names differ (everything else: the field's name is the column's).
+_COLUMN_OF = {"expander": "expander_json", "render": "render_json"}
+_SPEC_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobSpec))
+_RECORD_FIELDS: tuple[Field[Any], ...] = tuple(f for f in fields(JobRecord) if f.name != "tiles")
 
-    given_prompts = loads(row["given_prompts"])
-    given_seeds = loads(row["given_seeds"])
-    return JobRecord(
-        id=row["id"],
-        parent_id=row["parent_id"],
-        action=row["action"],
-        status=row["status"],
-        reason=row["reason"],
-        seed_text=row["seed_text"],
-        negative=row["negative"],
-        count=row["count"],
-        steps=row["steps"],
-        guidance=row["guidance"],
-        width=row["width"],
-        height=row["height"],
-        job_seed=row["job_seed"],
-        expand=bool(row["expand"]),
-        safe_mode=bool(row["safe_mode"]),
-        source_tile=row["source_tile"],
-        strength=row["strength"],
-        given_prompts=tuple(given_prompts) if given_prompts is not None else None,
-        given_seeds=tuple(given_seeds) if given_seeds is not None else None,
-        init_image=row["init_image"],
-        user_id=row["user_id"],
-        guild_id=row["guild_id"],
-        channel_id=row["channel_id"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        attempts=row["attempts"],
-        expander=loads(row["expander_json"]) or {},
-        render=loads(row["render_json"]) or {},
-        grid_path=row["grid_path"],
-        delivery=row["delivery"],
-        message_id=row["message_id"],
-        tiles=tiles,
-        undelivered_reason=row["undelivered_reason"],
-        delivery_claimed_at=row["delivery_claimed_at"],
-        mask_image=row["mask_image"],
-        chaos=row["chaos"],
-        render_action=row["render_action"],
-        private=bool(row["private"]),
-        from_defaults=tuple(filter(None, row["from_defaults"].split(","))),
-        mitigation=loads(row["mitigation"]),
-        model=row["model"],
-        loras=_loras_from(row["loras"]),
-        group_id=row["group_id"],
-        tiling=bool(row["tiling"]),
-    )
+
+def _encode(name: str, value: Any) -> Any:
+    """A JobSpec field's value as its column stores it."""
+    if name in ("given_prompts", "given_seeds"):
+        return json.dumps(list(value)) if value is not None else None
+    if name == "from_defaults":
+        return ",".join(value)
+    if name == "mitigation":
+        return json.dumps(value) if value is not None else None
+    if name == "loras":
+        return _loras_json(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _decode(item: Field[Any], value: Any) -> Any:
+    """A column's value as the JobRecord field `item` holds it (the inverse of `_encode`)."""
+    name = item.name
+    if name in ("given_prompts", "given_seeds"):
+        return tuple(json.loads(value)) if value else None
+    if name == "from_defaults":
+        return tuple(filter(None, (value or "").split(",")))
+    if name == "mitigation":
+        return json.loads(value) if value else None
+    if name in ("expander", "render"):
+        return json.loads(value) if value else {}
+    if name == "loras":
+        return _loras_from(value)
+    if item.type == "bool":
+        return bool(value)
+    return value
+
+
+def _record(row: aiosqlite.Row, tiles: tuple[Tile, ...]) -> JobRecord:
+    values = {f.name: _decode(f, row[_COLUMN_OF.get(f.name, f.name)]) for f in _RECORD_FIELDS}
+    return JobRecord(**values, tiles=tiles)
 
 
 def _loras_json(loras: tuple[LoraRef, ...]) -> str | None:

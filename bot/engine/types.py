@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from PIL import Image
@@ -66,8 +66,14 @@ LARGE_OUTPUT_PREFIXES = ("upscale-", "zoom-", "pan-")
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """One job: a seed text and the parameters that render it."""
+class JobParams:
+    """What decides a job's pictures beside its inputs: the one definition of a job's parameters.
+
+    Every other shape of a job is derived from this one, never copied field by field: the render request
+    (`GenerationRequest`, also the JSON on the workers' wire), the new row (`bot.store.JobSpec`) and the
+    stored row (`bot.store.JobRecord`) subclass it, and conversions between them go through
+    `params_of` and `dataclasses.fields`.
+    """
 
     seed_text: str
     count: int
@@ -78,6 +84,27 @@ class GenerationRequest:
     job_seed: int
     negative: str = ""
     expand: bool = True
+    safe_mode: bool = True
+    # A bias mitigation and its parameters (bot/engine/mitigation.py), plain data; None = off.
+    mitigation: dict[str, Any] | None = None
+    # The LoRAs on the model (README → Models).
+    loras: tuple[LoraRef, ...] = ()
+    # `--tile` (issue 22): circular padding in the UNet's and the VAE's convolutions, for this job only.
+    tiling: bool = False
+
+
+JOB_PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(JobParams))
+
+
+def params_of(job: JobParams) -> dict[str, Any]:
+    """The `JobParams` fields of any shape of a job, as keyword arguments for another shape."""
+    return {name: getattr(job, name) for name in JOB_PARAM_NAMES}
+
+
+@dataclass(frozen=True)
+class GenerationRequest(JobParams):
+    """One job as the engine renders it: its parameters and its inputs (bytes, since workers may be remote)."""
+
     # Given prompts skip the expander (re-render, reproduce, variations).
     prompts: tuple[str, ...] | None = None
     # Image seeds per tile; default job_seed + i.
@@ -85,7 +112,6 @@ class GenerationRequest:
     # img2img from these PNG/JPEG bytes at this strength (variations, image prompts, upscale).
     init_image: bytes | None = None
     strength: float = 0.6
-    safe_mode: bool = True
     # Outpainting: white where the init image is to be painted (PNG bytes, the init image's size).
     mask_image: bytes | None = None
     # What asked for the job (imagine, variation, upscale-subtle, zoom-2, pan-left, ...): decides the
@@ -93,13 +119,8 @@ class GenerationRequest:
     action: str = "imagine"
     # GPT-2 sampling temperature for this job (`--chaos`); None = the configured one.
     temperature: float | None = None
-    # A bias mitigation and its parameters (bot/engine/mitigation.py), plain data; None = off.
-    mitigation: dict[str, Any] | None = None
-    # The registry's model name ("" = the default model) and the LoRAs on it (README → Models).
+    # The registry's model name ("" = the default model).
     model: str = ""
-    loras: tuple[LoraRef, ...] = ()
-    # `--tile` (issue 22): circular padding in the UNet's and the VAE's convolutions, for this job only.
-    tiling: bool = False
 
     @property
     def mode(self) -> str:
