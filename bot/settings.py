@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     # Off by default: the pending cap already stops floods, and a member whose job is done expects to go on.
     cooldown_seconds: float = Field(0.0, ge=0.0)
     max_attempts: int = Field(2, ge=1, le=10)
-    # A running job's lease (bot/store.py): a job whose process died leaves `running` within about this
+    # A running job's lease (bot/store/lifecycle.py): a job whose process died leaves `running` within about this
     # plus a third; at most 60 s.
     lease_seconds: float = Field(45.0, ge=1.0, le=60.0)
     # While other members wait, a member holds at most one running job (matters with several workers).
