@@ -304,7 +304,7 @@ class ImagineCog(commands.Cog):
         if not filename.startswith(SPOILER_PREFIX):  # a flagged tile goes below the embed, as a spoiler
             embed.set_image(url=f"attachment://{filename}")
         embed.set_footer(text=f"Job {job.id} · image seed {source.image_seed}")
-        view = tile_view(job.id, tile)
+        view = tile_view(job.id, tile, draft=job.render.get("model_kind") == "sd-turbo")
         try:
             await interaction.followup.send(
                 embed=embed,
