@@ -19,6 +19,9 @@ from bot.engine.workers.http_backend import MODEL_HEADER, HttpBackend
 from bot.settings import Settings
 from bot.wiring import limits_from
 from tests.conftest import tiny_job
+from tests.helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_each_render_request_names_its_model_in_serves_multiplexing_header(
@@ -63,3 +66,20 @@ def test_workers_command_names_the_registry_it_deploys_with(
         f"models: tiny (default), tiny-b, tiny-draft (draft) from {toml}; each replica keeps at most 2 loaded, "
         "and each job goes to a replica holding its model"
     )
+
+
+def test_workers_command_stops_on_a_broken_models_file_before_deploying(tmp_path: Path) -> None:
+    broken = tmp_path / "models.toml"
+    broken.write_text('default = "a"\n[models.a]\nsource = "x"\nkind = "sdxl"\n')
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "IMAGINE_DATA_DIR": str(tmp_path),
+        "RAY_DASHBOARD_ADDRESS": "http://127.0.0.1:9",  # never asked: the file is read first
+    }
+    result = run_cli(["workers", "--replicas", "1"], env, tmp_path, 60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: models file {broken}: [models.a] kind must be one of sd1, sd2-512, sd2-768-v, sd-turbo, got 'sdxl'"
+    ]
+    assert result.stdout == ""
