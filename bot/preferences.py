@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from bot.engine.mitigation import MITIGATIONS
+from bot.models.allowed import MAX_ALLOWED
 from bot.settings import Settings
 from bot.store import HistoryStore
 
@@ -172,8 +173,8 @@ def check_guild_value(settings: Settings, key: str, value: Any) -> Any:
     if key == "loras":
         # Chosen from the LoRA folder by the panel; a name whose file goes away later allows nothing.
         names = sorted({str(v).strip()[:40] for v in value or () if str(v).strip()}, key=str.lower)
-        if len(names) > 25:
-            raise SettingRefused(f"at most 25 allowed LoRAs, got {len(names)}")
+        if len(names) > MAX_ALLOWED:
+            raise SettingRefused(f"at most {MAX_ALLOWED} allowed LoRAs, got {len(names)}")
         return tuple(names)
     if key == "model":
         # Checked against the registry by the panel; a name that leaves the registry later is ignored.
