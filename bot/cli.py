@@ -813,11 +813,30 @@ def _download_models(settings: Settings) -> int:
     return EXIT_OK
 
 
+def workers_models_line(settings: Settings) -> str:
+    """The registry the workers serve (read here: the nodes read the same file from their own settings)."""
+    from bot.models.registry import load_registry
+
+    registry = load_registry(settings)  # a broken models file stops the deploy in one line
+    names = ", ".join(
+        entry.name
+        + (" (default)" if entry.name == registry.default else "")
+        + (" (draft)" if entry.name == registry.draft else "")
+        for entry in registry.enabled
+    )
+    source = str(registry.path) if registry.path is not None else "IMAGINE_SD_MODEL"
+    return (
+        f"models: {names} from {source}; each replica keeps at most {settings.max_resident_models} loaded, "
+        "and each job goes to a replica holding its model"
+    )
+
+
 def _deploy_workers(settings: Settings, *, replicas: int | None, timeout: float) -> int:
     from bot.engine.workers.deploy import DeployError, DeployTarget, deploy_workers, ray_token
 
     if replicas is not None and replicas < 1:
         raise CliError(f"`--replicas` must be >= 1, got {replicas}", EXIT_USAGE)
+    print(workers_models_line(settings), flush=True)
     try:
         token = ray_token(
             settings.ray_auth_mode,

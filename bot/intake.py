@@ -23,8 +23,10 @@ from typing import Any, Protocol
 from bot import policy
 from bot.child_jobs import TileSource, child_spec, tile_inputs
 from bot.engine.mitigation import FairGuidance, mitigation_record
+from bot.engine.model_specs import LoraRef
 from bot.engine.types import EngineError, InvalidRequest
 from bot.flags import size_for_ratio
+from bot.models.allowed import lora_refusal
 from bot.models.choice import (
     check_model_limits,
     choose_model,
@@ -241,6 +243,9 @@ class Intake:
             )
         except ModelRefused as exc:
             return Refusal(str(exc), usage=True)
+        refused = await self._lora_refusal(choice.loras, guild)
+        if refused is not None:
+            return Refusal(refused, usage=True)
         s = model_defaults(s, choice.entry)
         if choice.entry.is_draft_kind:
             # SD-Turbo: its own steps, guidance 0, no negative; stored defaults for other models don't apply.
@@ -414,6 +419,9 @@ class Intake:
             refused = policy.source_refusal(job, filtered_here=safe_mode)
             if refused is not None:
                 return Refusal(refused)
+        refused = await self._lora_refusal(spec.loras, guild)
+        if refused is not None:
+            return Refusal(refused)
         spec = replace(spec, safe_mode=safe_mode)
         if who.user_id is not None:
             spec = replace(spec, channel_id=who.channel_id)
@@ -465,6 +473,12 @@ class Intake:
         return self._filtered(who, guild)
 
     # -- rules -------------------------------------------------------------------------------------------
+    async def _lora_refusal(self, loras: tuple[LoraRef, ...], guild: GuildSettings) -> str | None:
+        """A LoRA the server does not allow (its managers pick them in /settings): one sentence."""
+        if not loras or not guild.loras:
+            return None
+        return lora_refusal(loras, guild.loras, await asyncio.to_thread(self.loras.names))
+
     async def _stored(self, who: Requester) -> tuple[GuildSettings, MemberSettings]:
         if who.user_id is None or who.guild_id is None:
             return GuildSettings(), MemberSettings()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from bot.engine.mitigation import MITIGATIONS
+from bot.models.allowed import MAX_ALLOWED
 from bot.settings import Settings
 from bot.store import HistoryStore
 
@@ -68,6 +69,8 @@ class GuildSettings:
     model: str | None = None
     #: whether `python -m bot train expander` may learn from this server's button presses (README → Fine-tuning)
     learn_from_choices: bool = True
+    #: the LoRAs jobs here may use (empty: every LoRA of the bot); bot/models/allowed.py
+    loras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,12 @@ def check_guild_value(settings: Settings, key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise SettingRefused(f"`learn_from_choices` must be on or off, got {str(value)[:40]!r}")
         return value
+    if key == "loras":
+        # Chosen from the LoRA folder by the panel; a name whose file goes away later allows nothing.
+        names = sorted({str(v).strip()[:40] for v in value or () if str(v).strip()}, key=str.lower)
+        if len(names) > MAX_ALLOWED:
+            raise SettingRefused(f"at most {MAX_ALLOWED} allowed LoRAs, got {len(names)}")
+        return tuple(names)
     if key == "model":
         # Checked against the registry by the panel; a name that leaves the registry later is ignored.
         return str(value).strip()[:40] or None if value is not None else None
@@ -246,6 +255,8 @@ def _guild_from_json(text: str | None) -> GuildSettings:
     values = {k: v for k, v in data.items() if k in guild_known}
     if "channels" in values:
         values["channels"] = tuple(values["channels"])
+    if "loras" in values:
+        values["loras"] = tuple(values["loras"])
     return GuildSettings(**values, defaults=JobDefaults(**{k: v for k, v in defaults.items() if k in known}))
 
 
@@ -256,7 +267,7 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple | list):
-        return ", ".join(f"<#{v}>" for v in value)
+        return ", ".join(f"<#{v}>" if isinstance(v, int) else f"`{v}`" for v in value)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

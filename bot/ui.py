@@ -175,8 +175,9 @@ def result_view(job: JobRecord) -> discord.ui.View:
     return view
 
 
-def tile_view(job_id: str, tile: int) -> discord.ui.View:
-    """Upscale, Vary, Zoom Out, Pan and Remix under one image posted by a U button (3 rows of ≤ 5)."""
+def tile_view(job_id: str, tile: int, *, draft: bool = False) -> discord.ui.View:
+    """Upscale, Vary, Zoom Out, Pan and Remix under one image posted by a U button (3 rows of ≤ 5); Enhance
+    too when it is a Draft image (README → Draft)."""
     view = discord.ui.View(timeout=None)
     primary = discord.ButtonStyle.primary
     for code, label in (
@@ -191,6 +192,8 @@ def tile_view(job_id: str, tile: int) -> discord.ui.View:
     view.add_item(JobButton("z2", job_id, tile, label="Zoom Out 2x", row=1))
     # ⭐ stars the image for the presser (the gallery's `liked` filter; kept as a preference signal).
     view.add_item(JobButton("star", job_id, tile, label="Star", emoji="⭐", row=1))
+    if draft:
+        view.add_item(JobButton("enh", job_id, tile, label="Enhance", style=primary, row=1))
     for code, arrow in (("pl", "⬅️"), ("pr", "➡️"), ("pu", "⬆️"), ("pd", "⬇️")):
         view.add_item(JobButton(code, job_id, tile, emoji=arrow, row=2))
     return view

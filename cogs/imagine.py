@@ -22,6 +22,7 @@ from bot.engine.images import EncodedImage, encode_png_within_budget
 from bot.engine.types import InvalidRequest
 from bot.intake import ActionRequest, Refusal, Requester
 from bot.messages import SPOILER_PREFIX, job_page_url, result_embed, result_filename
+from bot.models.allowed import allowed_names
 from bot.store import JobRecord
 from bot.ui import result_view, shown, tile_view
 from bot.uploads import check_declared, fit_upload
@@ -151,9 +152,10 @@ class ImagineCog(commands.Cog):
     async def _lora_choices(
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
-        """LoRAs in IMAGINE_LORA_DIR whose name has the typed text (before any `:WEIGHT`)."""
+        """LoRAs in IMAGINE_LORA_DIR this server allows whose name has the typed text (before any `:WEIGHT`)."""
         typed = current.strip().split(":")[0].lower()
         names = await asyncio.to_thread(self.bot.intake.loras.names)
+        names = allowed_names(names, (await self.bot.preferences.guild(interaction.guild_id or 0)).loras)
         return [app_commands.Choice(name=name, value=name) for name in names if typed in name.lower()][:25]
 
     async def _uploaded_image(
@@ -302,7 +304,7 @@ class ImagineCog(commands.Cog):
         if not filename.startswith(SPOILER_PREFIX):  # a flagged tile goes below the embed, as a spoiler
             embed.set_image(url=f"attachment://{filename}")
         embed.set_footer(text=f"Job {job.id} · image seed {source.image_seed}")
-        view = tile_view(job.id, tile)
+        view = tile_view(job.id, tile, draft=job.render.get("model_kind") == "sd-turbo")
         try:
             await interaction.followup.send(
                 embed=embed,

@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.bot import reply_ephemeral
+from bot.models.allowed import allowed_names
 from bot.models.registry import ModelRefused
 from bot.ui import shown
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LORAS_PER_PAGE = 10
+NONE_ALLOWED = "None of this bot's LoRAs is allowed on this server (its managers choose them in `/settings scope:loras`)."
 
 
 class ModelsCog(commands.Cog):
@@ -67,9 +69,15 @@ class ModelsCog(commands.Cog):
         if not names:
             await reply_ephemeral(interaction, library.listing())
             return
+        allowed = (await self.bot.preferences.guild(interaction.guild_id or 0)).loras
+        names = allowed_names(names, allowed)
+        if not names:
+            await reply_ephemeral(interaction, NONE_ALLOWED)
+            return
         pages = (len(names) + LORAS_PER_PAGE - 1) // LORAS_PER_PAGE
         page = min(page, pages)
-        lines = [f"LoRAs, page {page} of {pages} (`/loras page:N`):"]
+        here = " allowed on this server" if allowed else ""
+        lines = [f"LoRAs{here}, page {page} of {pages} (`/loras page:N`):"]
         for name in names[(page - 1) * LORAS_PER_PAGE : page * LORAS_PER_PAGE]:
             try:
                 info = await asyncio.to_thread(library.info, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import replace
@@ -14,6 +15,7 @@ from discord.ext import commands
 from bot.bot import reply_ephemeral
 from bot.engine.mitigation import MITIGATION_HELP, MITIGATIONS
 from bot.intake import BOT_ACTOR
+from bot.models.allowed import MAX_ALLOWED, allowed_names
 from bot.preferences import (
     ASPECTS,
     POLICY_LABELS,
@@ -130,6 +132,12 @@ def server_panel(
         "(`python -m bot train expander`); off keeps this server's picks out of training.",
         inline=False,
     )
+    embed.add_field(
+        name="LoRAs",
+        value=(describe(guild.loras) if guild.loras else "every LoRA of the bot")
+        + " (`/settings scope:loras`)",
+        inline=False,
+    )
     log_lines = [f"<t:{int(c.at)}:R> {_actor(c.actor_id)} {c.key}: {c.old} → {c.new}" for c in changes] or [
         "no changes yet"
     ]
@@ -177,6 +185,28 @@ def server_panel(
             row=4,
         )
     )
+    return embed, view
+
+
+def loras_panel(
+    names: list[str], listing: str, guild: GuildSettings, user_id: int
+) -> tuple[discord.Embed, discord.ui.View]:
+    """Which LoRAs members may use on this server (Manage Server): a multi-select, none picked = all."""
+    embed = discord.Embed(title="LoRAs allowed on this server", colour=EMBED_COLOR)
+    view = discord.ui.View(timeout=None)
+    if not names:
+        embed.description = listing
+        return embed, view
+    allowed = allowed_names(names, guild.loras)
+    embed.description = (
+        "Members may use " + (", ".join(f"`{n}`" for n in allowed) or "none of them") + "."
+        if guild.loras
+        else f"Members may use every LoRA of the bot ({len(names)})."
+    ) + " Pick the ones to allow; none picked allows them all."
+    if len(names) > MAX_ALLOWED:
+        embed.set_footer(text=f"Only the first {MAX_ALLOWED} of {len(names)} LoRAs can be picked here.")
+    view.add_item(LorasSelect(user_id, names[:MAX_ALLOWED], guild.loras))
+    view.add_item(SettingsButton("g", "loras_all", user_id, label="Allow every LoRA", row=1))
     return embed, view
 
 
@@ -278,6 +308,39 @@ class ChannelsSelect(
         await _cog(interaction).on_change(interaction, "g", "channels", self.viewer, values)
 
 
+class LorasSelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"ib:sl:loras:(?P<viewer>\d{1,20})$",
+):
+    """The LoRAs panel's multi-select: the LoRAs this server allows."""
+
+    def __init__(self, viewer: int, names: list[str] | None = None, allowed: tuple[str, ...] = ()) -> None:
+        chosen = {name.lower() for name in allowed}
+        options = [discord.SelectOption(label=n, value=n, default=n.lower() in chosen) for n in names or []]
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"ib:sl:loras:{viewer}",
+                placeholder="LoRAs members may use here (none = all)",
+                options=options or [discord.SelectOption(label="-", value=UNSET)],
+                min_values=0,
+                max_values=max(1, len(options)),
+                row=0,
+            )
+        )
+        self.viewer = viewer
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> LorasSelect:
+        return cls(int(match["viewer"]))
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        data: dict[str, Any] = dict(interaction.data or {})
+        values = [str(v) for v in data.get("values") or [] if v != UNSET]
+        await _cog(interaction).on_loras(interaction, self.viewer, values)
+
+
 class SettingsButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"ib:sb:(?P<scope>[mg]):(?P<key>[a-z_]{1,20}):(?P<viewer>\d{1,20})$",
@@ -376,28 +439,33 @@ class SettingsCog(commands.Cog):
         self.settings = bot.settings
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(SettingsSelect, ChannelsSelect, SettingsButton)
+        self.bot.add_dynamic_items(SettingsSelect, ChannelsSelect, SettingsButton, LorasSelect)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(SettingsSelect, ChannelsSelect, SettingsButton)
+        self.bot.remove_dynamic_items(SettingsSelect, ChannelsSelect, SettingsButton, LorasSelect)
 
     @app_commands.command(name="settings")
     @app_commands.guild_only()
     async def settings_command(
-        self, interaction: discord.Interaction[ImagineBot], scope: Literal["mine", "server"] = "mine"
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        scope: Literal["mine", "server", "loras"] = "mine",
     ) -> None:
         """Your /imagine defaults here, or the server's settings (Manage Server); only you see the panel.
 
         Parameters
         ----------
         scope
-            mine: your defaults; server: the server's channels, content policy, limits and defaults.
+            mine: your defaults; server: the server's channels, content policy, limits and defaults;
+            loras: the LoRAs members may use here.
         """
-        if scope == "server":
+        if scope in ("server", "loras"):
             if not _is_manager(interaction):
                 await reply_ephemeral(interaction, NOT_MANAGER)
                 return
-            embed, view = await self._server_panel(interaction)
+            embed, view = await (
+                self._server_panel(interaction) if scope == "server" else self._loras_panel(interaction)
+            )
         else:
             embed, view = await self._member_panel(interaction)
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
@@ -424,6 +492,27 @@ class SettingsCog(commands.Cog):
         guild = await self.bot.preferences.guild(guild_id)
         changes = await self.bot.preferences.guild_changes(guild_id)
         return server_panel(self.settings, guild, changes, interaction.user.id)
+
+    async def _loras_panel(
+        self, interaction: discord.Interaction[Any]
+    ) -> tuple[discord.Embed, discord.ui.View]:
+        library = self.bot.intake.loras
+        names = await asyncio.to_thread(library.names)
+        guild = await self.bot.preferences.guild(interaction.guild_id or 0)
+        return loras_panel(names, library.listing(), guild, interaction.user.id)
+
+    async def on_loras(
+        self, interaction: discord.Interaction[Any], viewer: int, names: list[str] | None
+    ) -> None:
+        """The LoRAs panel: the picked LoRAs (None or none picked: every LoRA) become the allowed ones."""
+        try:
+            if not await self._allowed(interaction, "g", viewer):
+                return
+            await self._set_guild(interaction, {"loras": names or ()})
+            embed, view = await self._loras_panel(interaction)
+            await interaction.response.edit_message(embed=embed, view=view)
+        except Exception as exc:
+            await _report(interaction, exc)
 
     async def _allowed(self, interaction: discord.Interaction[Any], scope: str, viewer: int) -> bool:
         """Only the panel's viewer may use it; the server scope re-checks Manage Server on every press."""
@@ -500,6 +589,8 @@ class SettingsCog(commands.Cog):
                 chosen = names[(names.index(now) + 1) % len(names)] if now in names else names[1]
                 await self._set_guild(interaction, {key: chosen})
                 await self._refresh(interaction, scope)
+            elif key == "loras_all" and scope == "g":
+                await self.on_loras(interaction, viewer, None)
             elif key == "learn_from_choices" and scope == "g":
                 learning = (await self.bot.preferences.guild(guild_id)).learn_from_choices
                 await self._set_guild(interaction, {key: not learning})

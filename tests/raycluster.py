@@ -84,11 +84,13 @@ class RayCluster:
     url: str = f"http://{CLUSTER_ADDRESS}:8000"
     deploy_output: str = ""
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rayt-", dir="/tmp")))
+    #: more settings for the nodes (e.g. IMAGINE_MODELS_FILE)
+    extra_env: dict[str, str] = field(default_factory=dict)
     _launcher: subprocess.Popen[bytes] | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        return worker_env(self.models, self.token, self.ray_token)
+        return {**worker_env(self.models, self.token, self.ray_token), **self.extra_env}
 
     def start(self, replicas: int = 2) -> None:
         """Start the head in fresh namespaces, join it with a veth pair, deploy `replicas` with the CLI."""
@@ -183,11 +185,20 @@ class RayCluster:
 @pytest.fixture(scope="module")
 def ray_cluster(tiny_models: tuple[Path, Path]) -> Iterator[RayCluster]:
     """One cluster for the module: head + two CPU replicas in their own namespaces; killed at the end."""
-    if not fenced():
-        pytest.skip("Ray tests run only inside the loopback-only network fence (scripts/fence.sh)")
-    if importlib.util.find_spec("ray") is None:  # installed for the nodes; never imported here
-        pytest.skip("pip install -e '.[ray]'")
-    cluster = RayCluster(tiny_models)
+    yield from running_cluster(RayCluster(tiny_models))
+
+
+def running_cluster(cluster: RayCluster) -> Iterator[RayCluster]:
+    """Start `cluster` (two replicas), yield it, kill it; skipped outside the fence or without Ray."""
+    if (
+        not fenced() or importlib.util.find_spec("ray") is None
+    ):  # Ray: installed for the nodes, never imported here
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+        pytest.skip(
+            "pip install -e '.[ray]'"
+            if fenced()
+            else "Ray tests run only inside the loopback-only network fence (scripts/fence.sh)"
+        )
     try:
         cluster.start()
         yield cluster

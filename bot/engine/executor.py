@@ -345,9 +345,24 @@ class Engine:
             self.stats.busy_seconds += end - started
             self.stats.jobs += 1
 
+    async def ensure_model(self, model: str) -> str:
+        """Load the registry model `model` ("" = the default) unless it is resident; its name.
+
+        A Ray replica calls it from its `@serve.multiplexed` loader, before the job that needs it.
+        """
+
+        def load() -> str:
+            self._load_sync(model)
+            return self._resident_for(model).entry.name
+
+        return await self._on_gpu(load)
+
     def _model_for(self, request: GenerationRequest) -> Resident:
         """The job's model, loaded (swapping out the least recently used one if need be)."""
-        entry = self.config.entry(request.model)
+        return self._resident_for(request.model)
+
+    def _resident_for(self, model: str) -> Resident:
+        entry = self.config.entry(model)
         resident = self.models.peek(entry.name)
         if resident is None or resident.entry != entry:
             # Drop the engine's own reference first, so the unloaded model's memory is really freed.

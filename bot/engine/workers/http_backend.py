@@ -6,6 +6,9 @@ Failures map onto what the runner does with them:
 - a stream that breaks or ends without its final event, even after a 200 → `WorkerLost` (one attempt spent,
   requeued): the replica died mid-job;
 - cancel → the stream is closed, which cancels the replica's call at its next denoising step.
+
+Each request names the job's model in the `serve_multiplexed_model_id` header: Serve's proxy sends it to a
+replica that already holds that model (serve_app.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ STATUS_TIMEOUT_SECONDS = 10.0
 PROXY_TIMEOUT_SECONDS = 5.0
 STATUS_CACHE_SECONDS = 2.0
 UNAVAILABLE_STATUSES = {404, 502, 503, 504}
+
+
+# Serve's proxy routes a request carrying this header to a replica that holds the model it names.
+MODEL_HEADER = "serve_multiplexed_model_id"
+
+
+def model_header(request: GenerationRequest) -> dict[str, str]:
+    """The job's registry model for Serve's model multiplexing (none: any replica, the default model)."""
+    return {MODEL_HEADER: request.model} if request.model else {}
 
 
 class HttpBackend:
@@ -213,7 +225,9 @@ class HttpBackend:
         try:
             try:
                 response = await self._client().post(
-                    self.base + "/render", json=encode_request(request, job=job)
+                    self.base + "/render",
+                    json=encode_request(request, job=job),
+                    headers=model_header(request),
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = self._unreachable(exc)

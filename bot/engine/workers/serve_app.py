@@ -9,6 +9,10 @@ render (a replica takes one request at a time):
   the bearer token and the request format version and streams the job's events back as NDJSON
   (bot/engine/workers/protocol.py) from the same `Engine` as the local backend: one hop, proxy → replica. A
   client that closes the stream cancels the request: the replica's render stops at its next denoising step.
+  Models are multiplexed: the client names the job's registry model in the `serve_multiplexed_model_id`
+  header, Serve's proxy routes the request to a replica that holds that model (else to one holding the
+  fewest), and the replica loads it through `@serve.multiplexed`, keeping at most IMAGINE_MAX_RESIDENT_MODELS
+  (the engine's own residency bound, so Serve's view and the engine's agree).
 - `imagine-workers-status` at `/imagine-status` (`build_status_app`): one tiny replica (no CPU) answering
   `GET /imagine-status` with the running render replicas (the bot's capacity).
 
@@ -64,6 +68,14 @@ def _settings() -> Any:
     from bot.settings import load_settings
 
     return load_settings()
+
+
+def _resident_limit() -> int:
+    """IMAGINE_MAX_RESIDENT_MODELS on this node: read when Serve imports this module on the replica's node."""
+    try:
+        return int(_settings().max_resident_models)
+    except Exception:  # a broken setting stops the replica's constructor in one clear line
+        return 1
 
 
 def _token() -> bytes:
@@ -129,15 +141,32 @@ class RenderWorker:
             )
         try:
             job, generation = decode_request(body)
-        except ProtocolError as exc:
+            model = self.engine.config.entry(generation.model).name
+        except (ProtocolError, EngineError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return StreamingResponse(
-            _ndjson(self.render(generation, job)),
+            _ndjson(self.render(generation, job, model)),
             media_type="application/x-ndjson",
             headers={VERSION_HEADER: str(PROTOCOL_VERSION)},
         )
 
-    async def render(self, request: Any, job: str = "") -> AsyncIterator[dict[str, Any]]:
+    @serve.multiplexed(max_num_models_per_replica=_resident_limit())
+    async def load_model(self, model: str) -> str:
+        """Serve's model multiplexer: load the registry model `model` here (the engine unloads the least
+        recently used one first); Serve then routes the requests naming it to this replica."""
+        return await self.engine.ensure_model(model)
+
+    async def _generate(self, model: str, request: Any, progress: Any, cancel: threading.Event) -> Any:
+        if model:
+            await self.load_model(model)
+        return await self.engine.generate(request, on_progress=progress, cancel=cancel)
+
+    def _job_worker(self) -> dict[str, Any]:
+        """The worker record of a job: this replica, the models it holds now and the swaps it has made."""
+        models = self.engine.models
+        return {**self.worker, "resident": list(models.names()), "swaps": models.swaps}
+
+    async def render(self, request: Any, job: str = "", model: str = "") -> AsyncIterator[dict[str, Any]]:
         """Stream a job's events; a cancelled call arrives here as CancelledError and stops the GPU loop."""
         from bot.engine.local_backend import preview_png, render_output
 
@@ -151,7 +180,7 @@ class RenderWorker:
             events.put_nowait((step, total, preview_png(preview) if preview is not None else None))
 
         yield {"event": "started", "worker": self.worker}
-        task = loop.create_task(self.engine.generate(request, on_progress=progress, cancel=cancel))
+        task = loop.create_task(self._generate(model, request, progress, cancel))
         last_sent = float("-inf")
         try:
             while not task.done() or not events.empty():
@@ -186,7 +215,7 @@ class RenderWorker:
                 task.add_done_callback(stopped)
             raise
         yield {"event": "rendered"}
-        output = await asyncio.to_thread(render_output, result, self.worker)
+        output = await asyncio.to_thread(render_output, result, self._job_worker())
         yield {"event": "output", "output": encode_output(output)}
 
 
