@@ -182,7 +182,7 @@ def parse_registry(data: dict[str, Any], settings: Settings, path: Path) -> Mode
     names = [e.name.lower() for e in entries]
     if len(set(names)) != len(names):
         raise bad("two models have the same name (names are not case-sensitive)")
-    default = data.get("default", entries[0].name)
+    default = data.get("default", next((e.name for e in entries if not e.is_blend_kind), entries[0].name))
     draft = data.get("draft")
     registry = ModelRegistry(tuple(entries), str(default), str(draft) if draft is not None else None, path)
     main = registry.get(str(default))
