@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from tests.cogs.conftest import start_bot, wait_job
 from tests.cogs.test_actions import job_id_of
 from tests.cogs.test_image_prompts import refusal
 from tests.fakediscord import FakeDiscord
+from tests.helpers import cli_json, run_cli, tiny_cli_env
 from tests.test_uploads import encoded, png_bomb, striped
 
 
@@ -78,8 +80,12 @@ async def test_blend_two_images_records_weights_and_reruns_exactly(
         await running.stop()
 
 
-async def test_blend_five_images(fake: FakeDiscord, bot_settings, unclip_model: Path) -> None:
-    running = await start_bot(fake, bot_settings(blend_model=str(unclip_model)))
+async def test_blend_five_images_and_a_cli_rerun(
+    fake: FakeDiscord, bot_settings, unclip_model: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """Five pictures, no prompt; then `python -m bot rerun JOB` on the same data folder: the same bytes."""
+    settings = bot_settings(blend_model=str(unclip_model))
+    running = await start_bot(fake, settings)
     try:
         options = {f"image{n}": (f"{n}.png", picture(COLOURS[n - 1])) for n in range(1, 6)}
         options["prompt"] = "--iw 2,1,1,1,0 --count 2"
@@ -92,6 +98,12 @@ async def test_blend_five_images(fake: FakeDiscord, bot_settings, unclip_model: 
         assert len(unpack_sheet(data(job.init_image)).images) == 5
     finally:
         await running.stop()
+    env = tiny_cli_env(tiny_models, settings.data_dir, IMAGINE_BLEND_MODEL=str(unclip_model))
+    rerun = await asyncio.to_thread(run_cli, ["rerun", job.id, "--json"], env, settings.data_dir)
+    again = cli_json(rerun)
+    assert again["status"] == "done" and "byte-identical" not in rerun.stderr, rerun.stderr
+    assert again["render"]["blend"] == job.render["blend"]
+    assert [data(path) for path in again["images"]] == [data(t.path) for t in job.tiles]
 
 
 async def test_blend_refuses_bad_input_and_says_when_it_is_off(
