@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.batches import ConfirmBatchView, imagine_requests, start_batch
 from bot.bot import reply_ephemeral, requester_of
+from bot.engine.backend import BackendUnavailable
 from bot.engine.shorten import ShortenResult
 from bot.engine.types import InvalidRequest
 from bot.flags import parse_inline_flags
@@ -184,7 +185,14 @@ class PromptToolsCog(commands.Cog):
             )
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
-        result: ShortenResult = await shorten(text)
+        try:
+            result: ShortenResult = await shorten(text)
+        except BackendUnavailable as exc:  # the HTTP workers (issue 22): none can take it now
+            log.warning("/shorten: %s", exc)
+            await reply_ephemeral(
+                interaction, "The GPU workers are offline right now: try /shorten again later."
+            )
+            return
         view = ImaginePromptView(self.bot, result.prompts)
         await interaction.followup.send(shorten_text(result), view=view, ephemeral=True, wait=True)
 
