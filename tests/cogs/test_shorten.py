@@ -63,11 +63,9 @@ async def test_shorten_refuses_permutations(fake: FakeDiscord, running: RunningB
     assert reply.ephemeral and "without `{…}` permutations" in reply.content
 
 
-async def test_shorten_buttons_survive_a_restart(
-    fake: FakeDiscord, bot_settings
-) -> None:
+async def test_shorten_buttons_survive_a_restart(fake: FakeDiscord, bot_settings) -> None:
     """The Imagine N buttons are persistent (the answer's prompts are stored: migration 10, bot/shortened.py)."""
-    from bot.shortened import forget_shortened, load_shortened
+    from bot.shortened import load_shortened
 
     settings = bot_settings()
     first = await start_bot(fake, settings)
@@ -85,9 +83,11 @@ async def test_shorten_buttons_survive_a_restart(
         grid = await click.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
         job = await wait_job(second.store, job_id_of(grid), lambda j: j.status == "done")
         assert job.seed_text == prompts[1][1] and job.user_id == fake.alice_id
-        # /forget deletes the member's stored answers.
+        # /forget deletes the member's stored answers too.
         answer_id = custom_id.split(":")[1]
-        assert await forget_shortened(second.store, user_id=fake.alice_id, guild_id=job.guild_id) == 1
+        assert await load_shortened(second.store, answer_id) is not None
+        forget = await fake.send_slash("forget", {"confirm": True}, user_id=fake.alice_id)
+        await forget.wait_final(timeout=10, predicate=lambda m: "Deleted" in m.content)
         assert await load_shortened(second.store, answer_id) is None
     finally:
         await second.stop()
