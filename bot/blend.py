@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.engine.blend import MAX_IMAGES, MIN_IMAGES, parse_weights
+from bot.engine.blend import MAX_IMAGES, MIN_IMAGES, parse_weights, placeholder
 from bot.engine.types import InvalidRequest
 from bot.flags import parse_inline_flags
 
@@ -81,4 +81,4 @@ def parse_blend(text: str | None, images: int) -> BlendRequest:
 
 def blend_seed_text(request: BlendRequest) -> str:
     """What the job's row and its result show as its text: the prompt, else `/blend N images`."""
-    return request.prompt or f"/blend {request.images} images"
+    return request.prompt or placeholder(request.images)

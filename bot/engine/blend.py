@@ -36,6 +36,19 @@ SHEET_VERSION = 1
 MAX_NOISE_LEVEL = 999
 
 
+def placeholder(images: int) -> str:
+    """The text a blend without a prompt shows (and records as its prompts): `/blend N images`."""
+    return f"/blend {images} images"
+
+
+def conditioning_texts(sheet: BlendSheet, prompts: Sequence[str] | None, count: int) -> list[str]:
+    """The text each tile is rendered with: its given prompt (a rerun's, a Remix's edit) or the sheet's;
+    the placeholder of a blend without a prompt stands for no text."""
+    if prompts is None:
+        return [sheet.prompt] * count
+    return ["" if text == placeholder(len(sheet.images)) else text for text in prompts]
+
+
 @dataclass(frozen=True)
 class BlendSheet:
     """What one blend renders from: the pictures, their weights, the text prompt and the noise level."""
@@ -189,6 +202,7 @@ class Blender:
         sheet: BlendSheet,
         image_seeds: Sequence[int],
         *,
+        prompts: Sequence[str] | None = None,
         negative: str,
         steps: int,
         guidance: float,
@@ -197,7 +211,8 @@ class Blender:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> list[Image.Image]:
-        """One picture per seed: tile i draws its embedding noise and its latents from generator i."""
+        """One picture per seed: tile i draws its embedding noise and its latents from generator i, and is
+        conditioned on `prompts[i]` (None: the sheet's prompt for every tile)."""
         import torch
 
         from bot.engine.renderer import _stop_inside_steps
@@ -217,7 +232,7 @@ class Blender:
         try:
             with torch.inference_mode():
                 output = self.pipe(
-                    prompt=[sheet.prompt] * count,
+                    prompt=list(prompts) if prompts is not None else [sheet.prompt] * count,
                     negative_prompt=[negative] * count if negative else None,
                     image_embeds=blended,
                     noise_level=sheet.noise_level,

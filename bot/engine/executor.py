@@ -552,7 +552,13 @@ class Engine:
         started: float,
     ) -> GenerationResult:
         """/blend: the pictures' CLIP image embeddings, weighted and averaged, through SD 2.1 unCLIP."""
-        from bot.engine.blend import Blender, load_unclip_pipeline, unpack_sheet
+        from bot.engine.blend import (
+            Blender,
+            conditioning_texts,
+            load_unclip_pipeline,
+            placeholder,
+            unpack_sheet,
+        )
 
         config = self.config
         if config.blend_model is None:
@@ -564,9 +570,11 @@ class Engine:
             )
             self._blender = Blender(pipe, source=config.blend_model, device=self.device)
         image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
+        shown = request.prompts or (sheet.prompt or placeholder(len(sheet.images)),) * request.count
         images = self._blender.render(
             sheet,
             image_seeds,
+            prompts=conditioning_texts(sheet, shown, request.count),
             negative=request.negative.strip(),
             steps=request.steps,
             guidance=request.guidance,
@@ -579,10 +587,9 @@ class Engine:
         if self._safety is not None and request.safe_mode:
             images, nsfw = self._safety(images)
         scheduler = self._blender.pipe.scheduler
-        shown = sheet.prompt or request.seed_text.strip()
         timings = {"render": time.perf_counter() - started, "total": time.perf_counter() - started}
         return GenerationResult(
-            prompts=(shown,) * len(images),
+            prompts=tuple(shown),
             image_seeds=tuple(image_seeds),
             images=tuple(images),
             expander={"source": "blend", "expand": False},

@@ -80,12 +80,8 @@ async def test_blend_two_images_records_weights_and_reruns_exactly(
         await running.stop()
 
 
-async def test_blend_five_images_and_a_cli_rerun(
-    fake: FakeDiscord, bot_settings, unclip_model: Path, tiny_models: tuple[Path, Path]
-) -> None:
-    """Five pictures, no prompt; then `python -m bot rerun JOB` on the same data folder: the same bytes."""
-    settings = bot_settings(blend_model=str(unclip_model))
-    running = await start_bot(fake, settings)
+async def test_blend_five_images(fake: FakeDiscord, bot_settings, unclip_model: Path) -> None:
+    running = await start_bot(fake, bot_settings(blend_model=str(unclip_model)))
     try:
         options = {f"image{n}": (f"{n}.png", picture(COLOURS[n - 1])) for n in range(1, 6)}
         options["prompt"] = "--iw 2,1,1,1,0 --count 2"
@@ -96,6 +92,22 @@ async def test_blend_five_images_and_a_cli_rerun(
         assert job.render["blend"]["weights"] == [2.0, 1.0, 1.0, 1.0, 0.0]
         assert job.render["blend"]["prompt"] == "" and job.render["blend"]["noise_level"] == 0
         assert len(unpack_sheet(data(job.init_image)).images) == 5
+    finally:
+        await running.stop()
+
+
+@pytest.mark.heavy
+async def test_cli_rerun_of_a_blend_is_exact(
+    fake: FakeDiscord, bot_settings, unclip_model: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """A blend without a prompt, then `python -m bot rerun JOB` on the same data folder: the same bytes."""
+    settings = bot_settings(blend_model=str(unclip_model))
+    running = await start_bot(fake, settings)
+    try:
+        options = {"image1": ("a.png", picture(COLOURS[0])), "image2": ("b.png", picture(COLOURS[1]))}
+        interaction = await fake.send_slash("blend", options, user_id=fake.alice_id)
+        grid = await interaction.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        job = await wait_job(running.store, job_id_of(grid), lambda j: j.status == "done")
     finally:
         await running.stop()
     env = tiny_cli_env(tiny_models, settings.data_dir, IMAGINE_BLEND_MODEL=str(unclip_model))

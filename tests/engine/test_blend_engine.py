@@ -14,6 +14,7 @@ from bot.engine.blend import (
     SOURCE_SIDE,
     Blender,
     blend_embeddings,
+    conditioning_texts,
     load_unclip_pipeline,
     pack_sheet,
     parse_weights,
@@ -48,6 +49,11 @@ def test_the_sheet_round_trips_and_refuses_what_it_is_not() -> None:
     with pytest.raises(InvalidRequest, match="2 to 5 images"):
         pack_sheet([RED], [1.0], "", 0)
     assert parse_weights(None, 3) == (1.0, 1.0, 1.0) and parse_weights("2", 3) == (2.0, 1.0, 1.0)
+    # What each tile is conditioned on: the sheet's prompt, or the given prompts (a rerun's, a Remix's edit),
+    # where a blend without a prompt records `/blend N images` and renders with no text.
+    assert conditioning_texts(sheet, None, 2) == ["a fox", "a fox"]
+    assert conditioning_texts(sheet, ("a fox", "a cat"), 2) == ["a fox", "a cat"]
+    assert conditioning_texts(sheet, ("/blend 2 images",) * 2, 2) == ["", ""]
 
 
 def test_the_blended_embedding_is_the_weighted_mean_at_the_mean_length() -> None:
@@ -61,7 +67,7 @@ def test_the_blended_embedding_is_the_weighted_mean_at_the_mean_length() -> None
 def test_weights_steer_the_render_with_progress_and_cancel(blender: Blender) -> None:
     def render(sheet_png: bytes, **kwargs: object) -> np.ndarray:
         images = blender.render(
-            unpack_sheet(sheet_png), [5, 6], negative="", steps=3, guidance=7.5, width=64, height=64, **kwargs
+            unpack_sheet(sheet_png), [5], negative="", steps=3, guidance=7.5, width=64, height=64, **kwargs
         )
         return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
