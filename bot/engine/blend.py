@@ -226,7 +226,9 @@ class Blender:
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             if on_progress is not None:
-                on_progress(index + 1, steps, None)
+                # The scheduler's own count: PNDM (the real model's) runs one step more than asked.
+                total = len(self.pipe.scheduler.timesteps) or steps
+                on_progress(min(index + 1, total), total, None)
 
         hooks = _stop_inside_steps(self.pipe, cancel) if self.device.type != "cuda" else []
         try:

@@ -26,8 +26,8 @@ def build_tiny_blend_model(models_dir: Path, sd_dir: Path, *, seed: int = 3) -> 
     import transformers
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
         DDPMScheduler,
+        PNDMScheduler,
         StableUnCLIPImg2ImgPipeline,
         UNet2DConditionModel,
     )
@@ -72,18 +72,18 @@ def build_tiny_blend_model(models_dir: Path, sd_dir: Path, *, seed: int = 3) -> 
             size={"shortest_edge": _TINY_VISION_IMAGE},
             crop_size={"height": _TINY_VISION_IMAGE, "width": _TINY_VISION_IMAGE},
         )
-        # As the real model: squared-cosine noise on the embedding, DDIM with v-prediction for the picture.
+        # The embedding's noise: a DDPM schedule, squared cosine (diffusers' unCLIP noising components). The
+        # picture's: stable-diffusion-2-1-unclip's own scheduler config (PNDM, v-prediction, no PRK steps).
         image_noising_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-        scheduler = DDIMScheduler(
+        scheduler = PNDMScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,
             beta_end=0.012,
             beta_schedule="scaled_linear",
             prediction_type="v_prediction",
-            clip_sample=False,
             set_alpha_to_one=False,
+            skip_prk_steps=True,
             steps_offset=1,
-            timestep_spacing="leading",
         )
         pipe = StableUnCLIPImg2ImgPipeline(
             feature_extractor=feature_extractor,

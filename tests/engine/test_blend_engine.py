@@ -75,7 +75,8 @@ def test_weights_steer_the_render_with_progress_and_cancel(blender: Blender) -> 
     red_only = render(
         pack_sheet([RED, BLUE], [1.0, 0.0], "", 0), on_progress=lambda s, t, p: steps.append((s, t))
     )
-    assert steps == [(1, 3), (2, 3), (3, 3)]
+    total = len(blender.pipe.scheduler.timesteps)  # PNDM, as the real model: one step more than asked
+    assert steps == [(n, total) for n in range(1, total + 1)] and total >= 3
     # Weight 0 leaves the blue picture out: the same as blending the red one with itself (up to float
     # rounding: the encoder batch differs), and far from the even blend.
     assert np.abs(red_only - render(pack_sheet([RED, RED], [1.0, 1.0], "", 0))).max() <= 2
