@@ -1,9 +1,11 @@
-"""Issue 22: the cost of /describe, /shorten and `--tile` relative to a plain grid, on the same loaded engine.
+"""Issue 22: the cost of /describe, /shorten, `--tile` and /blend relative to a plain grid, on one loaded engine.
 
 Interleaved reps on one GPU thread (`Engine.generate`): a plain grid (`--count` images, `--steps` steps);
 a /describe job (caption with the BLIP model, CLIP ranking of the modifier lists, four prompts) on a picture
 the size of one tile; /shorten of a 12-word prompt (one text-encoder batch of 13); the same grid with
-`--tile`. The first /describe loads its models: that one-off cost is printed on its own. Default models:
+`--tile`; a /blend of two pictures (`--iw 1,0.5`) into the same grid (unCLIP: CLIP image embeddings, the
+same count, size and steps). The first /describe and /blend load their models: those one-off costs are
+printed on their own. Default models:
 the tiny random ones (built into --tiny-dir when absent), so the figures are about the code around the
 models and the architectures' shapes at tiny scale, not about real checkpoints. Reports; exits 0.
 """
@@ -53,13 +55,38 @@ def picture(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def blend_model(args: argparse.Namespace, sd_model: str) -> str:
+    if args.blend_model:
+        return str(args.blend_model)
+    tiny: Path = args.tiny_dir
+    if not (tiny / "unclip" / "model_index.json").is_file():
+        from bot.engine.tiny_blend import build_tiny_blend_model
+
+        print(f"building the tiny unCLIP model into {tiny} …", flush=True)
+        build_tiny_blend_model(tiny, Path(sd_model))
+    return str(tiny / "unclip")
+
+
+def blend_sheet() -> bytes:
+    from bot.engine.blend import SOURCE_SIDE, pack_sheet
+
+    return pack_sheet(
+        [picture(SOURCE_SIDE, SOURCE_SIDE), picture(SOURCE_SIDE // 2, SOURCE_SIDE // 2)], [1.0, 0.5], "", 0
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     from bot.engine.executor import Engine
     from bot.engine.types import GenerationRequest
 
     sd, _ = resolve_models(args)
     caption, clip = describe_models(args, sd)
-    config = replace(engine_config(args), caption_model=caption, describe_clip_model=clip)
+    config = replace(
+        engine_config(args),
+        caption_model=caption,
+        describe_clip_model=clip,
+        blend_model=blend_model(args, sd),
+    )
     engine = Engine(config)
     loaded = await load_engine(engine, args)
     print(
@@ -80,20 +107,32 @@ async def run(args: argparse.Namespace) -> int:
         grid, action="describe", count=1, init_image=picture(args.width, args.height), expand=False
     )
 
+    blend = replace(grid, action="blend", init_image=blend_sheet(), expand=False)
+
     started = time.perf_counter()
     await engine.generate(describe)
     first_describe = time.perf_counter() - started
+    started = time.perf_counter()
+    await engine.generate(blend)
+    first_blend = time.perf_counter() - started
     await engine.generate(grid)  # warm-up
     await engine.generate(tiled)
     await engine.shorten(SHORTEN_PROMPT)
 
-    times: dict[str, list[float]] = {"grid": [], "describe": [], "shorten": [], "grid --tile": []}
+    times: dict[str, list[float]] = {
+        "grid": [],
+        "describe": [],
+        "shorten": [],
+        "grid --tile": [],
+        "blend (2 pictures)": [],
+    }
     for rep in range(args.reps):
         for name, call in (
             ("grid", lambda r=rep: engine.generate(replace(grid, job_seed=100 + r))),
             ("describe", lambda: engine.generate(describe)),
             ("shorten", lambda: engine.shorten(SHORTEN_PROMPT)),
             ("grid --tile", lambda r=rep: engine.generate(replace(tiled, job_seed=100 + r))),
+            ("blend (2 pictures)", lambda r=rep: engine.generate(replace(blend, job_seed=100 + r))),
         ):
             begun = time.perf_counter()
             await call()
@@ -106,6 +145,7 @@ async def run(args: argparse.Namespace) -> int:
         rows.append((name, s.median * 1000, s.minimum * 1000, s.maximum * 1000, s.median / base))
     print_table(("call", "median ms", "min ms", "max ms", "× plain grid"), rows)
     print(f"first /describe (loads BLIP + CLIP): {first_describe * 1000:.0f} ms")
+    print(f"first /blend (loads the unCLIP pipeline): {first_blend * 1000:.0f} ms")
     return 0
 
 
@@ -117,6 +157,7 @@ def main() -> int:
     add_common_args(parser, reps=7)
     parser.add_argument("--caption-model", help="BLIP captioner id or folder (default: tiny)")
     parser.add_argument("--clip-model", help="CLIP model id or folder (default: tiny)")
+    parser.add_argument("--blend-model", help="SD 2.1 unCLIP id or folder for /blend (default: tiny)")
     args = parser.parse_args()
     setup_logging(args.verbose)
     return asyncio.run(run(args))

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.actions", "cogs.history", "cogs.settings", "cogs.models")
 EXTENSIONS += ("cogs.prompts",)  # issue 22: /shorten, /describe
+EXTENSIONS += ("cogs.blend",)  # issue 22: /blend
 HEARTBEAT_SECONDS = 15.0
 COMMANDS_HASH_KEY = "commands_hash"
 # A persistent job button's handler: (interaction, button code, job id, image number).

@@ -772,11 +772,13 @@ def _tiny_models(directory: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if directory.exists() and not directory.is_dir():
         raise CliError(f"{directory} is a file: give a folder for the tiny models", EXIT_USAGE)
+    from bot.engine.tiny_blend import build_tiny_blend_model
     from bot.engine.tiny_describe import build_tiny_describe_models
 
     try:
         sd, text = build_tiny_models(directory)
         caption, clip = build_tiny_describe_models(directory, sd / "tokenizer")  # issue 22: /describe
+        unclip = build_tiny_blend_model(directory, sd)  # issue 22: /blend
     except OSError as exc:
         raise CliError(f"cannot write the tiny models to {directory} ({exc.strerror or exc})") from None
     from bot.engine.tiny_models import tiny_clip_path
@@ -785,6 +787,7 @@ def _tiny_models(directory: Path) -> int:
     print(f"IMAGINE_AUDIT_CLIP_MODEL={tiny_clip_path(directory)}")
     print(f"IMAGINE_MODELS_FILE={directory / 'models.toml'}")
     print(f"IMAGINE_CAPTION_MODEL={caption}\nIMAGINE_DESCRIBE_CLIP_MODEL={clip}")
+    print(f"IMAGINE_BLEND_MODEL={unclip}")
     return EXIT_OK
 
 

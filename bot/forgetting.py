@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.preferences import PreferenceStore
+from bot.shortened import forget_shortened
 from bot.store import FINAL_STATES, HistoryStore, JobRecord
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ async def forget_member(
         }
     )
     await asyncio.to_thread(_remove_folders, folders, images_dir)
+    await forget_shortened(store, user_id=user_id, guild_id=guild_id)  # issue 22: /shorten's answers
     had_settings, log_rows = await preferences.forget_member(guild_id, user_id)
     return Forgotten(len(jobs), cancelled, len(copies), had_settings, log_rows)
 

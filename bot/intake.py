@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from bot import policy
+from bot.blend import BlendRequest, blend_seed_text
 from bot.child_jobs import TileSource, child_spec, tile_inputs
 from bot.engine.mitigation import FairGuidance, mitigation_record
 from bot.engine.model_specs import LoraRef
@@ -34,7 +35,7 @@ from bot.models.choice import (
     main_model,
     model_defaults,
 )
-from bot.models.registry import LoraLibrary, ModelRefused, ModelRegistry, load_registry
+from bot.models.registry import LoraLibrary, ModelRefused, ModelRegistry, blend_model, load_registry
 from bot.preferences import (
     ASPECTS,
     EffectiveParameters,
@@ -323,6 +324,57 @@ class Intake:
             guild_id=who.guild_id,
             channel_id=who.channel_id,
             private=p.private,
+        )
+        return await self._admit(Admitted(spec, **self._caps(guild)))
+
+    async def blend(self, who: Requester, request: BlendRequest) -> Admitted | Refusal:
+        """Issue 22: /blend, a job of kind `blend` (2–5 pictures through unCLIP) through the queue.
+
+        The pictures and weights reach the engine in the job's blend sheet (bot.engine.blend), its source
+        image, which the caller packs with `blend_noise_level` once the uploads are checked.
+        """
+        s = self.settings
+        model = blend_model(s, self.registry)
+        if model is None:
+            return Refusal(
+                "/blend is off on this bot: its operator has not set IMAGINE_BLEND_MODEL "
+                "(or an `sd2-unclip` model in the models file)."
+            )
+        guild, member = await self._stored(who)
+        refusal = await self._server_rules(who, guild)
+        if refusal is not None:
+            return refusal
+        s = model_defaults(s, model[0])
+        wanted = {
+            "count": request.count,
+            "steps": request.steps,
+            "guidance": None,
+            "negative": request.negative,
+            "aspect": "square" if request.ratio is not None else None,
+            "expand": False,
+        }
+        p = effective_parameters(s, guild, member, wanted)
+        try:
+            width, height = self._size(ImagineRequest("", ratio=request.ratio), p, s)
+        except InvalidRequest as exc:
+            return Refusal(exc.user_message, usage=True)
+        spec = JobSpec(
+            seed_text=blend_seed_text(request),
+            count=p.count,
+            steps=p.steps,
+            guidance=p.guidance,
+            width=width,
+            height=height,
+            job_seed=request.job_seed if request.job_seed is not None else secrets.randbelow(MAX_SEED + 1),
+            negative=p.negative,
+            expand=False,
+            safe_mode=self._filtered(who, guild),
+            action="blend",
+            user_id=who.user_id,
+            guild_id=who.guild_id,
+            channel_id=who.channel_id,
+            private=p.private,
+            from_defaults=p.from_member,
         )
         return await self._admit(Admitted(spec, **self._caps(guild)))
 

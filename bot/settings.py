@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     # is off until IMAGINE_CAPTION_MODEL is set.
     caption_model: str | None = None
     describe_clip_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    # /blend (issue 22): an SD 2.1 unCLIP model (Hub id or folder, e.g. sd2-community/stable-diffusion-2-1-unclip)
+    # when the models file has no `kind = "sd2-unclip"` entry; /blend is off until one of them is there. The
+    # unCLIP noise level (0..999) added to the blended image embedding: higher, freer variations.
+    blend_model: str | None = None
+    blend_noise_level: int = Field(0, ge=0, le=999)
 
     # Prompt expander
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
@@ -254,6 +259,7 @@ class Settings(BaseSettings):
         "ray_auth_mode",
         "ray_auth_token",
         "ray_auth_token_path",
+        "blend_model",
         mode="before",
     )
     @classmethod

@@ -69,9 +69,10 @@ def engine_config_from(settings: Settings) -> EngineConfig:
     """Everything the engine needs, copied out of the settings."""
     from bot.engine.executor import EngineConfig
     from bot.engine.expander import SamplingSettings
-    from bot.models.registry import load_registry
+    from bot.models.registry import blend_model, load_registry
 
     registry = load_registry(settings)
+    blend = blend_model(settings, registry)  # issue 22: /blend's unCLIP model, None = off
     return EngineConfig(
         sd_model=settings.sd_model,
         text_model=settings.text_model,
@@ -93,12 +94,14 @@ def engine_config_from(settings: Settings) -> EngineConfig:
         warmup_size=(settings.width, settings.height),
         inpaint_model=settings.inpaint_model,
         # Several models (README → Models, LoRAs and Draft): the registry, the residency bound, the LoRAs.
-        models=registry.entries if registry.path is not None else (),
+        models=tuple(e for e in registry.entries if not e.is_blend_kind) if registry.path is not None else (),
         default_model=registry.default,
         max_resident_models=settings.max_resident_models,
         lora_dir=str(settings.loras_path),
         caption_model=settings.caption_model,
         describe_clip_model=settings.describe_clip_model,
+        blend_model=blend[0].source if blend is not None else None,
+        blend_model_setting=blend[1] if blend is not None else "IMAGINE_BLEND_MODEL",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,13 @@ from discord.ext import commands
 
 from bot.batches import ConfirmBatchView, imagine_requests, start_batch
 from bot.bot import reply_ephemeral, requester_of
+from bot.engine.backend import BackendUnavailable
 from bot.engine.shorten import ShortenResult
 from bot.engine.types import InvalidRequest
 from bot.flags import parse_inline_flags
-from bot.intake import Refusal
+from bot.intake import NOT_OWNER, Refusal
 from bot.permutations import has_permutations
+from bot.shortened import load_shortened, save_shortened
 from bot.ui import shown
 from bot.uploads import check_declared, fit_upload
 
@@ -27,8 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# An interaction token lives 15 minutes; the buttons stop a little before it does.
-BUTTON_SECONDS = 14 * 60.0
 WEIGHT_BAR = 10
 
 
@@ -47,35 +48,54 @@ def shorten_text(result: ShortenResult) -> str:
     return text if len(text) <= 1900 else text[:1897] + "…"
 
 
-class ImaginePromptView(discord.ui.View):
-    """**Imagine N** buttons: each starts /imagine with prompt N (the member's defaults apply)."""
+class ShortenButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"ib-sh:(?P<answer>[0-9a-f]{10}):(?P<number>[1-9])$",
+):
+    """**Imagine N** under a /shorten answer: /imagine with shorter prompt N (the member's defaults apply).
 
-    def __init__(self, bot: ImagineBot, prompts: tuple[str, ...], *, all_button: bool = False) -> None:
-        super().__init__(timeout=BUTTON_SECONDS)
-        self.bot = bot
-        self.prompts = prompts
-        for number in range(1, len(prompts) + 1):
-            button: discord.ui.Button[ImaginePromptView] = discord.ui.Button(
-                label=f"Imagine {number}", style=discord.ButtonStyle.primary, custom_id=f"ib-prompt:{number}"
+    Persistent: the prompts are read from the stored answer (bot/shortened.py), so the button works after a
+    restart; only the member who asked may press it.
+    """
+
+    def __init__(self, answer_id: str, number: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Imagine {number}",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"ib-sh:{answer_id}:{number}",
             )
-            button.callback = self._callback(number)  # type: ignore[method-assign]
-            self.add_item(button)
-        if all_button and len(prompts) > 1:
-            every: discord.ui.Button[ImaginePromptView] = discord.ui.Button(
-                label="Imagine all", style=discord.ButtonStyle.success, custom_id="ib-prompt:all"
-            )
-            every.callback = self._callback(None)  # type: ignore[method-assign]
-            self.add_item(every)
+        )
+        self.answer_id = answer_id
+        self.number = number
 
-    def _callback(self, number: int | None) -> Any:
-        async def pressed(interaction: discord.Interaction[Any]) -> None:
-            try:
-                chosen = self.prompts if number is None else (self.prompts[number - 1],)
-                await imagine_prompts(self.bot, interaction, chosen)
-            except Exception as exc:
-                await self.bot.on_interaction_error(interaction, exc)
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ShortenButton:
+        return cls(match["answer"], int(match["number"]))
 
-        return pressed
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
+        bot = interaction.client
+        try:
+            stored = await load_shortened(bot.store, self.answer_id)
+            if stored is None or not 1 <= self.number <= len(stored[1]):
+                await reply_ephemeral(interaction, "That /shorten answer is gone; run /shorten again.")
+                return
+            owner, prompts = stored
+            if owner != interaction.user.id:
+                await reply_ephemeral(interaction, NOT_OWNER)
+                return
+            await imagine_prompts(bot, interaction, (prompts[self.number - 1],))
+        except Exception as exc:
+            await bot.on_interaction_error(interaction, exc)
+
+
+def shorten_view(answer_id: str, count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for number in range(1, count + 1):
+        view.add_item(ShortenButton(answer_id, number))
+    return view
 
 
 async def imagine_prompts(
@@ -109,9 +129,11 @@ class PromptToolsCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.register_job_buttons(DESCRIBE_BUTTONS, self.on_describe_button)
+        self.bot.add_dynamic_items(ShortenButton)
 
     async def cog_unload(self) -> None:
         self.bot.unregister_job_buttons(DESCRIBE_BUTTONS)
+        self.bot.remove_dynamic_items(ShortenButton)
 
     @app_commands.command(name="describe")
     @app_commands.guild_only()
@@ -184,8 +206,19 @@ class PromptToolsCog(commands.Cog):
             )
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
-        result: ShortenResult = await shorten(text)
-        view = ImaginePromptView(self.bot, result.prompts)
+        try:
+            result: ShortenResult = await shorten(text)
+        except BackendUnavailable as exc:  # the HTTP workers (issue 22): none can take it now
+            log.warning("/shorten: %s", exc)
+            await reply_ephemeral(
+                interaction, "The GPU workers are offline right now: try /shorten again later."
+            )
+            return
+        who = requester_of(interaction)
+        answer_id = await save_shortened(
+            self.bot.store, result.prompts, user_id=who.user_id, guild_id=who.guild_id
+        )
+        view = shorten_view(answer_id, len(result.prompts))
         await interaction.followup.send(shorten_text(result), view=view, ephemeral=True, wait=True)
 
 

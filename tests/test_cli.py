@@ -141,6 +141,9 @@ def test_tiny_models_command(tmp_path: Path, tiny_models: tuple[Path, Path]) -> 
     sd_dir, text_dir = tmp_path / "built" / "sd", tmp_path / "built" / "text"
     assert f"IMAGINE_SD_MODEL={sd_dir}" in result.stdout
     assert f"IMAGINE_TEXT_MODEL={text_dir}" in result.stdout
+    # Issue 22: a tiny SD 2.1 unCLIP for /blend.
+    assert f"IMAGINE_BLEND_MODEL={tmp_path / 'built' / 'unclip'}" in result.stdout
+    assert "StableUnCLIPImg2ImgPipeline" in (tmp_path / "built" / "unclip" / "model_index.json").read_text()
     # The build is deterministic, so the folders are byte-identical to the session's tiny models,
     # which every engine test loads and renders with.
     for built, reference in ((sd_dir, tiny_models[0]), (text_dir, tiny_models[1])):

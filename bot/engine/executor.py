@@ -102,6 +102,9 @@ class EngineConfig:
     # /describe (issue 22): None = off
     caption_model: str | None = None
     describe_clip_model: str | None = None
+    # /blend (issue 22): an SD 2.1 unCLIP model (Hub id or folder) and where it was configured; None = off
+    blend_model: str | None = None
+    blend_model_setting: str = "IMAGINE_BLEND_MODEL"
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Engine:
         # Compiled here, not at load: the member's own text is checked before a job is queued.
         self.blocklist = compile_blocklist(config.blocklist)
         self._describer: Any | None = None  # /describe models, loaded on the first describe job
+        self._blender: Any | None = None  # /blend's unCLIP pipeline, loaded on the first blend job
 
     # -- thread plumbing -------------------------------------------------------------------------
     async def _on_gpu(self, fn: Callable[[], T]) -> T:
@@ -409,6 +413,8 @@ class Engine:
         assert self.renderer is not None and self.expander is not None
         if request.action == "describe":  # issue 22: prompts from a picture, no rendering
             return self._describe_checked(request, started)
+        if request.action == "blend":  # issue 22: unCLIP from 2–5 pictures
+            return self._blend_checked(request, on_progress, cancel, started)
         seed = request.seed_text.strip()
         check_seed_tokens(seed, self.renderer.count_clip_tokens, self.renderer.clip_max_tokens)
         timings: dict[str, float] = {}
@@ -551,6 +557,71 @@ class Engine:
                 "versions": self.model_info["versions"],
             },
             timings=timings,
+        )
+
+    def _blend_checked(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        started: float,
+    ) -> GenerationResult:
+        """/blend: the pictures' CLIP image embeddings, weighted and averaged, through SD 2.1 unCLIP."""
+        from bot.engine.blend import (
+            Blender,
+            conditioning_texts,
+            load_unclip_pipeline,
+            placeholder,
+            unpack_sheet,
+        )
+
+        config = self.config
+        if config.blend_model is None:
+            raise InvalidRequest("/blend is off on this bot (IMAGINE_BLEND_MODEL is not set)")
+        sheet = unpack_sheet(request.init_image)
+        if self._blender is None or self._blender.source != config.blend_model:
+            pipe = load_unclip_pipeline(
+                config.blend_model, device=self.device, dtype=self.dtype, setting=config.blend_model_setting
+            )
+            self._blender = Blender(pipe, source=config.blend_model, device=self.device)
+        image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
+        shown = request.prompts or (sheet.prompt or placeholder(len(sheet.images)),) * request.count
+        images = self._blender.render(
+            sheet,
+            image_seeds,
+            prompts=conditioning_texts(sheet, shown, request.count),
+            negative=request.negative.strip(),
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        nsfw: tuple[bool, ...] = (False,) * len(images)
+        if self._safety is not None and request.safe_mode:
+            images, nsfw = self._safety(images)
+        scheduler = self._blender.pipe.scheduler
+        timings = {"render": time.perf_counter() - started, "total": time.perf_counter() - started}
+        return GenerationResult(
+            prompts=tuple(shown),
+            image_seeds=tuple(image_seeds),
+            images=tuple(images),
+            expander={"source": "blend", "expand": False},
+            render={
+                "mode": "blend",
+                "action": "blend",
+                "blend": sheet.record(),
+                "unclip_model": config.blend_model,
+                "scheduler": type(scheduler).__name__,
+                "scheduler_config": dict(scheduler.config),
+                "device": self.model_info["device"],
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "versions": self.model_info["versions"],
+                "numerics": numerics_record(self.device.type),
+            },
+            timings=timings,
+            nsfw_flags=tuple(nsfw),
         )
 
     async def shorten(self, text: str) -> ShortenResult:

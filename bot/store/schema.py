@@ -172,6 +172,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN tiling INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_group ON jobs (group_id);
     """,
+    # 10 (issue 22): the shorter prompts of a /shorten answer, so its Imagine N buttons work after a restart
+    # (bot/shortened.py; a member's rows go with /forget).
+    """
+    CREATE TABLE shortened (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER,
+        guild_id INTEGER,
+        prompts TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX shortened_member ON shortened (guild_id, user_id);
+    """,
 )
 
 

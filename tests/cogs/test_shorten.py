@@ -7,7 +7,7 @@ import re
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tests.cogs.conftest import RunningBot, wait_job
+from tests.cogs.conftest import RunningBot, start_bot, wait_job
 from tests.cogs.test_actions import job_id_of
 from tests.fakediscord import FakeDiscord
 
@@ -61,3 +61,33 @@ async def test_shorten_refuses_permutations(fake: FakeDiscord, running: RunningB
     interaction = await fake.send_slash("shorten", {"prompt": "a {red, blue} fox"}, user_id=fake.alice_id)
     reply = await interaction.wait_final(timeout=30, predicate=lambda m: bool(m.content))
     assert reply.ephemeral and "without `{…}` permutations" in reply.content
+
+
+async def test_shorten_buttons_survive_a_restart(fake: FakeDiscord, bot_settings) -> None:
+    """The Imagine N buttons are persistent (the answer's prompts are stored: migration 10, bot/shortened.py)."""
+    from bot.shortened import load_shortened
+
+    settings = bot_settings()
+    first = await start_bot(fake, settings)
+    try:
+        interaction = await fake.send_slash("shorten", {"prompt": PROMPT}, user_id=fake.alice_id)
+        answer = await interaction.wait_final(timeout=60, predicate=lambda m: bool(m.buttons))
+    finally:
+        await first.stop()
+    prompts = re.findall(r"^\*\*(\d)\.\*\* (.+)$", answer.content, flags=re.MULTILINE)
+    custom_id = answer.find_component(label="Imagine 2")["custom_id"]
+    assert custom_id.startswith("ib-sh:")
+    second = await start_bot(fake, settings)
+    try:
+        click = await fake.click_button(answer, custom_id, user_id=fake.alice_id)
+        grid = await click.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        job = await wait_job(second.store, job_id_of(grid), lambda j: j.status == "done")
+        assert job.seed_text == prompts[1][1] and job.user_id == fake.alice_id
+        # /forget deletes the member's stored answers too.
+        answer_id = custom_id.split(":")[1]
+        assert await load_shortened(second.store, answer_id) is not None
+        forget = await fake.send_slash("forget", {"confirm": True}, user_id=fake.alice_id)
+        await forget.wait_final(timeout=10, predicate=lambda m: "Deleted" in m.content)
+        assert await load_shortened(second.store, answer_id) is None
+    finally:
+        await second.stop()

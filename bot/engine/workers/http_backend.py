@@ -29,10 +29,14 @@ from bot.engine.validation import Limits, validate_request
 from bot.engine.workers.protocol import (
     PROTOCOL_VERSION,
     ROUTE_PREFIX,
+    SHORTEN_PATH,
     STATUS_ROUTE_PREFIX,
+    ProtocolError,
     decode_output,
     decode_preview,
+    decode_shorten_result,
     encode_request,
+    encode_shorten_request,
     error_from_event,
 )
 
@@ -44,6 +48,8 @@ READ_TIMEOUT_SECONDS = 30.0
 STATUS_TIMEOUT_SECONDS = 10.0
 PROXY_TIMEOUT_SECONDS = 5.0
 STATUS_CACHE_SECONDS = 2.0
+# /shorten waits for a free replica (each takes one request at a time) and one text-encoder batch.
+SHORTEN_TIMEOUT_SECONDS = 120.0
 UNAVAILABLE_STATUSES = {404, 502, 503, 504}
 
 
@@ -197,6 +203,35 @@ class HttpBackend:
 
     def _mark_down(self, reason: str) -> None:
         self._online, self._reason, self._checked_at = False, reason, time.monotonic()
+
+    async def shorten(self, text: str) -> Any:
+        """/shorten (issue 22) on a worker replica: the ShortenResult of `text` (bot/engine/shorten.py).
+
+        BackendUnavailable when no worker can take it (unreachable, token, format, not deployed); the
+        engine's refusal (a prompt too long) as the same EngineError a local engine raises.
+        """
+        try:
+            async with self._client().post(
+                self.base + SHORTEN_PATH,
+                json=encode_shorten_request(text),
+                timeout=aiohttp.ClientTimeout(total=SHORTEN_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            ) as response:
+                if response.status == 200:
+                    return decode_shorten_result(await response.json(content_type=None))
+                if response.status == 400:
+                    answer = await response.json(content_type=None)
+                    if answer.get("kind"):
+                        raise error_from_event(answer | {"message": answer.get("error")})
+                    raise EngineError(f"the GPU workers refused /shorten: {answer.get('error')}")
+                if response.status == 404 and "no route" in str(
+                    (await response.json(content_type=None)).get("error", "")
+                ):
+                    raise EngineError("the GPU workers run an older release without /shorten")
+                raise BackendUnavailable(await self._refusal(response))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError):
+                raise EngineError(f"the GPU workers answered /shorten with {exc}") from None
+            raise BackendUnavailable(self._unreachable(exc)) from None
 
     async def render(
         self,

@@ -169,3 +169,53 @@ def error_event(exc: EngineError) -> dict[str, Any]:
 def error_from_event(event: dict[str, Any]) -> EngineError:
     cls = ERROR_KINDS.get(str(event.get("kind")), EngineError)
     return cls(str(event.get("message") or "the GPU worker failed on this job"))
+
+
+# -- /shorten (issue 22) -------------------------------------------------------------------------------
+# `POST {IMAGINE_WORKERS_URL}/imagine/shorten` (same token) with `{"version": PROTOCOL_VERSION, "text": "..."}`
+# answers 200 `{"version", "result": {"words", "weights", "effects", "prompts"}}`, or 400
+# `{"error": "...", "kind": "InvalidRequest"}` when the engine refuses the text (as a render's error event).
+SHORTEN_PATH = "/shorten"
+
+
+def encode_shorten_request(text: str) -> dict[str, Any]:
+    return {"version": PROTOCOL_VERSION, "text": text}
+
+
+def decode_shorten_request(body: object) -> str:
+    """The text of a shorten body; ProtocolError for a malformed one."""
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        raise ProtocolError("`text` must be a string")
+    return text
+
+
+def encode_shorten_result(result: Any) -> dict[str, Any]:
+    """A ShortenResult (bot/engine/shorten.py) as the 200 body."""
+    return {
+        "version": PROTOCOL_VERSION,
+        "result": {
+            "words": list(result.words),
+            "weights": list(result.weights),
+            "effects": list(result.effects),
+            "prompts": list(result.prompts),
+        },
+    }
+
+
+def decode_shorten_result(body: object) -> Any:
+    """The ShortenResult a 200 body carries."""
+    from bot.engine.shorten import ShortenResult
+
+    data = body.get("result") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise ProtocolError("`result` must be a JSON object")
+    try:
+        return ShortenResult(
+            words=tuple(str(w) for w in data["words"]),
+            weights=tuple(float(w) for w in data["weights"]),
+            effects=tuple(float(e) for e in data["effects"]),
+            prompts=tuple(str(p) for p in data["prompts"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed shorten result: {type(exc).__name__}: {exc}") from None

@@ -44,6 +44,7 @@ from bot.engine.workers.protocol import (
     APP_NAME,
     DEPLOYMENT_NAME,
     PROTOCOL_VERSION,
+    SHORTEN_PATH,
     STATUS_DEPLOYMENT_NAME,
     VERSION_HEADER,
     ProtocolError,
@@ -128,6 +129,8 @@ class RenderWorker:
             return JSONResponse({"error": "the workers refused the token"}, status_code=401)
         root = request.scope.get("root_path", "")
         path = request.url.path.removeprefix(root) or "/"
+        if path == SHORTEN_PATH and request.method == "POST":  # issue 22: /shorten on the workers
+            return await self._shorten(request)
         if path != "/render" or request.method != "POST":
             return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
         try:
@@ -149,6 +152,16 @@ class RenderWorker:
             media_type="application/x-ndjson",
             headers={VERSION_HEADER: str(PROTOCOL_VERSION)},
         )
+
+    async def _shorten(self, request: Request) -> Response:
+        from bot.engine.workers.shorten_route import shorten_answer
+
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        status, answer = await shorten_answer(self.engine, body)
+        return JSONResponse(answer, status_code=status)
 
     @serve.multiplexed(max_num_models_per_replica=_resident_limit())
     async def load_model(self, model: str) -> str:
