@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bot.cli import workers_models_line
 from bot.engine.backend import BackendUnavailable, CancelToken
+from bot.engine.model_specs import KINDS
 from bot.engine.types import GenerationRequest
 from bot.engine.workers.http_backend import MODEL_HEADER, HttpBackend
 from bot.settings import Settings
@@ -80,6 +81,6 @@ def test_workers_command_stops_on_a_broken_models_file_before_deploying(tmp_path
     result = run_cli(["workers", "--replicas", "1"], env, tmp_path, 60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: models file {broken}: [models.a] kind must be one of sd1, sd2-512, sd2-768-v, sd-turbo, got 'sdxl'"
+        f"error: models file {broken}: [models.a] kind must be one of {', '.join(KINDS)}, got 'sdxl'"
     ]
     assert result.stdout == ""
