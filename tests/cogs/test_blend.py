@@ -16,6 +16,7 @@ from tests.cogs.test_actions import job_id_of
 from tests.cogs.test_image_prompts import refusal
 from tests.fakediscord import FakeDiscord
 from tests.helpers import cli_json, run_cli, tiny_cli_env
+from tests.test_blend_children import blend_job
 from tests.test_uploads import encoded, png_bomb, striped
 
 
@@ -150,5 +151,36 @@ async def test_blend_refuses_bad_input_and_says_when_it_is_off(
             interaction = await fake.send_slash("blend", {**two, "prompt": prompt}, user_id=fake.alice_id)
             assert said in (await refusal(interaction)).content, prompt
         assert await running.store.count_jobs(any_user=True) == 0
+    finally:
+        await running.stop()
+
+
+async def test_reproduce_of_a_blend_when_blend_is_off_is_refused_in_one_sentence(
+    fake: FakeDiscord, bot_settings
+) -> None:
+    """A /blend job from when /blend was on; the bot now runs without it: Reproduce (from /history) says so,
+    ephemeral, and queues nothing. Variations of one of its images still run (img2img on the SD model)."""
+    settings = bot_settings()
+    running = await start_bot(fake, settings)
+    try:
+        job = await blend_job(
+            running.store,
+            settings.images_dir / "old-blend",
+            user_id=fake.alice_id,
+            guild_id=fake.guild_id,
+            channel_id=fake.channel_id,
+        )
+        detail = await fake.send_slash("history", {"job": job.id}, user_id=fake.alice_id)
+        card = await detail.wait_final(timeout=10, predicate=lambda m: bool(m.embeds))
+        repro = await fake.click_button(
+            card, card.find_component(label="Reproduce")["custom_id"], user_id=fake.alice_id
+        )
+        message = (await refusal(repro)).content
+        assert (
+            message.startswith("Can't start that: /blend is off on this bot")
+            and "IMAGINE_BLEND_MODEL" in message
+        )
+        assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+        assert await running.store.count_jobs(any_user=True) == 1  # nothing queued
     finally:
         await running.stop()
