@@ -18,7 +18,14 @@ ALICE_HERE = Requester(ALICE, GUILD, CHANNEL)
 UNCLIP = "some/unclip-model"
 # What a repeat of a blend job needs; the tile actions run img2img on the SD model and do not.
 NEEDS_BLEND = [("reproduce", None), ("rerun", None), ("rerender", None), ("reexpand", None), ("remix", None)]
-SD_ONLY = [("variation", 1), ("vary-subtle", 2), ("vary-strong", 1), ("upscale-subtle", 1), ("zoom-2", 1)]
+SD_ONLY = [
+    ("variation", 1),
+    ("vary-subtle", 2),
+    ("vary-strong", 1),
+    ("upscale-subtle", 1),
+    ("zoom-2", 1),
+    ("pan-left", 2),
+]
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -82,6 +89,7 @@ async def test_a_repeat_of_a_blend_is_refused_before_queueing_when_blend_is_off(
             answer = await off.action(ALICE_HERE, ActionRequest(job.id, action, tile))
             assert isinstance(answer, Admitted), (action, answer)
             assert answer.spec.render_action is None and answer.source is not None, action
+            assert set(answer.spec.given_prompts or ()) == {placeholder(2)}, action  # the tile's text
         remix_one = await off.action(ALICE_HERE, ActionRequest(job.id, "remix", 1, prompt="a fox"))
         assert isinstance(remix_one, Admitted) and remix_one.spec.given_prompts == ("a fox",) * 2
         assert await store.count_jobs(any_user=True) == 1  # nothing written
@@ -118,4 +126,5 @@ def test_cli_rerun_of_a_blend_when_blend_is_off_is_one_error_line_and_writes_not
     )
     result = run_cli(["rerun", job_id], env, tmp_path)
     assert_one_line_error(result, "/blend is off on this bot", "IMAGINE_BLEND_MODEL")
+    assert result.returncode == 1
     assert job_count(data_dir) == 1
