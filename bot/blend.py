@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.engine.blend import MAX_IMAGES, MIN_IMAGES, parse_weights, placeholder
 from bot.engine.types import InvalidRequest
 from bot.flags import parse_inline_flags
+from bot.models.registry import ModelRegistry, blend_model
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+    from bot.store import JobRecord, JobSpec
 
 BLEND_FLAGS = "`--iw W1,W2,…`, `--ar W:H`, `--no TEXT`, `--seed N`, `--steps N`, `--count N`"
 # `--iw` followed by its value: words joined by commas (spaces around a comma allowed: `--iw 1, 0.5`).
@@ -82,3 +88,26 @@ def parse_blend(text: str | None, images: int) -> BlendRequest:
 def blend_seed_text(request: BlendRequest) -> str:
     """What the job's row and its result show as its text: the prompt, else `/blend N images`."""
     return request.prompt or placeholder(request.images)
+
+
+def blend_child_refusal(
+    settings: Settings, registry: ModelRegistry, job: JobRecord, spec: JobSpec, *, exact: bool
+) -> str | None:
+    """Why a new job from `job` that renders as a blend (Reproduce, rerun, 🔄, ✨, a grid's Remix of a /blend
+    job) cannot run now: /blend is off, or — for an exact repeat (`exact`) — its unCLIP model changed since.
+
+    Vary, Upscale, Zoom, Pan and one image's Remix start from a tile on the SD model: not blends, no answer.
+    """
+    if (spec.render_action or spec.action) != "blend":
+        return None
+    model = blend_model(settings, registry)
+    if model is None:
+        return (
+            "Can't start that: /blend is off on this bot now (its operator has not set IMAGINE_BLEND_MODEL "
+            "or an `sd2-unclip` model in the models file)."
+        )
+    recorded = job.render.get("unclip_model")
+    now = model[0].source
+    if exact and recorded is not None and recorded != now:
+        return f"Can't repeat job `{job.id}` exactly: /blend's model changed since it was made ({recorded} → {now})."
+    return None

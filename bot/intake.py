@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from bot import policy
-from bot.blend import BlendRequest, blend_seed_text
+from bot.blend import BlendRequest, blend_child_refusal, blend_seed_text
 from bot.child_jobs import TileSource, child_spec, tile_inputs
 from bot.engine.mitigation import FairGuidance, mitigation_record
 from bot.engine.model_specs import LoraRef
@@ -467,6 +467,12 @@ class Intake:
         except InvalidRequest as exc:
             # E.g. an upscale over IMAGINE_MAX_OUTPUT_PIXELS: nothing is queued, the member is told why.
             return Refusal(f"Can't start that: {exc.user_message}.")
+        # Issue 22: a repeat of a /blend job renders through unCLIP: it needs /blend on (and, exact, the same model).
+        refused = blend_child_refusal(
+            self.settings, self.registry, job, spec, exact=request.action in ("rerun", "reproduce")
+        )
+        if refused is not None:
+            return Refusal(refused)
         if source is not None or spec.init_image is not None:
             refused = policy.source_refusal(job, filtered_here=safe_mode)
             if refused is not None:

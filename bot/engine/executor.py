@@ -577,7 +577,11 @@ class Engine:
 
         config = self.config
         if config.blend_model is None:
-            raise InvalidRequest("/blend is off on this bot (IMAGINE_BLEND_MODEL is not set)")
+            # The bot's intake refuses /blend when it is off there; this is a render host without it (a Ray
+            # node without IMAGINE_BLEND_MODEL) or a job queued before a restart without it.
+            raise InvalidRequest(
+                "/blend is off on the machine that renders this bot's images: IMAGINE_BLEND_MODEL is not set there"
+            )
         sheet = unpack_sheet(request.init_image)
         if self._blender is None or self._blender.source != config.blend_model:
             pipe = load_unclip_pipeline(

@@ -12,10 +12,11 @@ from PIL import Image
 from bot.engine.blend import SOURCE_SIDE, unpack_sheet
 from bot.engine.tiny_blend import build_tiny_blend_model
 from tests.cogs.conftest import start_bot, wait_job
-from tests.cogs.test_actions import job_id_of
+from tests.cogs.test_actions import button, job_id_of, tile_message
 from tests.cogs.test_image_prompts import refusal
 from tests.fakediscord import FakeDiscord
 from tests.helpers import cli_json, run_cli, tiny_cli_env
+from tests.test_blend_children import blend_job
 from tests.test_uploads import encoded, png_bomb, striped
 
 
@@ -150,5 +151,78 @@ async def test_blend_refuses_bad_input_and_says_when_it_is_off(
             interaction = await fake.send_slash("blend", {**two, "prompt": prompt}, user_id=fake.alice_id)
             assert said in (await refusal(interaction)).content, prompt
         assert await running.store.count_jobs(any_user=True) == 0
+    finally:
+        await running.stop()
+
+
+async def test_reproduce_of_a_blend_when_blend_is_off_is_refused_in_one_sentence(
+    fake: FakeDiscord, bot_settings
+) -> None:
+    """A /blend job from when /blend was on; the bot now runs without it: Reproduce (from /history) says so,
+    ephemeral, and queues nothing. Variations of one of its images still run (img2img on the SD model)."""
+    settings = bot_settings()
+    running = await start_bot(fake, settings)
+    try:
+        job = await blend_job(
+            running.store,
+            settings.images_dir / "old-blend",
+            user_id=fake.alice_id,
+            guild_id=fake.guild_id,
+            channel_id=fake.channel_id,
+        )
+        detail = await fake.send_slash("history", {"job": job.id}, user_id=fake.alice_id)
+        card = await detail.wait_final(timeout=10, predicate=lambda m: bool(m.embeds))
+        repro = await fake.click_button(
+            card, card.find_component(label="Reproduce")["custom_id"], user_id=fake.alice_id
+        )
+        message = (await refusal(repro)).content
+        assert (
+            message.startswith("Can't start that: /blend is off on this bot")
+            and "IMAGINE_BLEND_MODEL" in message
+        )
+        assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+        assert await running.store.count_jobs(any_user=True) == 1  # nothing queued
+    finally:
+        await running.stop()
+
+
+async def test_remix_of_a_blend_grid_reblends_with_the_new_text_and_one_image_remixes_on_sd(
+    fake: FakeDiscord, bot_settings, unclip_model: Path
+) -> None:
+    """The grid's Remix of a blend without a prompt: the same sheet and image seeds, tile 1 with new text
+    (a different picture), tile 2 kept (the same bytes). Remix of one blend image: Vary (Strong) on SD."""
+    running = await start_bot(fake, bot_settings(blend_model=str(unclip_model), max_pending_per_user=4))
+    try:
+        options = {"image1": ("a.png", picture(COLOURS[0])), "image2": ("b.png", picture(COLOURS[1]))}
+        options["prompt"] = "--count 2 --seed 3"
+        interaction = await fake.send_slash("blend", options, user_id=fake.alice_id)
+        grid = await interaction.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        parent = await wait_job(running.store, job_id_of(grid), lambda j: j.delivery == "sent")
+        assert parent.prompts == ("/blend 2 images",) * 2
+        click = await fake.click_button(grid, button(grid, "Remix"), user_id=fake.alice_id)
+        modal = await click.wait_modal()
+        inputs = {c["custom_id"]: c for row in modal["components"] for c in row["components"]}
+        assert inputs["p1"]["value"] == "/blend 2 images"
+        submit = await fake.submit_modal(click, {"p1": "a red fox in the snow", "p2": "", "negative": ""})
+        result = await submit.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        child = await wait_job(running.store, job_id_of(result), lambda j: j.delivery == "sent")
+        assert (child.action, child.render_action, child.parent_id) == ("remix", "blend", parent.id)
+        assert child.prompts == ("a red fox in the snow", "/blend 2 images")
+        assert [t.image_seed for t in child.tiles] == [t.image_seed for t in parent.tiles]
+        assert child.render["blend"] == parent.render["blend"] and data(child.init_image) == data(
+            parent.init_image
+        )
+        assert data(child.tiles[1].path) == data(parent.tiles[1].path)  # same seed, same (no) text
+        assert data(child.tiles[0].path) != data(parent.tiles[0].path)  # the new text
+
+        single = await tile_message(fake, grid, 1, fake.alice_id)
+        click = await fake.click_button(single, button(single, "Remix"), user_id=fake.alice_id)
+        await click.wait_modal()
+        submit = await fake.submit_modal(click, {"p1": "a castle on a hill"})
+        result = await submit.wait_final(timeout=90, predicate=lambda m: bool(m.attachments and m.embeds))
+        one = await wait_job(running.store, job_id_of(result), lambda j: j.delivery == "sent")
+        assert (one.action, one.render_action, one.source_tile) == ("remix", None, 1)
+        assert one.render["mode"] == "img2img" and "blend" not in one.render
+        assert set(one.prompts) == {"a castle on a hill"}
     finally:
         await running.stop()

@@ -24,9 +24,12 @@ import pytest_asyncio
 
 from bot.engine.workers.http_backend import HttpBackend
 from bot.jobs import JobOutcome, JobRunner
+from bot.messages import plain_reason
 from bot.settings import Settings
 from bot.store import HistoryStore, JobRecord, JobSpec
+from bot.uploads import stage_inputs
 from bot.wiring import build_backend, build_runner
+from tests.engine.test_ray_blend import blend_sheet
 from tests.helpers import job_spec, until
 from tests.raycluster import ROOT, RayCluster
 
@@ -159,6 +162,22 @@ async def test_two_members_render_at_once_on_two_replicas_in_fair_order(
     assert {step for job_id, step, total, _ in recorder.progress if job_id == bob.id} >= {1, 12}
     assert any(has_preview for job_id, *_, has_preview in recorder.progress if job_id == bob.id)
     assert len(a1.tiles) == 1 and a1.tiles[0].path is not None
+
+
+async def test_a_blend_on_workers_without_the_blend_model_fails_in_one_sentence(
+    ray_runner: tuple[JobRunner, HttpBackend, Recorder], make_settings: Callable[..., Settings]
+) -> None:
+    """Issue 22: the bot has /blend on, these nodes have no IMAGINE_BLEND_MODEL: the member reads why."""
+    runner, _, _ = ray_runner
+    spec = _spec(1, seed_text="a red fox", count=2, guidance=10.0, expand=False, action="blend")
+    images_dir = make_settings().images_dir
+    spec = await asyncio.to_thread(stage_inputs, images_dir, spec, init_image=blend_sheet(), mask_image=None)
+    outcome = await asyncio.wait_for(runner.wait_for((await runner.submit(spec)).id), 120)
+    assert (outcome.job.status, outcome.job.attempts) == ("failed", 1)
+    assert outcome.job.reason == (
+        "/blend is off on the machine that renders this bot's images: IMAGINE_BLEND_MODEL is not set there"
+    )
+    assert plain_reason(outcome.job) == outcome.job.reason
 
 
 async def test_cancel_closes_the_stream_and_stops_the_replicas_gpu_loop(
