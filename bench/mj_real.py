@@ -172,7 +172,7 @@ def build_describe_models(
     )
     torch.manual_seed(2)
     with torch.device(device):
-        captioner = BlipForConditionalGeneration(
+        captioner: Any = BlipForConditionalGeneration(
             BlipConfig(
                 text_config=BLIP_LARGE_TEXT_CONFIG,
                 vision_config=BLIP_LARGE_VISION_CONFIG,
@@ -186,7 +186,7 @@ def build_describe_models(
             vision_config={**VIT_H_VISION_CONFIG, "num_hidden_layers": 1},
             projection_dim=VIT_H_PROJECTION_DIM,
         )
-        clip = CLIPModel(clip_config)
+        clip: Any = CLIPModel(clip_config)
     clip.vision_model = vision_tower.vision_model
     clip.visual_projection = vision_tower.visual_projection
     clip.config.vision_config.num_hidden_layers = VIT_H_VISION_CONFIG["num_hidden_layers"]
