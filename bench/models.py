@@ -9,7 +9,12 @@
 3. Draft vs full: a grid of `--count` images on the draft model (`--draft-steps`, guidance 0, `--draft-size`)
    vs the main model (`--full-steps`, guidance 7.5, `--full-size`), interleaved, medians and their ratio.
    With `--arch sd21` the same on the real SD 2.1 architecture with random weights (bench/gpu_sd21.py's
-   builder) at 512² 4 steps vs 768² 25 steps: meant for a GPU.
+   builder) at 512² 4 steps vs 768² 25 steps: meant for a GPU. `--per-step` (for a CPU, where one 768²
+   25-step grid takes many minutes): the parts measured once each instead of whole grids, the text encoder
+   (draft: the prompts only, guidance 0; full: prompts and negatives), one UNet step at the batch the
+   pipeline runs (draft `count`, full `2 × count` for CFG) at 64² / 96² latents, and the VAE decode of
+   `count` latents; each job's time is then *computed* as text encoder + steps × UNet step + VAE decode
+   (the scheduler's own arithmetic, microseconds, is left out).
 
 Tiny models by default (`.tiny-models/`, with their models.toml); CPU is fine.
 """
@@ -202,7 +207,10 @@ async def run(args: argparse.Namespace) -> int:
     print(f"full / draft time ratio: {full_s / draft_s:.1f}x")
     await engine.close()
     if args.arch == "sd21":
-        _sd21_arch(args)
+        if args.per_step:
+            _sd21_per_step(args)
+        else:
+            _sd21_arch(args)
     return 0
 
 
@@ -270,6 +278,95 @@ def _sd21_arch(args: argparse.Namespace) -> None:
           f"full 768² 25 steps {f:.2f} s, ratio {f / d:.1f}x")  # fmt: skip
 
 
+def _sd21_per_step(args: argparse.Namespace) -> None:
+    """The real SD 2.1 architecture, random weights: draft (512², `--draft-steps`… at the real sizes) vs full
+    from the parts measured one by one; each part's median over `--step-reps` calls after a warm-up call."""
+    import os
+
+    import torch
+
+    from bench.gpu_sd21 import build_pipeline
+    from bot.engine.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device)
+    started = time.perf_counter()
+    pipe = build_pipeline(str(args.tiny_dir / "sd"), device, dtype)
+    print(f"\nSD 2.1 architecture (random weights) built in {time.perf_counter() - started:.0f} s on {device} "
+          f"({dtype}); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    count = args.sd21_count or args.count
+    prompts = ["a lighthouse"] * count
+
+    def timed(fn: Any) -> float:
+        begun = time.perf_counter()
+        with torch.inference_mode():
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - begun
+
+    def measure(fn: Any) -> tuple[float, float]:
+        first = timed(fn)  # warm-up (oneDNN/cuDNN picks its kernels for this shape)
+        return statistics.median(timed(fn) for _ in range(args.step_reps)), first
+
+    def text(cfg: bool) -> Any:
+        return lambda: pipe.encode_prompt(prompts, device, 1, cfg, negative_prompt=None)
+
+    def unet(size: int, batch: int) -> Any:
+        latents = torch.randn(batch, 4, size // 8, size // 8, device=device, dtype=dtype)
+        context = torch.randn(batch, 77, 1024, device=device, dtype=dtype)
+        step = torch.tensor(500, device=device)
+        return lambda: pipe.unet(latents, step, encoder_hidden_states=context)
+
+    def vae(size: int) -> Any:
+        latents = torch.randn(count, 4, size // 8, size // 8, device=device, dtype=dtype)
+        return lambda: pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+
+    parts = {
+        ("draft", "text encoder"): text(False),
+        ("draft", "UNet step"): unet(args.sd21_draft_size, count),
+        ("draft", "VAE decode"): vae(args.sd21_draft_size),
+        ("full", "text encoder"): text(True),
+        ("full", "UNet step"): unet(args.sd21_full_size, 2 * count),
+        ("full", "VAE decode"): vae(args.sd21_full_size),
+    }
+    measured = {}
+    for key, fn in parts.items():
+        measured[key] = measure(fn)
+        print(f"  {key[0]} {key[1]}: {measured[key][0]:.2f} s (first call {measured[key][1]:.2f} s); "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    shapes = {
+        "draft": (args.sd21_draft_size, args.sd21_draft_steps, count, "0 (no CFG)"),
+        "full": (args.sd21_full_size, args.sd21_full_steps, 2 * count, "7.5 (CFG)"),
+    }
+    rows, totals = [], {}
+    for grid, (size, steps, batch, guidance) in shapes.items():
+        t, u, v = (measured[(grid, part)][0] for part in ("text encoder", "UNet step", "VAE decode"))
+        totals[grid] = t + steps * u + v
+        rows.append([grid, f"{size}²", steps, guidance, batch, f"{t:.2f}", f"{u:.2f}", f"{v:.2f}",
+                     f"{totals[grid]:.1f}"])  # fmt: skip
+    print(f"\nSD 2.1 architecture (random weights, {dtype}) on {device}, {count} image(s) per grid; parts measured "
+          f"(median of {args.step_reps} after a warm-up), job time COMPUTED = text + steps × UNet step + VAE:")  # fmt: skip
+    print_table(
+        [
+            "grid",
+            "size",
+            "steps",
+            "guidance",
+            "UNet batch",
+            "text s",
+            "UNet step s",
+            "VAE s",
+            "computed s/grid",
+        ],
+        rows,
+    )
+    print(f"full / draft (computed from measured per-step times): {totals['full'] / totals['draft']:.1f}x; "
+          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,6 +390,18 @@ def main() -> int:
     parser.add_argument(
         "--arch", choices=["tiny", "sd21"], default="tiny", help="sd21: also the real architecture"
     )
+    parser.add_argument(
+        "--per-step",
+        action="store_true",
+        help="with --arch sd21: measure text encoder, one UNet step and VAE decode at each size and compute "
+        "the grids from them (a CPU cannot run 768² × 25 steps in minutes)",
+    )
+    parser.add_argument("--step-reps", type=int, default=1, help="measured calls per part with --per-step")
+    parser.add_argument("--sd21-count", type=int, help="images per SD 2.1 grid (default: --count)")
+    parser.add_argument("--sd21-draft-size", type=int, default=512)
+    parser.add_argument("--sd21-draft-steps", type=int, default=4)
+    parser.add_argument("--sd21-full-size", type=int, default=768)
+    parser.add_argument("--sd21-full-steps", type=int, default=25)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     offline()
