@@ -437,7 +437,7 @@ class Engine:
         prompts, mitigation = self._mitigate_prompts(request, prompts)
         fair, not_guided = plan_for(request)
         timings["expand"] = time.perf_counter() - started
-        image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
+        image_seeds = request.tile_seeds
         init_image = _decoded(request.init_image, "RGB", "init_image")
         mask_image = _decoded(request.mask_image, "L", "mask_image")
         render_started = time.perf_counter()
@@ -588,7 +588,7 @@ class Engine:
                 config.blend_model, device=self.device, dtype=self.dtype, setting=config.blend_model_setting
             )
             self._blender = Blender(pipe, source=config.blend_model, device=self.device)
-        image_seeds = request.image_seeds or tuple(request.job_seed + i for i in range(request.count))
+        image_seeds = request.tile_seeds
         shown = request.prompts or (sheet.prompt or placeholder(len(sheet.images)),) * request.count
         images = self._blender.render(
             sheet,

@@ -123,6 +123,11 @@ class GenerationRequest(JobParams):
     model: str = ""
 
     @property
+    def tile_seeds(self) -> tuple[int, ...]:
+        """Each tile's image seed: the given ones, else job_seed + i."""
+        return self.image_seeds or tuple(self.job_seed + i for i in range(self.count))
+
+    @property
     def mode(self) -> str:
         """txt2img, img2img or outpaint: which pipeline renders the request."""
         if self.init_image is None:
