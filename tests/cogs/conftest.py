@@ -7,6 +7,7 @@ import io
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -19,6 +20,7 @@ from bot.app import run_bot
 from bot.bot import ImagineBot
 from bot.settings import Settings
 from tests.fakediscord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.models.conftest import write_models_toml
 
 TOKEN = "fake-bot-token-0123456789"
 
@@ -90,6 +92,23 @@ def fake_bot_settings(
 def bot_settings(make_settings: Callable[..., Settings], fake: FakeDiscord) -> Callable[..., Settings]:
     """Tiny-model bot settings pointed at the fake; keyword arguments override fields."""
     return lambda **overrides: fake_bot_settings(make_settings, fake, **overrides)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def models_bot(
+    fake: FakeDiscord, bot_settings: Callable[..., Settings], tiny_models: tuple[Path, Path], tmp_path: Path
+) -> AsyncIterator[RunningBot]:
+    """The bot over a models.toml naming the tiny model, a second one and a draft one."""
+    write_models_toml(tmp_path, tiny_models)
+    bot = await start_bot(fake, bot_settings(image_classifier="off"))
+    yield bot
+    if not bot.task.done():
+        await bot.stop()
+
+
+def job_id_of(message: FakeMessage) -> str:
+    """The job id a result message's embed names (its "Job" field)."""
+    return next(f["value"] for f in message.embeds[0]["fields"] if f["name"] == "Job").strip("`")
 
 
 @pytest_asyncio.fixture(loop_scope="function")

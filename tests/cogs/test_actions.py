@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cogs.conftest import RunningBot, decode, imagine, start_bot, wait_job
+from tests.cogs.conftest import RunningBot, decode, imagine, job_id_of, start_bot, wait_job
 from tests.fakediscord import FakeDiscord, FakeMessage
 
 TILE_LABELS = [
@@ -18,10 +18,6 @@ TILE_LABELS = [
     "Star",
 ]
 PAN_ARROWS = ["⬅️", "➡️", "⬆️", "⬇️"]
-
-
-def job_id_of(message: FakeMessage) -> str:
-    return next(f["value"] for f in message.embeds[0]["fields"] if f["name"] == "Job").strip("`")
 
 
 async def tile_message(fake: FakeDiscord, grid: FakeMessage, tile: int, user_id: int) -> FakeMessage:

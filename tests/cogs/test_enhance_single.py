@@ -5,30 +5,8 @@ Real discord.py client, fake Discord, tiny models (README → Draft).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
-import pytest_asyncio
-
-from bot.settings import Settings
-from tests.cogs.conftest import RunningBot, imagine, start_bot, wait_job
-from tests.fakediscord import FakeDiscord, FakeMessage
-from tests.models.conftest import write_models_toml
-
-
-def job_id_of(message: FakeMessage) -> str:
-    return next(f["value"] for f in message.embeds[0]["fields"] if f["name"] == "Job").strip("`")
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def models_bot(
-    fake: FakeDiscord, bot_settings: Callable[..., Settings], tiny_models: tuple[Path, Path], tmp_path: Path
-) -> AsyncIterator[RunningBot]:
-    write_models_toml(tmp_path, tiny_models)
-    bot = await start_bot(fake, bot_settings(image_classifier="off"))
-    yield bot
-    if not bot.task.done():
-        await bot.stop()
+from tests.cogs.conftest import RunningBot, imagine, job_id_of, wait_job
+from tests.fakediscord import FakeDiscord
 
 
 async def test_a_draft_tile_posted_alone_has_enhance_and_it_renders_that_tile_on_the_main_model(

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import pytest_asyncio
-
 from bot.intake import Admitted, ImagineRequest, Requester
-from bot.settings import Settings
 from bot.store import JobRecord
-from tests.cogs.conftest import RunningBot, imagine, start_bot, wait_job
-from tests.fakediscord import FakeDiscord, FakeMessage
-from tests.models.conftest import write_models_toml
+from tests.cogs.conftest import RunningBot, imagine, job_id_of, wait_job
+from tests.fakediscord import FakeDiscord
 
 
 def tile_bytes(job: JobRecord) -> list[bytes]:
     return [Path(tile.path or "").read_bytes() for tile in job.tiles]
-
-
-def job_id_of(message: FakeMessage) -> str:
-    return next(f["value"] for f in message.embeds[0]["fields"] if f["name"] == "Job").strip("`")
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def models_bot(
-    fake: FakeDiscord, bot_settings: Callable[..., Settings], tiny_models: tuple[Path, Path], tmp_path: Path
-) -> AsyncIterator[RunningBot]:
-    """The bot over a models.toml naming the tiny model, a second one and a draft one."""
-    write_models_toml(tmp_path, tiny_models)
-    bot = await start_bot(fake, bot_settings(image_classifier="off"))
-    yield bot
-    if not bot.task.done():
-        await bot.stop()
 
 
 async def test_model_choice_autocomplete_second_model_reproduce_and_unknown(
